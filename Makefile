@@ -1,0 +1,24 @@
+.PHONY: bootstrap test demo bench lint clean
+
+VENV := .venv/bin
+
+bootstrap:
+	@scripts/bootstrap
+
+test: bootstrap
+	$(VENV)/python -m pytest -n 2 -q
+
+demo: bootstrap
+	$(VENV)/execbox run examples/hello.py
+	$(VENV)/execbox run examples/hello.go
+	$(VENV)/execbox run examples/hello.rs
+
+bench: bootstrap
+	$(VENV)/python benchmarks/bench_local.py
+
+lint: bootstrap
+	$(VENV)/ruff check src tests benchmarks
+	$(VENV)/mypy
+
+clean:
+	rm -rf .venv .pytest_cache build *.egg-info

@@ -1,0 +1,90 @@
+"""The library's entry points: an async core and a thin sync facade with the same names and signatures."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+from execbox.engine import Engine
+from execbox.errors import ExecutionFailed
+from execbox.models import ExecutionRequest, ExecutionResult, File, Limits
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@functools.cache
+def default_engine() -> Engine:
+    return Engine()
+
+
+def _files(files: Mapping[str, str | bytes] | Sequence[File] | None) -> list[File]:
+    if files is None:
+        return []
+    if isinstance(files, Mapping):
+        return [File(name=k, content=v) for k, v in files.items()]
+    return list(files)
+
+
+async def arun(
+    code: str | None = None,
+    language: str = "python",
+    *,
+    stdin: str | bytes = "",
+    files: Mapping[str, str | bytes] | Sequence[File] | None = None,
+    entry: str | None = None,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    limits: Limits | None = None,
+    version: str | None = None,
+    arguments: Mapping[str, Any] | None = None,
+    provider: str | None = None,
+    check: bool = False,
+) -> ExecutionResult:
+    """Run ``code`` (and/or ``files``) in a sandbox and return the result.
+
+    The program failing is a result (see ``result.status``); with ``check=True`` anything but ``ok`` raises
+    ``ExecutionFailed`` carrying the result. Errors of the request or the sandbox raise ``ExecboxError``s.
+    """
+    request = ExecutionRequest(
+        language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
+        args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
+        limits=limits, provider=provider,
+    )
+    result = await default_engine().execute(request)
+    if check and not result.ok:
+        raise ExecutionFailed(result)
+    return result
+
+
+async def aexecute_code(
+    code: str, language: str = "python", timeout: float = 30, arguments: Mapping[str, Any] | None = None,
+) -> ExecutionResult:
+    """RAGFlow's contract: run ``code``; with ``arguments``, call its ``main(**arguments)`` and put the JSON
+    return value in ``result.return_value``. ``timeout`` is the wall-time limit in seconds."""
+    return await arun(code, language, limits=Limits(wall_time_s=timeout, cpu_time_s=timeout),
+                      arguments=arguments)
+
+
+def _sync(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
+    """The same function, blocking. Inside a running event loop (a notebook) it runs on a helper thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, fn(*args, **kwargs)).result()  # type: ignore[arg-type]
+
+    wrapper.__name__ = fn.__name__.removeprefix("a")
+    wrapper.__qualname__ = wrapper.__name__
+    return wrapper
+
+
+run = _sync(arun)
+execute_code = _sync(aexecute_code)

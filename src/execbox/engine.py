@@ -1,0 +1,140 @@
+"""request -> steps -> provider calls -> result: the only module that knows both languages and providers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from execbox.errors import ExecboxError, InvalidFileError, RequestError, SandboxError
+from execbox.languages import Language, LanguageRegistry, Step, default_registry
+from execbox.models import ExecutionRequest, ExecutionResult, Limits, Policy, Status, StepResult
+from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, StopReason
+from execbox.providers.registry import ProviderRegistry
+
+ARGS_FILE = ".execbox_args.json"
+RETURN_FILE = ".execbox_return.json"
+MAX_RETURN_BYTES = 16 * 1024 * 1024
+
+_STOP_STATUS = {
+    StopReason.WALL_TIME: (Status.TIMEOUT, "wall time limit of {wall}s exceeded"),
+    StopReason.CPU_TIME: (Status.TIMEOUT, "CPU time limit of {cpu}s exceeded"),
+    StopReason.MEMORY: (Status.MEMORY_LIMIT, "memory limit of {mem} MiB exceeded"),
+    StopReason.OUTPUT: (Status.OUTPUT_LIMIT, "output limit of {out} bytes per stream exceeded"),
+    StopReason.CANCELLED: (Status.KILLED, "cancelled"),
+}
+
+
+def step_result(o: ProcessOutcome, spec: ExecSpec) -> StepResult:
+    status, message = Status.OK, None
+    if o.stopped_by is not None:
+        status, template = _STOP_STATUS[o.stopped_by]
+        message = template.format(wall=spec.wall_time_s, cpu=spec.cpu_time_s, mem=spec.memory_mb,
+                                  out=spec.output_bytes)
+    elif o.exit_code != 0:
+        status = Status.RUNTIME_ERROR
+        message = f"killed by signal {o.signal}" if o.signal else f"exited with code {o.exit_code}"
+        if o.signal == 25:  # SIGXFSZ
+            message = f"file size limit of {spec.file_size_mb} MiB exceeded"
+    return StepResult(
+        status=status, exit_code=o.exit_code, signal=o.signal,
+        stdout=o.stdout.decode("utf-8", "replace"), stderr=o.stderr.decode("utf-8", "replace"),
+        stdout_truncated=o.stdout_truncated, stderr_truncated=o.stderr_truncated,
+        wall_time_s=round(o.wall_time_s, 6), cpu_time_s=None if o.cpu_time_s is None else round(o.cpu_time_s, 6),
+        max_rss_mb=None if o.max_rss_mb is None else round(o.max_rss_mb, 3), message=message,
+    )
+
+
+class Engine:
+    """Runs ExecutionRequests: resolves the language, clamps limits by policy, drives a provider."""
+
+    def __init__(self, providers: ProviderRegistry | None = None, languages: LanguageRegistry | None = None,
+                 policy: Policy | None = None) -> None:
+        self.providers = providers or ProviderRegistry()
+        self.languages = languages or default_registry()
+        self.policy = policy or Policy()
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        lang = self.languages.get(request.language)
+        limits = self.policy.apply(request.limits)
+        files, entry = self._files(request, lang, limits)
+        provider = self.providers.get(request.provider)
+        execution_id = uuid.uuid4().hex
+        try:
+            instance = await provider.start(InstanceSpec(disk_mb=limits.disk_mb, network=limits.network))
+        except ExecboxError:
+            raise
+        except Exception as e:  # a provider bug or host failure: the sandbox's fault, mapped at the boundary
+            raise SandboxError(f"provider {provider.name!r} failed to start: {e}") from e
+        try:
+            async with instance:
+                result = await self._steps(instance, request, lang, limits, files, entry)
+        except ExecboxError:
+            raise
+        except Exception as e:
+            raise SandboxError(f"provider {provider.name!r} failed: {e}") from e
+        return ExecutionResult(execution_id=execution_id, language=lang.name, version=lang.version(),
+                               provider=provider.name, **result)
+
+    def _files(self, request: ExecutionRequest, lang: Language, limits: Limits) -> tuple[dict[str, bytes], str]:
+        files = {f.name: f.data() for f in request.files}
+        if request.code is not None:
+            entry = request.entry or lang.entry
+            if entry in files:
+                raise InvalidFileError(f"file {entry!r} given twice (as code and in files)")
+            files[entry] = request.code.encode()
+        else:
+            entry = request.entry or request.files[0].name
+            if entry not in files:
+                raise InvalidFileError(f"entry file {entry!r} is not among the files")
+        if request.arguments is not None:
+            if lang.call_main is None:
+                raise RequestError(f"`arguments` (calling main) is not supported for {lang.name}")
+            code = files[entry].decode("utf-8", "replace")
+            files[lang.call_main.file] = lang.driver(code, entry).encode()
+            files[ARGS_FILE] = json.dumps(request.arguments).encode()
+            entry = lang.call_main.file
+        size = sum(len(d) for d in files.values())
+        if size > limits.disk_mb * 1024 * 1024:
+            raise InvalidFileError(f"the files ({size} bytes) exceed the disk limit of {limits.disk_mb} MiB")
+        return files, entry
+
+    def _spec(self, lang: Language, step: Step, limits: Limits, argv: tuple[str, ...], *, compile: bool,
+              stdin: bytes = b"", env: dict[str, str] | None = None) -> ExecSpec:
+        wall = limits.compile_wall_time_s if compile else limits.wall_time_s
+        return ExecSpec(
+            argv=argv, wall_time_s=wall, cpu_time_s=wall if compile else limits.cpu_time_s,
+            memory_mb=limits.memory_mb, pids=limits.pids,
+            output_bytes=min(step.output_bytes or limits.output_bytes, limits.output_bytes),
+            file_size_mb=limits.file_size_mb, open_files=limits.open_files, stdin=stdin,
+            env={**lang.env, **(env or {})},
+        )
+
+    async def _steps(self, instance: Instance, request: ExecutionRequest, lang: Language, limits: Limits,
+                     files: dict[str, bytes], entry: str) -> dict[str, object]:
+        await instance.write_files(files)
+        sources = lang.sources(files) or [entry]
+        compiled: StepResult | None = None
+        if lang.compile is not None:
+            spec = self._spec(lang, lang.compile, limits, lang.expand(lang.compile, entry, sources, ()),
+                              compile=True)
+            compiled = step_result(await instance.exec(spec), spec)
+            if compiled.status is not Status.OK:
+                status = Status.COMPILE_ERROR if compiled.status is Status.RUNTIME_ERROR else compiled.status
+                return {**compiled.model_dump(), "status": status, "stdout": "", "stderr": "",
+                        "stdout_truncated": False, "stderr_truncated": False,
+                        "message": f"compile step: {compiled.message}", "compile": compiled}
+        stdin = request.stdin.encode() if isinstance(request.stdin, str) else request.stdin
+        spec = self._spec(lang, lang.run, limits, lang.expand(lang.run, entry, sources, request.args),
+                          compile=False, stdin=stdin, env=request.env)
+        ran = step_result(await instance.exec(spec), spec)
+        out = {**ran.model_dump(), "compile": compiled}
+        if request.arguments is not None and ran.status is Status.OK:
+            raw = await instance.read_file(RETURN_FILE, MAX_RETURN_BYTES)
+            if raw is None:
+                out.update(status=Status.RUNTIME_ERROR, message="main() did not return (no return value written)")
+            else:
+                try:
+                    out["return_value"] = json.loads(raw)
+                except ValueError:
+                    out.update(status=Status.RUNTIME_ERROR, message="main()'s return value is not valid JSON")
+        return out

@@ -1,0 +1,61 @@
+"""execbox's exceptions: one root, a few categories meant to be caught.
+
+User code failing is never an exception: it is an ``ExecutionResult`` with a status. These are raised when the
+request is unusable or when the sandbox itself fails.
+
+    ExecboxError
+    ├── RequestError            the request cannot be run as given (a client's mistake)
+    │   ├── UnknownLanguageError
+    │   └── InvalidFileError    a submitted file name or content is unsafe or too large
+    ├── ExecutionFailed         raised by ``check=True``; carries the ``ExecutionResult``
+    └── SandboxError            the sandbox failed; not the program's fault
+        ├── ProviderUnavailable the provider cannot run here (missing bwrap, engine down, ...)
+        └── IsolationError      a requested restriction cannot be enforced; we refuse rather than run weaker
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from execbox.models import ExecutionResult
+
+
+class ExecboxError(Exception):
+    """Root of every exception execbox raises."""
+
+
+class RequestError(ExecboxError, ValueError):
+    """The request cannot be run as given."""
+
+
+class UnknownLanguageError(RequestError):
+    def __init__(self, language: str, supported: list[str]) -> None:
+        self.language = language
+        self.supported = supported
+        super().__init__(f"unknown language {language!r}; supported: {', '.join(supported)}")
+
+
+class InvalidFileError(RequestError):
+    """A submitted file has an unsafe name (absolute, '..', NUL, ...) or is too large."""
+
+
+class ExecutionFailed(ExecboxError):
+    """Raised by ``run(..., check=True)`` when the program did not finish with status ``ok``."""
+
+    def __init__(self, result: ExecutionResult) -> None:
+        self.result = result
+        super().__init__(f"execution {result.execution_id} ended with status {result.status.value}"
+                         + (f": {result.message}" if result.message else ""))
+
+
+class SandboxError(ExecboxError):
+    """The sandbox failed (the host's fault, not the program's)."""
+
+
+class ProviderUnavailable(SandboxError):
+    """The provider cannot run on this host or is not reachable."""
+
+
+class IsolationError(SandboxError):
+    """A requested restriction cannot be enforced on this host."""

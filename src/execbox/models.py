@@ -1,0 +1,201 @@
+"""The one schema shared by the library, the CLI, (later) the HTTP API and config files.
+
+Every model is frozen and rejects unknown fields; every unit is in the field name.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from execbox.errors import InvalidFileError
+
+MAX_FILES = 256
+MAX_FILE_NAME_BYTES = 255
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Limits(_Model):
+    """Hard limits for one execution. Fields left unset take the operator's defaults; a request can only
+    tighten the operator's maxima, never widen them (see ``Policy``)."""
+
+    wall_time_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        10.0, description="Wall-clock time for the run step, in seconds; the whole process tree is killed.")
+    cpu_time_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        10.0, description="CPU time (all processes together) for the run step, in seconds.")
+    compile_wall_time_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        60.0, description="Wall-clock time for the compile step, in seconds.")
+    memory_mb: Annotated[int, Field(ge=8, le=65536)] = Field(
+        512, description="Memory for all processes together, in MiB (cgroup; address-space rlimit otherwise).")
+    pids: Annotated[int, Field(ge=1, le=4096)] = Field(
+        128, description="Processes and threads alive at once.")
+    output_bytes: Annotated[int, Field(ge=1, le=256 * 1024 * 1024)] = Field(
+        1024 * 1024, description="Bytes kept per output stream; past it the run is killed and marked truncated.")
+    file_size_mb: Annotated[int, Field(ge=1, le=65536)] = Field(
+        64, description="Largest single file a program may write, in MiB.")
+    disk_mb: Annotated[int, Field(ge=1, le=65536)] = Field(
+        256, description="Size of the writable workdir and /tmp together, in MiB.")
+    open_files: Annotated[int, Field(ge=16, le=65536)] = Field(
+        256, description="Open file descriptors per process.")
+    network: bool = Field(False, description="Give the sandbox the host's network. Off: loopback only.")
+
+
+class Policy(_Model):
+    """Operator policy: the defaults a request starts from and the maxima it can never exceed."""
+
+    defaults: Limits = Field(default_factory=Limits)
+    maxima: Limits = Field(default_factory=lambda: Limits(
+        wall_time_s=300, cpu_time_s=300, compile_wall_time_s=300, memory_mb=4096, pids=1024,
+        output_bytes=64 * 1024 * 1024, file_size_mb=1024, disk_mb=2048, open_files=4096, network=False))
+
+    def apply(self, requested: Limits | None) -> Limits:
+        """The limits to enforce: fields the request set explicitly, else the defaults, capped by the maxima."""
+        values: dict[str, Any] = self.defaults.model_dump()
+        if requested is not None:
+            values.update({k: getattr(requested, k) for k in requested.model_fields_set})
+        for name, cap in self.maxima.model_dump().items():
+            values[name] = (values[name] and cap) if isinstance(cap, bool) else min(values[name], cap)
+        return Limits(**values)
+
+
+def check_file_name(name: str) -> str:
+    """A safe relative path inside the workdir, or InvalidFileError."""
+    if not name or "\x00" in name:
+        raise InvalidFileError(f"file name {name!r} is empty or contains NUL")
+    if name.startswith("/") or "\\" in name:
+        raise InvalidFileError(f"file name {name!r} must be a relative POSIX path")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidFileError(f"file name {name!r} may not contain '..', '.' or empty segments")
+    if any(len(p.encode()) > MAX_FILE_NAME_BYTES for p in parts) or len(parts) > 16:
+        raise InvalidFileError(f"file name {name[:64]!r}... is too long or too deep")
+    if any(ord(c) < 32 for c in name):
+        raise InvalidFileError(f"file name {name!r} contains control characters")
+    return posixpath.normpath(name)
+
+
+class File(_Model):
+    """A file written into the workdir before the program runs."""
+
+    name: str = Field(description="Relative path inside the workdir, e.g. 'main.py' or 'pkg/util.py'.")
+    content: str | bytes = Field(description="Text (UTF-8) or raw bytes.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        try:
+            return check_file_name(v)
+        except InvalidFileError as e:
+            raise ValueError(str(e)) from None
+
+    def data(self) -> bytes:
+        return self.content.encode() if isinstance(self.content, str) else self.content
+
+
+class ExecutionRequest(_Model):
+    """What to run. Give ``code`` (written to the language's entry file) or ``files`` (or both)."""
+
+    language: str = Field(description="Language name or alias, e.g. 'python', 'js', 'c++'.")
+    code: str | None = Field(None, description="Source of the entry file.")
+    files: list[File] = Field(default_factory=list, description="Extra files; with no code, the first "
+                              "file (or `entry`) is the entry file.")
+    entry: str | None = Field(None, description="Which file is the entry file (default: code's file or the "
+                              "first file).")
+    version: str | None = Field(None, description="Wanted version; '*' or None for the installed one.")
+    stdin: str | bytes = Field("", description="Standard input of the run step.")
+    args: list[str] = Field(default_factory=list, description="Command-line arguments of the program.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    arguments: dict[str, Any] | None = Field(
+        None, description="Call the code's main(**arguments) and return its JSON value (python, javascript).")
+    limits: Limits | None = Field(None, description="Limits; unset fields take the operator's defaults.")
+    provider: str | None = Field(None, description="Provider to run on (default: the configured default).")
+
+    @field_validator("files")
+    @classmethod
+    def _file_count(cls, v: list[File]) -> list[File]:
+        if len(v) > MAX_FILES:
+            raise ValueError(f"at most {MAX_FILES} files")
+        if len({f.name for f in v}) != len(v):
+            raise ValueError("file names must be unique")
+        return v
+
+    @field_validator("entry")
+    @classmethod
+    def _entry_name(cls, v: str | None) -> str | None:
+        return None if v is None else File._safe_name(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not k or "=" in k or "\x00" in k or "\x00" in val:
+                raise ValueError(f"invalid environment variable {k!r}")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        if any("\x00" in a for a in v):
+            raise ValueError("arguments may not contain NUL")
+        return v
+
+    @model_validator(mode="after")
+    def _has_code(self) -> ExecutionRequest:
+        if self.code is None and not self.files:
+            raise ValueError("give `code` or at least one file")
+        return self
+
+
+class Status(str, enum.Enum):
+    """Why a run stopped."""
+
+    OK = "ok"
+    RUNTIME_ERROR = "runtime_error"
+    COMPILE_ERROR = "compile_error"
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory_limit"
+    OUTPUT_LIMIT = "output_limit"
+    KILLED = "killed"
+    INTERNAL_ERROR = "internal_error"
+
+
+class StepResult(_Model):
+    """The outcome of one step (e.g. compile)."""
+
+    status: Status
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    wall_time_s: float = 0.0
+    cpu_time_s: float | None = None
+    max_rss_mb: float | None = None
+    message: str | None = Field(None, description="Why the step stopped, in words, when it did not end normally.")
+
+
+class ExecutionResult(StepResult):
+    """The outcome of one execution. ``status`` says why it stopped; user code failing is a result."""
+
+    execution_id: str
+    language: str
+    version: str | None = None
+    provider: str
+    compile: StepResult | None = Field(None, description="The compile step, when the language has one.")
+    return_value: Any = Field(None, description="main(**arguments)'s JSON value, when arguments were given.")
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    @property
+    def output(self) -> str:
+        """stdout followed by stderr (Piston's `output`)."""
+        return self.stdout + self.stderr

@@ -1,0 +1,3 @@
+from execbox.providers.local.provider import LocalInstance, LocalProvider, LocalSettings
+
+__all__ = ["LocalInstance", "LocalProvider", "LocalSettings"]

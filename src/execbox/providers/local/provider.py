@@ -1,0 +1,312 @@
+"""The embedded default provider: bubblewrap namespaces + cgroups + seccomp + rlimits, no daemon.
+
+An instance is a size-capped tmpfs workdir (mounted by execbox when root) owned by a dedicated unprivileged
+uid, one per live instance, as isolate does. Each exec is one bubblewrap sandbox over that workdir, in its
+own cgroup. The sandboxed process tree never runs as host root: the supervisor drops to the instance's uid
+before bubblewrap starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import resource
+import secrets
+import shutil
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from execbox.errors import IsolationError, ProviderUnavailable, SandboxError
+from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
+from execbox.providers.local import bwrap, cgroups, seccomp
+from execbox.providers.local.supervise import Launch, supervise
+
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+FIRST_UID = 61000
+UID_COUNT = 512
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_NOSUID, MS_NODEV = 2, 4
+MNT_DETACH = 2
+PR_SET_PDEATHSIG = 1
+
+
+def _mount_tmpfs(target: Path, size_mb: int, uid: int) -> None:
+    opts = f"size={size_mb}m,mode=0700,uid={uid},gid={uid},nr_inodes=65536".encode()
+    if _libc.mount(b"execbox", str(target).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount tmpfs on {target}: {os.strerror(e)}")
+
+
+def _umount(target: Path) -> None:
+    if _libc.umount2(str(target).encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL,
+                                                                                       errno.ENOENT):
+        raise OSError(ctypes.get_errno(), f"umount {target}")
+
+
+def default_runtime_dir() -> Path:
+    if env := os.environ.get("EXECBOX_RUNTIME_DIR"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/execbox")
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/execbox-{os.getuid()}") / "execbox"
+
+
+class _UidSlots:
+    """Dedicated uids, one per live instance, shared safely between execbox processes via flock."""
+
+    def __init__(self, lock_dir: Path, first: int, count: int) -> None:
+        self.lock_dir, self.first, self.count = lock_dir, first, count
+        self.held: dict[int, int] = {}  # uid -> lock fd
+
+    async def acquire(self) -> int:
+        while True:
+            for uid in range(self.first, self.first + self.count):
+                if uid in self.held:
+                    continue
+                fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self.held[uid] = fd
+                return uid
+            await asyncio.sleep(0.01)
+
+    def release(self, uid: int) -> None:
+        fd = self.held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def _kill_uid(uid: int) -> None:
+    """kill(-1, SIGKILL) as ``uid``: every process that uid owns, wherever it hides (isolate's last resort)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            with contextlib.suppress(OSError):
+                os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    bwrap: str = "bwrap"
+    runtime_dir: Path | None = None
+    first_uid: int = FIRST_UID
+    uid_count: int = UID_COUNT
+    extra_ro_binds: tuple[str, ...] = ()
+
+
+class LocalProvider(Provider):
+    name = "local"
+
+    def __init__(self, settings: LocalSettings | None = None) -> None:
+        self.settings = settings or LocalSettings()
+        bw = shutil.which(self.settings.bwrap)
+        if bw is None:
+            raise ProviderUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+        self.bwrap = bw
+        if problem := seccomp.available():
+            raise IsolationError(f"cannot build the seccomp filter ({problem}): apt-get install libseccomp2")
+        self.root = os.geteuid() == 0
+        self.runtime = self.settings.runtime_dir or default_runtime_dir()
+        for sub in ("", "instances", "locks"):
+            (self.runtime / sub).mkdir(parents=True, exist_ok=True)
+            # the instance uids traverse these to reach their workdir
+            os.chmod(self.runtime / sub, 0o711 if sub != "locks" else 0o700)
+        self.etc_dir = self.runtime / "etc"
+        bwrap.write_etc(self.etc_dir)
+        self.seccomp_path = self.runtime / "seccomp.bpf"
+        bpf = seccomp.filter_bpf()
+        if not self.seccomp_path.exists() or self.seccomp_path.read_bytes() != bpf:
+            tmp = self.seccomp_path.with_suffix(f".{os.getpid()}")
+            tmp.write_bytes(bpf)
+            tmp.replace(self.seccomp_path)
+        self.cgroups = cgroups.probe()
+        self.slots = _UidSlots(self.runtime / "locks", self.settings.first_uid, self.settings.uid_count) \
+            if self.root else None
+        self._binds = {net: tuple(bwrap.root_binds(self.settings.extra_ro_binds, net)) for net in (False, True)}
+        self._cleanup_stale()
+
+    def _cleanup_stale(self) -> None:
+        """Remove workdirs and cgroups left by an execbox process that died (its pid is in their name)."""
+        def dead(name: str) -> bool:
+            pid = name.split("-", 1)[0]
+            if not pid.isdigit():
+                return False
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            return False
+
+        for d in (self.runtime / "instances").iterdir():
+            if dead(d.name):
+                with contextlib.suppress(OSError):
+                    _umount(d)
+                shutil.rmtree(d, ignore_errors=True)
+        cgroups.remove_stale(self.cgroups, dead)
+
+    async def start(self, spec: InstanceSpec) -> LocalInstance:
+        uid = await self.slots.acquire() if self.slots else os.getuid()
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        path = self.runtime / "instances" / name
+        try:
+            path.mkdir(mode=0o711)
+            if self.root:
+                _mount_tmpfs(path, spec.disk_mb, uid)
+                os.chmod(path, 0o711)
+            for sub in ("work", "tmp"):
+                (path / sub).mkdir(mode=0o700)
+                if self.root:
+                    os.chown(path / sub, uid, uid)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                _umount(path)
+            shutil.rmtree(path, ignore_errors=True)
+            if self.slots:
+                self.slots.release(uid)
+            raise SandboxError(f"cannot create the sandbox workdir: {e}") from e
+        return LocalInstance(self, spec, uid, name, path)
+
+
+class LocalInstance(Instance):
+    def __init__(self, provider: LocalProvider, spec: InstanceSpec, uid: int, name: str, path: Path) -> None:
+        self.provider, self.spec, self.uid, self.name, self.path = provider, spec, uid, name, path
+        self.work = path / "work"
+        self._closed = False
+        self._execs = 0
+
+    def _resolve(self, rel: str) -> Path:
+        """A workdir path that cannot leave the workdir, even through symlinks the program planted."""
+        target = (self.work / rel).resolve()
+        if target != self.work and self.work not in target.parents:
+            raise SandboxError(f"path {rel!r} leaves the workdir")
+        return target
+
+    async def write_files(self, files: Mapping[str, bytes]) -> None:
+        for rel, data in files.items():
+            parent = self._resolve(os.path.dirname(rel) or ".")
+            parent.mkdir(parents=True, exist_ok=True)
+            target = self._resolve(rel)
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise SandboxError("the files do not fit in the sandbox's disk limit") from e
+                raise SandboxError(f"cannot write {rel!r}: {e}") from e
+            if self.provider.root:
+                for p in [target, *target.parents]:
+                    if p == self.work:
+                        break
+                    os.lchown(p, self.uid, self.uid)
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes | None:
+        try:
+            fd = os.open(self._resolve(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (OSError, SandboxError):
+            return None
+        with os.fdopen(fd, "rb") as f:
+            if not os.path.isfile(f"/proc/self/fd/{fd}"):
+                return None
+            return f.read(max_bytes)
+
+    def _preexec(self, spec: ExecSpec, procs_files: list[str]) -> None:
+        """In the child, before bubblewrap: join the cgroup, set rlimits, drop to the instance's uid."""
+        for f in procs_files:
+            with open(f, "w") as fh:
+                fh.write(str(os.getpid()))
+        mb = 1024 * 1024
+        cpu = int(spec.cpu_time_s) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (spec.file_size_mb * mb, spec.file_size_mb * mb))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (spec.open_files, spec.open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if not procs_files:  # no cgroup: address space and per-uid process count are the fallback
+            resource.setrlimit(resource.RLIMIT_AS, (spec.memory_mb * mb, spec.memory_mb * mb))
+        if self.provider.root:
+            resource.setrlimit(resource.RLIMIT_NPROC, (spec.pids + 4, spec.pids + 4))
+            os.setgroups([])
+            os.setresgid(self.uid, self.uid, self.uid)
+            os.setresuid(self.uid, self.uid, self.uid)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    async def exec(self, spec: ExecSpec) -> ProcessOutcome:
+        if self._closed:
+            raise SandboxError("instance is closed")
+        p = self.provider
+        self._execs += 1
+        cg = None
+        if p.cgroups.usable:
+            try:
+                cg = cgroups.Cgroup(p.cgroups, f"{self.name}-{self._execs}", memory_mb=spec.memory_mb,
+                                    pids=spec.pids + 4)  # bubblewrap's own two processes count too
+            except OSError as e:
+                raise IsolationError(f"cannot create the execution's cgroup: {e}") from e
+        seccomp_fd = os.open(p.seccomp_path, os.O_RDONLY)  # a fresh open file: its offset is ours alone
+        status_r, status_w = os.pipe()
+        try:
+            sandbox = bwrap.SandboxSpec(
+                argv=spec.argv, binds=p._binds[self.spec.network], work_dir=str(self.work),
+                tmp_dir=str(self.path / "tmp"), etc_dir=str(p.etc_dir), seccomp_fd=seccomp_fd,
+                network=self.spec.network, cwd=os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd)))
+            argv = bwrap.build_argv(sandbox, p.bwrap)
+            argv[1:1] = ["--json-status-fd", str(status_w)]
+            env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
+            procs = cg.procs_files if cg else []
+            launch = Launch(argv=argv, env=env, stdin=spec.stdin, output_bytes=spec.output_bytes,
+                            wall_time_s=spec.wall_time_s, cpu_time_s=spec.cpu_time_s,
+                            pass_fds=(seccomp_fd, status_w), preexec=lambda: self._preexec(spec, procs))
+            outcome, code = await supervise(launch, cg, after_spawn=lambda: os.close(status_w))
+            status_w = -1
+            started = b"child-pid" in _read_all(status_r)
+        finally:
+            os.close(seccomp_fd)
+            os.close(status_r)
+            if status_w >= 0:
+                os.close(status_w)
+            if cg is not None:
+                cg.remove()
+        if not started and outcome.stopped_by is None:
+            raise SandboxError(f"bubblewrap could not start the sandbox (exit {code}): "
+                               f"{outcome.stderr.decode(errors='replace').strip()}")
+        return outcome
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        p = self.provider
+        if p.root:
+            _kill_uid(self.uid)
+            with contextlib.suppress(OSError):
+                _umount(self.path)
+        shutil.rmtree(self.path, ignore_errors=True)
+        if p.slots:
+            p.slots.release(self.uid)
+
+
+def _read_all(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    return b"".join(chunks)
