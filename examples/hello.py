@@ -1,0 +1,2 @@
+import sys, platform
+print(f"hello from python {platform.python_version()}")

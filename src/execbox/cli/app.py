@@ -1,0 +1,161 @@
+"""Exit codes of `execbox run` (documented in the README):
+
+    the program's own exit code      ok / runtime_error
+    128 + N                          the program was killed by signal N
+    121                              output limit
+    122                              memory limit
+    123                              compile error
+    124                              timeout (wall or CPU time), as coreutils' timeout
+    125                              execbox failed: bad request, unknown language, sandbox failure
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import execbox
+from execbox.errors import ExecboxError, RequestError
+from execbox.models import ExecutionResult, Limits, Status
+
+app = typer.Typer(help="Run untrusted code in a sandbox, in many languages, with hard limits.",
+                  epilog="Exit codes of `run`: the program's own; 128+N when killed by signal N; 121 output "
+                         "limit; 122 memory limit; 123 compile error; 124 timeout; 125 execbox failed.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+err = Console(stderr=True)
+
+EXIT_OUTPUT, EXIT_MEMORY, EXIT_COMPILE, EXIT_TIMEOUT, EXIT_EXECBOX = 121, 122, 123, 124, 125
+STATUS_EXIT = {Status.OUTPUT_LIMIT: EXIT_OUTPUT, Status.MEMORY_LIMIT: EXIT_MEMORY,
+               Status.COMPILE_ERROR: EXIT_COMPILE, Status.TIMEOUT: EXIT_TIMEOUT,
+               Status.INTERNAL_ERROR: EXIT_EXECBOX, Status.KILLED: 128 + 9}
+
+
+def exit_code(result: ExecutionResult) -> int:
+    if result.status in STATUS_EXIT:
+        return STATUS_EXIT[result.status]
+    if result.signal:
+        return 128 + result.signal
+    return result.exit_code or 0
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]execbox:[/red] {message}", highlight=False)
+    return typer.Exit(EXIT_EXECBOX)
+
+
+@app.command()
+def run(
+    target: Annotated[list[str] | None, typer.Argument(
+        help="FILE [ARGS...]: the source file ('-' for stdin) and the program's arguments (with --code: "
+             "only arguments). Put `--` before arguments that start with '-'.", show_default=False)] = None,
+    code: Annotated[str | None, typer.Option("--code", "-c", help="Source code given inline.")] = None,
+    lang: Annotated[str | None, typer.Option("--lang", "-l", help="Language (default: from the file's "
+                                             "extension). See `execbox languages`.")] = None,
+    stdin: Annotated[str | None, typer.Option("--stdin", help="Text given to the program's stdin.")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VAL environment variable "
+                                                  "(repeatable).")] = None,
+    extra: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Extra file to put beside the "
+                                                     "entry file (repeatable).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Wall-time limit, seconds.")] = None,
+    memory: Annotated[int | None, typer.Option("--memory", "-m", help="Memory limit, MiB.")] = None,
+    network: Annotated[bool, typer.Option("--network", help="Give the program the host's network.")] = False,
+    provider: Annotated[str | None, typer.Option("--provider", help="Isolation provider.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ExecutionResult as JSON.")] = False,
+) -> None:
+    """Run a program in a sandbox; exit with its exit code (or 121-125, see `execbox --help`).
+
+    Examples: `execbox run hello.py`, `execbox run --lang go - < main.go`,
+    `execbox run -c 'print(input())' -l python --stdin hi`, `execbox run prog.c -- -v arg2`.
+    """
+    positional = list(target or [])
+    file = positional.pop(0) if code is None and positional else None
+    if file is None and code is None:
+        raise _fail("give a FILE (or '-') or --code")
+    entry = None
+    if file == "-":
+        source = sys.stdin.read()
+    elif file is not None:
+        path = Path(file)
+        try:
+            source = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise _fail(f"cannot read {file}: {e}") from None
+        entry = path.name
+        if lang is None:
+            found = execbox.LanguageRegistry.load().by_extension(path.suffix)
+            if found is None:
+                raise _fail(f"cannot tell the language of {file}; give --lang")
+            lang = found.name
+    else:
+        source = code or ""
+    if lang is None:
+        raise _fail("give --lang (the language cannot be told from stdin or --code)")
+    variables = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(f"--env wants KEY=VAL, got {item!r}")
+        variables[key] = value
+    limit_fields = {"wall_time_s": timeout, "memory_mb": memory, "network": network or None}
+    try:
+        files = {p.name: p.read_bytes() for p in extra or []}
+        language = execbox.LanguageRegistry.load().get(lang)
+        if entry is not None and not entry.endswith(tuple(f".{e}" for e in language.extensions)):
+            entry = None
+        limits = Limits(**{k: v for k, v in limit_fields.items() if v is not None})
+        result = execbox.run(source, lang, stdin=stdin or "", files=files, entry=entry, args=positional,
+                             env=variables, limits=limits, provider=provider)
+    except (ExecboxError, ValueError, OSError) as e:
+        kind = "bad request" if isinstance(e, RequestError | ValueError) else "sandbox failure"
+        raise _fail(f"{kind}: {e}") from None
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        if result.compile and result.status is Status.COMPILE_ERROR:
+            sys.stderr.write(result.compile.stdout + result.compile.stderr)
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        sys.stdout.flush()
+        if result.status is not Status.OK:
+            err.print(f"[yellow]execbox:[/yellow] {result.status.value}"
+                      + (f": {result.message}" if result.message else ""), highlight=False)
+    raise typer.Exit(exit_code(result))
+
+
+@app.command()
+def languages(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the languages, their detected versions and whether they are available here."""
+    rows = [{"name": lang.name, "aliases": lang.aliases, "version": lang.version(), "available": lang.available,
+             "missing": lang.missing(), "compiled": lang.compile is not None}
+            for lang in execbox.LanguageRegistry.load()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("language", "version", "available", "aliases")
+    for r in rows:
+        state = "[green]yes[/green]" if r["available"] else f"[red]no[/red] (missing {', '.join(r['missing'])})"
+        table.add_row(r["name"], r["version"] or "-", state, ", ".join(r["aliases"]))
+    Console().print(table)
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Report which isolation features this host gives, what is degraded, and how to fix it."""
+    from execbox.doctor import checks
+
+    results = checks()
+    if as_json:
+        print(json.dumps([c.as_dict() for c in results], indent=2))
+    else:
+        colors = {"ok": "green", "degraded": "yellow", "missing": "red"}
+        table = Table("check", "state", "detail", "fix")
+        for c in results:
+            table.add_row(c.name, f"[{colors[c.state]}]{c.state}[/]", c.detail, c.fix)
+        Console().print(table)
+    raise typer.Exit(1 if any(c.state == "missing" for c in results) else 0)
