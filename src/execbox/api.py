@@ -8,8 +8,10 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+from pydantic import ValidationError
+
 from execbox.engine import Engine
-from execbox.errors import ExecutionFailed
+from execbox.errors import ExecutionFailed, RequestError
 from execbox.models import ExecutionRequest, ExecutionResult, File, Limits
 
 P = ParamSpec("P")
@@ -49,11 +51,14 @@ async def arun(
     The program failing is a result (see ``result.status``); with ``check=True`` anything but ``ok`` raises
     ``ExecutionFailed`` carrying the result. Errors of the request or the sandbox raise ``ExecboxError``s.
     """
-    request = ExecutionRequest(
-        language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
-        args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
-        limits=limits, provider=provider,
-    )
+    try:
+        request = ExecutionRequest(
+            language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
+            args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
+            limits=limits, provider=provider,
+        )
+    except ValidationError as e:  # one error root: a client's mistake is a RequestError (still a ValueError)
+        raise RequestError(f"invalid request: {e}") from e
     result = await default_engine().execute(request)
     if check and not result.ok:
         raise ExecutionFailed(result)
@@ -65,8 +70,11 @@ async def aexecute_code(
 ) -> ExecutionResult:
     """RAGFlow's contract: run ``code``; with ``arguments``, call its ``main(**arguments)`` and put the JSON
     return value in ``result.return_value``. ``timeout`` is the wall-time limit in seconds."""
-    return await arun(code, language, limits=Limits(wall_time_s=timeout, cpu_time_s=timeout),
-                      arguments=arguments)
+    try:
+        limits = Limits(wall_time_s=timeout, cpu_time_s=timeout)
+    except ValidationError as e:
+        raise RequestError(f"invalid timeout {timeout!r}: {e}") from e
+    return await arun(code, language, limits=limits, arguments=arguments)
 
 
 def _sync(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:

@@ -55,6 +55,7 @@ class Engine:
 
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         lang = self.languages.get(request.language)
+        self._check_version(lang, request.version)
         limits = self.policy.apply(request.limits)
         files, entry = self._files(request, lang, limits)
         provider = self.providers.get(request.provider)
@@ -75,6 +76,15 @@ class Engine:
         return ExecutionResult(execution_id=execution_id, language=lang.name, version=lang.version(),
                                provider=provider.name, **result)
 
+    @staticmethod
+    def _check_version(lang: Language, wanted: str | None) -> None:
+        """A requested version must match the installed one by prefix ('3', '3.11', '3.11.2'); '*' is any."""
+        if wanted in (None, "", "*"):
+            return
+        have = lang.version()
+        if have is None or not (have == wanted or have.startswith(f"{wanted}.")):
+            raise RequestError(f"{lang.name} {wanted} is not available; installed: {have or 'none'}")
+
     def _files(self, request: ExecutionRequest, lang: Language, limits: Limits) -> tuple[dict[str, bytes], str]:
         files = {f.name: f.data() for f in request.files}
         if request.code is not None:
@@ -89,10 +99,19 @@ class Engine:
         if request.arguments is not None:
             if lang.call_main is None:
                 raise RequestError(f"`arguments` (calling main) is not supported for {lang.name}")
+            if reserved := {lang.call_main.file, ARGS_FILE} & files.keys():
+                raise InvalidFileError(f"file name {sorted(reserved)[0]!r} is reserved by execbox")
+            try:
+                args_json = json.dumps(request.arguments)
+            except (TypeError, ValueError) as e:
+                raise RequestError(f"`arguments` cannot be encoded as JSON: {e}") from e
             code = files[entry].decode("utf-8", "replace")
             files[lang.call_main.file] = lang.driver(code, entry).encode()
-            files[ARGS_FILE] = json.dumps(request.arguments).encode()
+            files[ARGS_FILE] = args_json.encode()
             entry = lang.call_main.file
+        parents = {"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)}
+        if clash := sorted(parents & files.keys()):
+            raise InvalidFileError(f"{clash[0]!r} is given both as a file and as a directory of other files")
         size = sum(len(d) for d in files.values())
         if size > limits.disk_mb * 1024 * 1024:
             raise InvalidFileError(f"the files ({size} bytes) exceed the disk limit of {limits.disk_mb} MiB")
@@ -135,6 +154,6 @@ class Engine:
             else:
                 try:
                     out["return_value"] = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):  # the program wrote it: its fault, a result
                     out.update(status=Status.RUNTIME_ERROR, message="main()'s return value is not valid JSON")
         return out

@@ -68,6 +68,10 @@ def check_file_name(name: str) -> str:
     """A safe relative path inside the workdir, or InvalidFileError."""
     if not name or "\x00" in name:
         raise InvalidFileError(f"file name {name!r} is empty or contains NUL")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise InvalidFileError(f"file name {name!r} is not valid UTF-8") from None
     if name.startswith("/") or "\\" in name:
         raise InvalidFileError(f"file name {name!r} must be a relative POSIX path")
     parts = name.split("/")
@@ -75,9 +79,18 @@ def check_file_name(name: str) -> str:
         raise InvalidFileError(f"file name {name!r} may not contain '..', '.' or empty segments")
     if any(len(p.encode()) > MAX_FILE_NAME_BYTES for p in parts) or len(parts) > 16:
         raise InvalidFileError(f"file name {name[:64]!r}... is too long or too deep")
-    if any(ord(c) < 32 for c in name):
+    if any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in name):
         raise InvalidFileError(f"file name {name!r} contains control characters")
     return posixpath.normpath(name)
+
+
+def _utf8(text: str, what: str) -> str:
+    """``text`` when it can be encoded as UTF-8 (no lone surrogates), else ValueError naming ``what``."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text (lone surrogate)") from None
+    return text
 
 
 class File(_Model):
@@ -93,6 +106,11 @@ class File(_Model):
             return check_file_name(v)
         except InvalidFileError as e:
             raise ValueError(str(e)) from None
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, v: str | bytes) -> str | bytes:
+        return _utf8(v, "file content") if isinstance(v, str) else v
 
     def data(self) -> bytes:
         return self.content.encode() if isinstance(self.content, str) else self.content
@@ -149,6 +167,12 @@ class ExecutionRequest(_Model):
     def _has_code(self) -> ExecutionRequest:
         if self.code is None and not self.files:
             raise ValueError("give `code` or at least one file")
+        texts = {"code": self.code, "stdin": self.stdin, "language": self.language}
+        for what, text in texts.items():
+            if isinstance(text, str):
+                _utf8(text, what)
+        for text in (*self.args, *self.env, *self.env.values()):
+            _utf8(text, "an argument or environment variable")
         return self
 
 

@@ -124,8 +124,8 @@ class LanguageRegistry:
 
     @classmethod
     def load(cls, extra_dirs: Iterable[Path] = ()) -> LanguageRegistry:
-        langs = [_parse(f.read_text(), f.name) for f in resources.files(__package__).joinpath("builtin").iterdir()
-                 if f.name.endswith(".toml")]
+        builtin = sorted(resources.files(__package__).joinpath("builtin").iterdir(), key=lambda f: f.name)
+        langs = [_parse(f.read_text(), f.name) for f in builtin if f.name.endswith(".toml")]
         for d in [user_dir(), *extra_dirs]:
             if d.is_dir():
                 langs += [_parse(f.read_text(), str(f)) for f in sorted(d.glob("*.toml"))]

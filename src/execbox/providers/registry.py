@@ -7,7 +7,7 @@ import importlib
 import os
 from importlib.metadata import entry_points
 
-from execbox.errors import ProviderUnavailable, RequestError
+from execbox.errors import ExecboxError, ProviderUnavailable, RequestError
 from execbox.providers.base import Provider
 
 BUILTIN: dict[str, str] = {
@@ -46,6 +46,10 @@ class ProviderRegistry:
         except ImportError as e:
             hint = INSTALL_HINTS.get(name, f"pip install 'execbox[{name}]'")
             raise ProviderUnavailable(f"provider {name!r} cannot be loaded ({e}); install: {hint}") from e
+        except ExecboxError:
+            raise
+        except Exception as e:  # e.g. OSError from a constructor probing the host: mapped at the boundary
+            raise ProviderUnavailable(f"provider {name!r} cannot be set up: {e}") from e
         self._instances[name] = provider
         return provider
 

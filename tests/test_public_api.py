@@ -1,0 +1,264 @@
+"""The public surface: ``__all__`` pinned, sync/async parity, the sync facade inside and outside a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+
+import pytest
+
+import execbox
+from execbox import api
+from execbox.engine import Engine
+from execbox.languages import LanguageRegistry
+from execbox.providers.base import ExecSpec, ProcessOutcome
+from execbox.providers.mock import MockProvider, echo
+from execbox.providers.registry import ProviderRegistry
+
+EXPECTED_ALL = [
+    "Engine",
+    "ExecboxError",
+    "ExecutionFailed",
+    "ExecutionRequest",
+    "ExecutionResult",
+    "File",
+    "InvalidFileError",
+    "IsolationError",
+    "Language",
+    "LanguageRegistry",
+    "Limits",
+    "Policy",
+    "ProviderUnavailable",
+    "RequestError",
+    "SandboxError",
+    "Status",
+    "StepResult",
+    "UnknownLanguageError",
+    "__version__",
+    "aexecute_code",
+    "arun",
+    "execute_code",
+    "run",
+]
+
+PAIRS = [(execbox.run, execbox.arun), (execbox.execute_code, execbox.aexecute_code)]
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(execbox.__all__) == EXPECTED_ALL
+    assert len(execbox.__all__) == len(set(execbox.__all__))
+
+
+def test_every_public_name_exists() -> None:
+    for name in execbox.__all__:
+        assert hasattr(execbox, name), name
+
+
+def test_star_import_gives_exactly_all() -> None:
+    ns: dict[str, object] = {}
+    exec("from execbox import *", ns)
+    assert sorted(k for k in ns if k != "__builtins__") == EXPECTED_ALL
+
+
+def test_version_is_a_string() -> None:
+    assert execbox.__version__ == "0.1.0"
+
+
+def test_error_tree() -> None:
+    assert issubclass(execbox.RequestError, execbox.ExecboxError)
+    assert issubclass(execbox.RequestError, ValueError)
+    assert issubclass(execbox.UnknownLanguageError, execbox.RequestError)
+    assert issubclass(execbox.InvalidFileError, execbox.RequestError)
+    assert issubclass(execbox.ExecutionFailed, execbox.ExecboxError)
+    assert not issubclass(execbox.ExecutionFailed, execbox.RequestError)
+    assert issubclass(execbox.SandboxError, execbox.ExecboxError)
+    assert not issubclass(execbox.SandboxError, execbox.RequestError)
+    assert issubclass(execbox.ProviderUnavailable, execbox.SandboxError)
+    assert issubclass(execbox.IsolationError, execbox.SandboxError)
+
+
+@pytest.mark.parametrize(("sync", "async_"), PAIRS, ids=["run", "execute_code"])
+def test_sync_async_parity(sync, async_) -> None:
+    assert inspect.iscoroutinefunction(async_)
+    assert not inspect.iscoroutinefunction(sync)
+    assert sync.__name__ == async_.__name__.removeprefix("a")
+    s = inspect.signature(sync, eval_str=True)
+    a = inspect.signature(async_, eval_str=True)
+    assert list(s.parameters) == list(a.parameters)
+    for name in a.parameters:
+        sp, ap = s.parameters[name], a.parameters[name]
+        assert (sp.kind, sp.default, sp.annotation) == (ap.kind, ap.default, ap.annotation), name
+    assert s.return_annotation is a.return_annotation is execbox.ExecutionResult
+    assert sync.__doc__ == async_.__doc__
+
+
+def test_sync_async_pairs_cover_the_public_functions() -> None:
+    """Every public coroutine function has a sync twin without the ``a`` prefix, and vice versa."""
+    public = {n: getattr(execbox, n) for n in execbox.__all__}
+    coros = {n for n, f in public.items() if inspect.iscoroutinefunction(f)}
+    assert coros == {"arun", "aexecute_code"}
+    for n in coros:
+        assert n.removeprefix("a") in public
+
+
+def test_run_signature_is_pinned() -> None:
+    params = inspect.signature(execbox.arun).parameters
+    assert list(params) == [
+        "code",
+        "language",
+        "stdin",
+        "files",
+        "entry",
+        "args",
+        "env",
+        "limits",
+        "version",
+        "arguments",
+        "provider",
+        "check",
+    ]
+    assert [p.name for p in params.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD] == [
+        "code",
+        "language",
+    ]
+    assert params["language"].default == "python"
+    assert params["check"].default is False
+    assert list(inspect.signature(execbox.aexecute_code).parameters) == [
+        "code",
+        "language",
+        "timeout",
+        "arguments",
+    ]
+    assert inspect.signature(execbox.aexecute_code).parameters["timeout"].default == 30
+
+
+# --- the facade, on the mock provider ---------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def __call__(self, spec: ExecSpec, files: dict[str, bytes]) -> ProcessOutcome:
+        self.threads.append(threading.get_ident())
+        if ".execbox_args.json" in files:
+            files[".execbox_return.json"] = b'{"doubled": 42}'
+        return echo(spec, files)
+
+
+@pytest.fixture
+def mock(monkeypatch: pytest.MonkeyPatch, tmp_path) -> tuple[MockProvider, Recorder]:
+    monkeypatch.setenv("EXECBOX_LANGUAGES_DIR", str(tmp_path))
+    recorder = Recorder()
+    provider = MockProvider(recorder)
+    engine = Engine(
+        providers=ProviderRegistry(instances={"mock": provider}, default="mock"),
+        languages=LanguageRegistry.load(),
+    )
+    monkeypatch.setattr(api, "default_engine", lambda: engine)
+    return provider, recorder
+
+
+def test_sync_run_outside_a_loop(mock) -> None:
+    provider, recorder = mock
+    r = execbox.run("print(1)", "python", stdin="in", args=["a", "b"])
+    assert r.status is execbox.Status.OK
+    assert r.stdout == "python3 main.py a b\nin"
+    assert r.provider == "mock"
+    assert recorder.threads == [threading.get_ident()]
+    assert provider.instances[0].closed
+
+
+async def test_sync_run_inside_a_running_loop(mock) -> None:
+    provider, recorder = mock
+    asyncio.get_running_loop()  # we are inside one: asyncio.run() would fail here
+    r = execbox.run("print(1)", "python")
+    assert r.stdout == "python3 main.py\n"
+    assert recorder.threads and recorder.threads[0] != threading.get_ident()  # ran on a helper thread
+    r2 = await execbox.arun("print(2)", "python")
+    assert r2.stdout == r.stdout
+    assert recorder.threads[1] == threading.get_ident()
+    assert [i.closed for i in provider.instances] == [True, True]
+
+
+async def test_sync_facade_inside_a_loop_raises_the_same_errors(mock) -> None:
+    with pytest.raises(execbox.UnknownLanguageError):
+        execbox.run("x", "no-such-language")
+
+
+def test_execute_code_sync_and_async_agree(mock) -> None:
+    provider, _ = mock
+    r = execbox.execute_code(
+        "def main(x): return {'doubled': 2 * x}", "python", timeout=7, arguments={"x": 21}
+    )
+    assert r.status is execbox.Status.OK
+    assert r.return_value == {"doubled": 42}
+    assert provider.calls[-1].wall_time_s == 7
+    assert provider.calls[-1].cpu_time_s == 7
+    ra = asyncio.run(execbox.aexecute_code("def main(x): return x", "python", timeout=7, arguments={"x": 21}))
+    assert ra.return_value == r.return_value
+    assert provider.calls[-1] == provider.calls[-2]
+
+
+def test_check_true_raises_execution_failed_with_the_result(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("EXECBOX_LANGUAGES_DIR", str(tmp_path))
+
+    def fail(spec: ExecSpec, files: dict[str, bytes]) -> ProcessOutcome:
+        return ProcessOutcome(
+            exit_code=3,
+            signal=None,
+            stdout=b"",
+            stderr=b"boom",
+            stdout_truncated=False,
+            stderr_truncated=False,
+            wall_time_s=0.1,
+        )
+
+    engine = Engine(
+        providers=ProviderRegistry(instances={"mock": MockProvider(fail)}, default="mock"),
+        languages=LanguageRegistry.load(),
+    )
+    monkeypatch.setattr(api, "default_engine", lambda: engine)
+    assert execbox.run("x").status is execbox.Status.RUNTIME_ERROR  # check=False: a result
+    with pytest.raises(execbox.ExecutionFailed) as ei:
+        execbox.run("x", check=True)
+    assert ei.value.result.status is execbox.Status.RUNTIME_ERROR
+    assert ei.value.result.exit_code == 3
+    assert ei.value.result.stderr == "boom"
+    assert (
+        str(ei.value) == f"execution {ei.value.result.execution_id} ended with status runtime_error: "
+        "exited with code 3"
+    )
+
+
+def test_files_mapping_and_sequence_are_equivalent(mock) -> None:
+    provider, _ = mock
+    execbox.run(files={"a.py": "1", "b.py": b"2"}, entry="b.py")
+    execbox.run(
+        files=[execbox.File(name="a.py", content="1"), execbox.File(name="b.py", content=b"2")], entry="b.py"
+    )
+    assert provider.instances[0].files == provider.instances[1].files == {"a.py": b"1", "b.py": b"2"}
+    assert provider.calls[0].argv == provider.calls[1].argv == ("python3", "b.py")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"code": None},  # neither code nor files
+        {"code": "x", "files": {"../evil": "x"}},
+        {"code": "x", "env": {"A=B": "1"}},
+        {"code": "x", "stdin": "\udc80"},
+    ],
+)
+def test_bad_requests_raise_request_error_not_a_pydantic_error(mock, kwargs) -> None:
+    with pytest.raises(execbox.RequestError) as ei:
+        execbox.run(**kwargs)
+    assert type(ei.value) is execbox.RequestError
+    assert ei.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 3601, float("nan")])
+def test_execute_code_bad_timeout_is_a_request_error(mock, timeout) -> None:
+    with pytest.raises(execbox.RequestError, match="invalid timeout"):
+        execbox.execute_code("x", timeout=timeout)
