@@ -863,3 +863,23 @@ async def test_registry_default_from_environment(monkeypatch: pytest.MonkeyPatch
     assert r.provider == "mock"
     assert r.stdout == "python3 main.py\n"  # the shipped MockProvider echoes its argv
     await engine.providers.aclose()
+
+
+async def test_a_requested_version_must_match_the_installed_one(make, languages: LanguageRegistry) -> None:
+    engine, provider = make()
+    installed = languages.get("python").version()
+    assert installed is not None
+    major_minor = ".".join(installed.split(".")[:2])
+    for wanted in (None, "*", installed, major_minor, installed.split(".")[0]):
+        assert (await engine.execute(req("print(1)", version=wanted))).status is Status.OK
+    with pytest.raises(RequestError, match=r"python 2\.7 is not available; installed: " + re.escape(installed)):
+        await engine.execute(req("print(1)", version="2.7"))
+    with pytest.raises(RequestError):  # a prefix must end at a dot: 3.1 is not 3.11
+        await engine.execute(req("print(1)", version=major_minor[:-1]))
+
+
+async def test_files_named_like_execbox_s_own_are_refused_with_arguments(make) -> None:
+    engine, _ = make()
+    for name in ("__execbox_call.py", ARGS_FILE):
+        with pytest.raises(InvalidFileError, match="reserved"):
+            await engine.execute(req("def main(): return 1", files=[File(name=name, content="x")], arguments={}))
