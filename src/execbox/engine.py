@@ -56,6 +56,8 @@ class Engine:
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         lang = self.languages.get(request.language)
         self._check_version(lang, request.version)
+        if request.args and "{args}" not in lang.run.command:
+            raise RequestError(f"{lang.name} programs take no command-line arguments")
         limits = self.policy.apply(request.limits)
         files, entry = self._files(request, lang, limits)
         provider = self.providers.get(request.provider)

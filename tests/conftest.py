@@ -1,0 +1,34 @@
+"""Shared pytest hooks."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pytest
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Per-language counts of the HumanEval-X conformance run (tests/test_conformance_humaneval.py).
+
+    The tests record their language and outcome as user properties, which pytest-xdist carries back from
+    the workers, so the summary is right with or without -n."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if getattr(rep, "when", None) != "call":
+                continue
+            props = dict(getattr(rep, "user_properties", ()))
+            if "humaneval_language" in props:
+                outcome = props["humaneval_outcome"]
+                key = outcome if rep.passed else f"test failed ({outcome})"
+                counts[props["humaneval_language"]][key] += 1
+    if not counts:
+        return
+    terminalreporter.section("HumanEval-X conformance")
+    for lang in sorted(counts):
+        c = counts[lang]
+        total = sum(c.values())
+        parts = [f"{c.pop('pass', 0)} passed", f"{c.pop('known', 0)} known failures (allow-listed)"]
+        parts += [f"{n} {what}" for what, n in sorted(c.items())]
+        terminalreporter.write_line(f"{lang:>10}: {total} tasks: " + ", ".join(parts))
+    terminalreporter.write_line("        go: not run (its tests need testify, which cannot be downloaded)")
