@@ -60,6 +60,10 @@ class SandboxSpec:
     seccomp_fd: int | None
     network: bool = False
     cwd: str = WORKDIR
+    # host path bound read-write at /dev/shm. When given, the rest of /dev (bubblewrap's own tmpfs, writable
+    # by the sandbox and bounded only by memory) is made read-only, so that every byte a program can write
+    # lands in the instance's size-capped workdir tmpfs (disk_mb), as /work and /tmp do.
+    shm_dir: str | None = None
 
 
 def build_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
@@ -82,7 +86,9 @@ def build_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
         "--dev", "/dev",
         "--bind", spec.work_dir, WORKDIR,
         "--bind", spec.tmp_dir, "/tmp",
+        *(["--bind", spec.shm_dir, "/dev/shm"] if spec.shm_dir else []),
         "--remount-ro", "/",
+        *(["--remount-ro", "/dev"] if spec.shm_dir else []),
         "--chdir", spec.cwd,
     ]
     if spec.seccomp_fd is not None:

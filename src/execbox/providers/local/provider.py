@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from execbox.errors import IsolationError, ProviderUnavailable, SandboxError
+from execbox.errors import IsolationError, ProviderUnavailable, RequestError, SandboxError
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
 from execbox.providers.local import bwrap, cgroups, seccomp
 from execbox.providers.local.supervise import Launch, supervise
@@ -171,7 +171,7 @@ class LocalProvider(Provider):
             if self.root:
                 _mount_tmpfs(path, spec.disk_mb, uid)
                 os.chmod(path, 0o711)
-            for sub in ("work", "tmp"):
+            for sub in ("work", "tmp", "shm"):  # shm: /dev/shm, on the capped tmpfs too (see bwrap.py)
                 (path / sub).mkdir(mode=0o700)
                 if self.root:
                     os.chown(path / sub, uid, uid)
@@ -260,13 +260,25 @@ class LocalInstance(Instance):
                                     pids=spec.pids + 4)  # bubblewrap's own two processes count too
             except OSError as e:
                 raise IsolationError(f"cannot create the execution's cgroup: {e}") from e
-        seccomp_fd = os.open(p.seccomp_path, os.O_RDONLY)  # a fresh open file: its offset is ours alone
-        status_r, status_w = os.pipe()
+        seccomp_fd = status_r = status_w = -1
+
+        def close_status_w() -> None:
+            # supervise() calls this once the child exists *or* once spawning it failed; the write end must
+            # be closed exactly once (a second close could hit an fd reused meanwhile, and its EBADF used to
+            # mask the real error and skip cg.remove(), leaking the cgroup: see tests/escapes, huge argv).
+            nonlocal status_w
+            if status_w >= 0:
+                os.close(status_w)
+                status_w = -1
+
         try:
+            seccomp_fd = os.open(p.seccomp_path, os.O_RDONLY)  # a fresh open file: its offset is ours alone
+            status_r, status_w = os.pipe()
             sandbox = bwrap.SandboxSpec(
                 argv=spec.argv, binds=p._binds[self.spec.network], work_dir=str(self.work),
                 tmp_dir=str(self.path / "tmp"), etc_dir=str(p.etc_dir), seccomp_fd=seccomp_fd,
-                network=self.spec.network, cwd=os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd)))
+                network=self.spec.network, cwd=os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd)),
+                shm_dir=str(self.path / "shm"))
             argv = bwrap.build_argv(sandbox, p.bwrap)
             argv[1:1] = ["--json-status-fd", str(status_w)]
             env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
@@ -274,14 +286,19 @@ class LocalInstance(Instance):
             launch = Launch(argv=argv, env=env, stdin=spec.stdin, output_bytes=spec.output_bytes,
                             wall_time_s=spec.wall_time_s, cpu_time_s=spec.cpu_time_s,
                             pass_fds=(seccomp_fd, status_w), preexec=lambda: self._preexec(spec, procs))
-            outcome, code = await supervise(launch, cg, after_spawn=lambda: os.close(status_w))
-            status_w = -1
+            try:
+                outcome, code = await supervise(launch, cg, after_spawn=close_status_w)
+            except OSError as e:
+                if e.errno == errno.E2BIG:  # execve refused bwrap's argv/env: the request's fault, not ours
+                    raise RequestError(f"cannot start the program: {e.strerror} (its arguments and "
+                                       "environment are too large)") from e
+                raise
             started = b"child-pid" in _read_all(status_r)
         finally:
-            os.close(seccomp_fd)
-            os.close(status_r)
-            if status_w >= 0:
-                os.close(status_w)
+            close_status_w()
+            for fd in (seccomp_fd, status_r):
+                if fd >= 0:
+                    os.close(fd)
             if cg is not None:
                 cg.remove()
         if not started and outcome.stopped_by is None:
