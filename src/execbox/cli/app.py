@@ -131,16 +131,17 @@ def run(
 @app.command()
 def languages(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the languages, their detected versions and whether they are available here."""
-    rows = [{"name": lang.name, "aliases": lang.aliases, "version": lang.version(), "available": lang.available,
-             "missing": lang.missing(), "compiled": lang.compile is not None}
-            for lang in execbox.LanguageRegistry.load()]
+    langs = list(execbox.LanguageRegistry.load())
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([{"name": lang.name, "aliases": lang.aliases, "version": lang.version(),
+                           "available": lang.available, "missing": lang.missing(),
+                           "compiled": lang.compile is not None} for lang in langs], indent=2))
         return
     table = Table("language", "version", "available", "aliases")
-    for r in rows:
-        state = "[green]yes[/green]" if r["available"] else f"[red]no[/red] (missing {', '.join(r['missing'])})"
-        table.add_row(r["name"], r["version"] or "-", state, ", ".join(r["aliases"]))
+    for lang in langs:
+        missing = lang.missing()
+        state = f"[red]no[/red] (missing {', '.join(missing)})" if missing else "[green]yes[/green]"
+        table.add_row(lang.name, lang.version() or "-", state, ", ".join(lang.aliases))
     Console().print(table)
 
 

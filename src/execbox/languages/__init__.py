@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -144,7 +144,7 @@ class LanguageRegistry:
     def names(self) -> list[str]:
         return sorted(self.languages)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Language]:
         return iter(self.languages[n] for n in self.names())
 
 
