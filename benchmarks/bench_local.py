@@ -37,12 +37,12 @@ SECTION = "## Local provider: sandbox vs bare process"
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def bare(argv: list[str]) -> float:
     t = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    subprocess.run(argv, capture_output=True, check=True)
     return time.perf_counter() - t
 
 
@@ -88,12 +88,12 @@ async def throughput(total: int, progress: Progress) -> list[tuple[int, float, f
     for conc in (1, 2, 4, 8):
         sem = asyncio.Semaphore(conc)
 
-        async def one_sandbox() -> None:
+        async def one_sandbox(sem: asyncio.Semaphore = sem) -> None:
             async with sem:
                 await sandboxed_python(engine)
                 progress.advance(task)
 
-        async def one_bare() -> None:
+        async def one_bare(sem: asyncio.Semaphore = sem) -> None:
             async with sem:
                 p = await asyncio.create_subprocess_exec(PYTHON, "-c", "print(1)", stdout=subprocess.PIPE)
                 await p.communicate()
@@ -109,8 +109,10 @@ async def throughput(total: int, progress: Progress) -> list[tuple[int, float, f
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))) // 1024 // 1024
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
+    mem = int(next(ln.split()[1] for ln in meminfo if ln.startswith("MemTotal"))) // 1024 // 1024
     return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem} GiB, Linux {platform.release()}"
 
 

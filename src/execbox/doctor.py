@@ -73,7 +73,8 @@ def checks() -> list[Check]:
                Check("seccomp", "missing", f"cannot build the filter: {problem}", "apt-get install libseccomp2"))
     userns = "/proc/sys/user/max_user_namespaces"
     try:
-        n = int(open(userns).read())
+        with open(userns) as f:
+            n = int(f.read())
     except OSError:
         n = -1
     out.append(Check("user namespaces", "ok", f"max_user_namespaces={n}") if n != 0 else

@@ -14,6 +14,7 @@ from execbox.providers.registry import ProviderRegistry
 ARGS_FILE = ".execbox_args.json"
 RETURN_FILE = ".execbox_return.json"
 MAX_RETURN_BYTES = 16 * 1024 * 1024
+MAX_ARGV_ENV_BYTES = 1024 * 1024  # well under the kernel's ARG_MAX, leaving room for the sandbox's own argv
 
 _STOP_STATUS = {
     StopReason.WALL_TIME: (Status.TIMEOUT, "wall time limit of {wall}s exceeded"),
@@ -58,6 +59,11 @@ class Engine:
         self._check_version(lang, request.version)
         if request.args and "{args}" not in lang.run.command:
             raise RequestError(f"{lang.name} programs take no command-line arguments")
+        argv_env = sum(len(a.encode()) + 1 for a in request.args) + sum(
+            len(k.encode()) + len(v.encode()) + 2 for k, v in request.env.items())
+        if argv_env > MAX_ARGV_ENV_BYTES:
+            raise RequestError(f"arguments and environment take {argv_env} bytes; the maximum is "
+                               f"{MAX_ARGV_ENV_BYTES} (pass large data through stdin or files)")
         limits = self.policy.apply(request.limits)
         files, entry = self._files(request, lang, limits)
         provider = self.providers.get(request.provider)

@@ -176,7 +176,7 @@ class ExecutionRequest(_Model):
         return self
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Why a run stopped."""
 
     OK = "ok"

@@ -43,7 +43,7 @@ class ExecSpec:
     cwd: str = "."  # relative to the workdir
 
 
-class StopReason(str, enum.Enum):
+class StopReason(enum.StrEnum):
     """Why the provider stopped a process (None in ProcessOutcome: it ended by itself)."""
 
     WALL_TIME = "wall_time"

@@ -5,20 +5,23 @@ Secure by default: every namespace is new; the network is shared only when the r
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 # What the root filesystem is made of: read-only binds of only what toolchains need.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# /etc entries toolchains read (dynamic linker, alternatives, JVM/Mono/PHP config, certificates, zones).
-# Never /etc itself: no shadow, no host passwd, no host configuration.
+# /etc entries toolchains read (dynamic linker, alternatives, JVM/Mono/PHP config, certificates, zones),
+# copied into execbox's own /etc (see build_etc). Never the host's /etc itself: no shadow, no host passwd.
 ETC_ENTRIES = (
     "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "java-17-openjdk", "java-21-openjdk",
     "mono", "php", "ssl", "ca-certificates", "localtime", "timezone", "nsswitch.conf", "host.conf",
     "gai.conf", "mime.types", "fonts", "matplotlibrc", "python3", "python3.11",
 )
 NETWORK_ETC_ENTRIES = ("resolv.conf",)
+ETC_SKIP = ("ssl/private",)  # private keys stay on the host even when their parent is copied
 
 SANDBOX_UID = 1000
 WORKDIR = "/work"
@@ -31,8 +34,9 @@ class Bind:
     kind: str = "ro-bind"  # ro-bind | bind | symlink
 
 
-def root_binds(extra_ro: tuple[str, ...] = (), network: bool = False, root: str = "/") -> list[Bind]:
-    """The host paths that make the sandbox's root, probed once per provider (symlinks stay symlinks)."""
+def root_binds(extra_ro: tuple[str, ...] = (), root: str = "/") -> list[Bind]:
+    """The host paths that make the sandbox's root besides /etc, probed once per provider (symlinks stay
+    symlinks)."""
     binds: list[Bind] = []
     host = Path(root)
     for d in SYSTEM_DIRS:
@@ -41,11 +45,6 @@ def root_binds(extra_ro: tuple[str, ...] = (), network: bool = False, root: str 
             binds.append(Bind(os.readlink(p), d, "symlink"))
         elif p.is_dir():
             binds.append(Bind(d, d))
-    etc = ETC_ENTRIES + (NETWORK_ETC_ENTRIES if network else ())
-    for name in etc:
-        p = host / "etc" / name
-        if p.exists() or p.is_symlink():
-            binds.append(Bind(f"/etc/{name}", f"/etc/{name}"))
     binds.extend(Bind(p, p) for p in extra_ro)
     return binds
 
@@ -56,7 +55,7 @@ class SandboxSpec:
     binds: tuple[Bind, ...]
     work_dir: str  # host path bound read-write at /work
     tmp_dir: str  # host path bound read-write at /tmp
-    etc_dir: str  # host dir with execbox's own passwd, group, hosts, hostname
+    etc_dir: str  # execbox's own /etc (build_etc), bound read-only at /etc
     seccomp_fd: int | None
     network: bool = False
     cwd: str = WORKDIR
@@ -79,9 +78,8 @@ def build_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
     ]
     for b in spec.binds:
         argv += [f"--{b.kind}", b.source, b.dest]
-    for name in ("passwd", "group", "hosts", "hostname"):
-        argv += ["--ro-bind", f"{spec.etc_dir}/{name}", f"/etc/{name}"]
     argv += [
+        "--ro-bind", spec.etc_dir, "/etc",
         "--proc", "/proc",
         "--dev", "/dev",
         "--bind", spec.work_dir, WORKDIR,
@@ -106,12 +104,51 @@ ETC_FILES = {
 }
 
 
-def write_etc(etc_dir: Path) -> None:
-    """execbox's own identity files for the sandbox (the host's passwd and group never go in)."""
-    etc_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(etc_dir, 0o755)
+def _etc_sources(network: bool, root: Path) -> list[Path]:
+    names = ETC_ENTRIES + (NETWORK_ETC_ENTRIES if network else ())
+    return [root / "etc" / n for n in names if (root / "etc" / n).exists() or (root / "etc" / n).is_symlink()]
+
+
+def _fingerprint(sources: list[Path], root: Path) -> str:
+    h = hashlib.sha256(repr(sorted(ETC_FILES.items())).encode())
+    for src in sources:
+        for path in [src, *sorted(src.rglob("*"))] if src.is_dir() and not src.is_symlink() else [src]:
+            st = path.lstat()
+            target = os.readlink(path) if path.is_symlink() else ""
+            h.update(f"{path.relative_to(root)}\0{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}\0{target}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build_etc(parent: Path, network: bool, root: str = "/") -> Path:
+    """execbox's own /etc: copies of the allowed host entries plus its own passwd, group, hosts and hostname.
+
+    One directory, bound once, instead of a bind per entry (each mount costs bubblewrap time on every run).
+    Rebuilt only when a host entry changes (the directory's name is a fingerprint of its sources).
+    """
+    host = Path(root)
+    sources = _etc_sources(network, host)
+    target = parent / f"etc-{'net-' if network else ''}{_fingerprint(sources, host)}"
+    if target.is_dir():
+        return target
+    tmp = parent / f".{target.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o755, parents=True)
+    skip = {host / "etc" / s for s in ETC_SKIP}
+    for src in sources:
+        dest = tmp / src.name
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dest)
+        elif src.is_dir():
+            shutil.copytree(src, dest, symlinks=True, ignore=lambda d, names: [
+                n for n in names if Path(d) / n in skip])
+        else:
+            shutil.copy2(src, dest)
     for name, text in ETC_FILES.items():
-        p = etc_dir / name
-        if not p.exists() or p.read_text() != text:
-            p.write_text(text)
-        os.chmod(p, 0o644)
+        (tmp / name).write_text(text)
+        os.chmod(tmp / name, 0o644)
+    os.chmod(tmp, 0o755)
+    try:
+        tmp.rename(target)
+    except OSError:  # another execbox process built the same one meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

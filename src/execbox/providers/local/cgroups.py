@@ -62,7 +62,7 @@ def _mounts() -> dict[str, Path]:
     mounts: dict[str, Path] = {}
     for line in _read(Path("/proc/self/mountinfo")).splitlines():
         pre, _, post = line.partition(" - ")
-        fstype, _, opts = (post.split(" ") + ["", ""])[:3]
+        fstype, _, opts = [*post.split(" "), "", ""][:3]
         mnt = Path(pre.split(" ")[4])
         if fstype == "cgroup2":
             mounts.setdefault("", mnt)

@@ -127,8 +127,7 @@ class LocalProvider(Provider):
             (self.runtime / sub).mkdir(parents=True, exist_ok=True)
             # the instance uids traverse these to reach their workdir
             os.chmod(self.runtime / sub, 0o711 if sub != "locks" else 0o700)
-        self.etc_dir = self.runtime / "etc"
-        bwrap.write_etc(self.etc_dir)
+        self.etc_dirs = {net: bwrap.build_etc(self.runtime, net) for net in (False, True)}
         self.seccomp_path = self.runtime / "seccomp.bpf"
         bpf = seccomp.filter_bpf()
         if not self.seccomp_path.exists() or self.seccomp_path.read_bytes() != bpf:
@@ -138,7 +137,7 @@ class LocalProvider(Provider):
         self.cgroups = cgroups.probe()
         self.slots = _UidSlots(self.runtime / "locks", self.settings.first_uid, self.settings.uid_count) \
             if self.root else None
-        self._binds = {net: tuple(bwrap.root_binds(self.settings.extra_ro_binds, net)) for net in (False, True)}
+        self._binds = tuple(bwrap.root_binds(self.settings.extra_ro_binds))
         self._cleanup_stale()
 
     def _cleanup_stale(self) -> None:
@@ -275,8 +274,8 @@ class LocalInstance(Instance):
             seccomp_fd = os.open(p.seccomp_path, os.O_RDONLY)  # a fresh open file: its offset is ours alone
             status_r, status_w = os.pipe()
             sandbox = bwrap.SandboxSpec(
-                argv=spec.argv, binds=p._binds[self.spec.network], work_dir=str(self.work),
-                tmp_dir=str(self.path / "tmp"), etc_dir=str(p.etc_dir), seccomp_fd=seccomp_fd,
+                argv=spec.argv, binds=p._binds, work_dir=str(self.work),
+                tmp_dir=str(self.path / "tmp"), etc_dir=str(p.etc_dirs[self.spec.network]), seccomp_fd=seccomp_fd,
                 network=self.spec.network, cwd=os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd)),
                 shm_dir=str(self.path / "shm"))
             argv = bwrap.build_argv(sandbox, p.bwrap)

@@ -7,6 +7,7 @@ from a foreign architecture (the i386/x32 ABIs) kill the process, libseccomp's d
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -46,10 +47,8 @@ def filter_bpf() -> bytes:
 
     f = sc.SyscallFilter(sc.ALLOW)
     for name in DENIED_SYSCALLS:
-        try:
+        with contextlib.suppress(ValueError, RuntimeError, OSError):  # not a syscall on this architecture
             f.add_rule(sc.ERRNO(errno.EPERM), name)
-        except (ValueError, RuntimeError, OSError):
-            pass  # not a syscall on this architecture
     # new namespaces through clone(); clone3 passes flags in memory seccomp cannot read, so it reports
     # ENOSYS and libc falls back to clone(), as Docker's and Flatpak's profiles do.
     for flag in CLONE_NEW_FLAGS:
