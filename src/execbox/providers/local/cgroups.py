@@ -180,9 +180,11 @@ class Cgroup:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.001)
 
-    def remove(self) -> None:
-        """Kill what is left, then remove the group(s); retries while the kernel reaps the last tasks."""
+    def remove(self) -> bool:
+        """Kill what is left, then remove the group(s); retries while the kernel reaps the last tasks.
+        True when every group is gone (so no process of this execution can be left anywhere)."""
         self.kill_all()
+        gone = True
         for d in self.dirs.values():
             for attempt in range(200):
                 try:
@@ -194,3 +196,6 @@ class Cgroup:
                     if attempt % 20 == 0:
                         self.kill_all()
                     time.sleep(0.005)
+            else:
+                gone = False
+        return gone

@@ -13,13 +13,15 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
-import resource
 import secrets
 import shutil
 import signal
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from execbox.errors import IsolationError, ProviderUnavailable, RequestError, SandboxError
@@ -34,7 +36,6 @@ UID_COUNT = 512
 _libc = ctypes.CDLL(None, use_errno=True)
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
-PR_SET_PDEATHSIG = 1
 
 
 def _mount_tmpfs(target: Path, size_mb: int, uid: int) -> None:
@@ -48,6 +49,31 @@ def _umount(target: Path) -> None:
     if _libc.umount2(str(target).encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL,
                                                                                        errno.ENOENT):
         raise OSError(ctypes.get_errno(), f"umount {target}")
+
+
+def _build_launcher(runtime: Path) -> str:
+    """Compile launch.c once per version of its source (cached in the runtime dir by content hash)."""
+    source = resources.files(__package__).joinpath("launch.c").read_bytes()
+    target = runtime / f"execbox-launch-{hashlib.sha256(source).hexdigest()[:16]}"
+    if target.exists():
+        return str(target)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise ProviderUnavailable("the local provider builds a small C launcher once and needs a C compiler: "
+                                  "apt-get install gcc")
+    tmp = runtime / f".launch-{os.getpid()}"
+    tmp.with_suffix(".c").write_bytes(source)
+    try:
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(tmp.with_suffix(".c"))], check=True,
+                       capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        raise ProviderUnavailable(f"cannot build the launcher: {e} {detail.decode(errors='replace')}") from e
+    finally:
+        tmp.with_suffix(".c").unlink(missing_ok=True)
+    os.chmod(tmp, 0o700)
+    tmp.replace(target)
+    return str(target)
 
 
 def default_runtime_dir() -> Path:
@@ -134,6 +160,7 @@ class LocalProvider(Provider):
             tmp = self.seccomp_path.with_suffix(f".{os.getpid()}")
             tmp.write_bytes(bpf)
             tmp.replace(self.seccomp_path)
+        self.launcher = _build_launcher(self.runtime)
         self.cgroups = cgroups.probe()
         self.slots = _UidSlots(self.runtime / "locks", self.settings.first_uid, self.settings.uid_count) \
             if self.root else None
@@ -190,6 +217,9 @@ class LocalInstance(Instance):
         self.work = path / "work"
         self._closed = False
         self._execs = 0
+        # Without cgroups, or when a group could not be emptied, processes may outlive an exec: close() then
+        # kills everything the instance's uid owns.
+        self._leftovers = not provider.cgroups.usable
 
     def _resolve(self, rel: str) -> Path:
         """A workdir path that cannot leave the workdir, even through symlinks the program planted."""
@@ -227,25 +257,13 @@ class LocalInstance(Instance):
                 return None
             return f.read(max_bytes)
 
-    def _preexec(self, spec: ExecSpec, procs_files: list[str]) -> None:
-        """In the child, before bubblewrap: join the cgroup, set rlimits, drop to the instance's uid."""
-        for f in procs_files:
-            with open(f, "w") as fh:
-                fh.write(str(os.getpid()))
+    def _launcher_argv(self, spec: ExecSpec, procs_files: list[str]) -> list[str]:
+        """execbox-launch's arguments (see launch.c): join the cgroup, set rlimits, drop to the instance's uid."""
         mb = 1024 * 1024
-        cpu = int(spec.cpu_time_s) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (spec.file_size_mb * mb, spec.file_size_mb * mb))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (spec.open_files, spec.open_files))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if not procs_files:  # no cgroup: address space and per-uid process count are the fallback
-            resource.setrlimit(resource.RLIMIT_AS, (spec.memory_mb * mb, spec.memory_mb * mb))
-        if self.provider.root:
-            resource.setrlimit(resource.RLIMIT_NPROC, (spec.pids + 4, spec.pids + 4))
-            os.setgroups([])
-            os.setresgid(self.uid, self.uid, self.uid)
-            os.setresuid(self.uid, self.uid, self.uid)
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        address_space = 0 if procs_files else spec.memory_mb * mb  # no cgroup: the rlimit is the fallback
+        return [self.provider.launcher, str(os.getpid()), str(self.uid if self.provider.root else -1),
+                str(int(spec.cpu_time_s) + 1), str(spec.file_size_mb * mb), str(spec.open_files),
+                str(spec.pids + 4), str(address_space), *procs_files, "--"]
 
     async def exec(self, spec: ExecSpec) -> ProcessOutcome:
         if self._closed:
@@ -281,10 +299,10 @@ class LocalInstance(Instance):
             argv = bwrap.build_argv(sandbox, p.bwrap)
             argv[1:1] = ["--json-status-fd", str(status_w)]
             env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
-            procs = cg.procs_files if cg else []
+            argv[:0] = self._launcher_argv(spec, cg.procs_files if cg else [])
             launch = Launch(argv=argv, env=env, stdin=spec.stdin, output_bytes=spec.output_bytes,
                             wall_time_s=spec.wall_time_s, cpu_time_s=spec.cpu_time_s,
-                            pass_fds=(seccomp_fd, status_w), preexec=lambda: self._preexec(spec, procs))
+                            pass_fds=(seccomp_fd, status_w))
             try:
                 outcome, code = await supervise(launch, cg, after_spawn=close_status_w)
             except OSError as e:
@@ -298,8 +316,8 @@ class LocalInstance(Instance):
             for fd in (seccomp_fd, status_r):
                 if fd >= 0:
                     os.close(fd)
-            if cg is not None:
-                cg.remove()
+            if cg is not None and not cg.remove():
+                self._leftovers = True  # a group would not empty: close() kills by uid
         if not started and outcome.stopped_by is None:
             raise SandboxError(f"bubblewrap could not start the sandbox (exit {code}): "
                                f"{outcome.stderr.decode(errors='replace').strip()}")
@@ -311,7 +329,8 @@ class LocalInstance(Instance):
         self._closed = True
         p = self.provider
         if p.root:
-            _kill_uid(self.uid)
+            if self._leftovers:
+                _kill_uid(self.uid)
             with contextlib.suppress(OSError):
                 _umount(self.path)
         shutil.rmtree(self.path, ignore_errors=True)

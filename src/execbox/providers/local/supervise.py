@@ -38,7 +38,6 @@ class Launch:
     wall_time_s: float
     cpu_time_s: float
     pass_fds: tuple[int, ...] = ()
-    preexec: Callable[[], None] | None = None
 
 
 async def supervise(launch: Launch, cgroup: Cgroup | None,
@@ -53,7 +52,7 @@ async def supervise(launch: Launch, cgroup: Cgroup | None,
         start = time.monotonic()
         proc = subprocess.Popen(
             list(launch.argv), stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=launch.env, pass_fds=launch.pass_fds, preexec_fn=launch.preexec, start_new_session=True,
+            env=launch.env, pass_fds=launch.pass_fds, start_new_session=True,
             close_fds=True,
         )
     finally:
