@@ -501,3 +501,14 @@ def test_build_etc_on_this_host(runtime: Path) -> None:
     assert not (d / "shadow").exists() and not (d / "gshadow").exists()
     assert not (d / "ssl/private").exists()
     assert build_etc(runtime, True) == d
+
+
+def test_build_etc_copies_a_resolv_conf_that_points_outside_usr(runtime: Path, fake_root: Path, tmp_path: Path) -> None:
+    # systemd-resolved: /etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf, which the sandbox cannot see
+    real = tmp_path / "run-systemd-resolve-stub.conf"
+    real.write_text("nameserver 127.0.0.53\n")
+    (fake_root / "etc" / "resolv.conf").unlink()
+    (fake_root / "etc" / "resolv.conf").symlink_to(real)
+    built = build_etc(runtime, True, root=str(fake_root)) / "resolv.conf"
+    assert not built.is_symlink()
+    assert built.read_text() == "nameserver 127.0.0.53\n"

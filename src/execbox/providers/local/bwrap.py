@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ ETC_ENTRIES = (
 )
 NETWORK_ETC_ENTRIES = ("resolv.conf",)
 ETC_SKIP = ("ssl/private",)  # private keys stay on the host even when their parent is copied
+ETC_LAYOUT_VERSION = 2  # bump when build_etc copies differently, so old directories are not reused
 
 SANDBOX_UID = 1000
 WORKDIR = "/work"
@@ -110,7 +112,7 @@ def _etc_sources(network: bool, root: Path) -> list[Path]:
 
 
 def _fingerprint(sources: list[Path], root: Path) -> str:
-    h = hashlib.sha256(repr(sorted(ETC_FILES.items())).encode())
+    h = hashlib.sha256(repr((ETC_LAYOUT_VERSION, ETC_SKIP, sorted(ETC_FILES.items()))).encode())
     for src in sources:
         for path in [src, *sorted(src.rglob("*"))] if src.is_dir() and not src.is_symlink() else [src]:
             st = path.lstat()
@@ -130,14 +132,18 @@ def build_etc(parent: Path, network: bool, root: str = "/") -> Path:
     target = parent / f"etc-{'net-' if network else ''}{_fingerprint(sources, host)}"
     if target.is_dir():
         return target
-    tmp = parent / f".{target.name}.{os.getpid()}"
+    tmp = parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o755, parents=True)
     skip = {host / "etc" / s for s in ETC_SKIP}
     for src in sources:
         dest = tmp / src.name
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dest)
+        if src.is_symlink() and os.path.realpath(src).startswith("/usr/"):
+            os.symlink(os.readlink(src), dest)  # e.g. localtime -> /usr/share/zoneinfo/..., visible inside
+        elif src.is_symlink() and not src.exists():
+            continue  # dangling and pointing outside /usr: nothing to give
+        elif src.is_symlink() and src.is_file():
+            shutil.copy2(src, dest)  # e.g. resolv.conf -> /run/systemd/resolve/...: not visible, so copied
         elif src.is_dir():
             shutil.copytree(src, dest, symlinks=True, ignore=lambda d, names: [
                 n for n in names if Path(d) / n in skip])
