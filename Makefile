@@ -6,6 +6,8 @@ bootstrap:
 	@scripts/bootstrap
 
 test: bootstrap
+	$(VENV)/ruff check -q src tests benchmarks
+	$(VENV)/mypy
 	$(VENV)/python -m pytest -n 2 -q
 
 demo: bootstrap
