@@ -33,6 +33,7 @@ SPEC = SandboxSpec(
     tmp_dir="/run/execbox/instances/42/tmp",
     etc_dir=ETC_DIR,
     seccomp_fd=7,
+    env=(("PATH", "/usr/bin"), ("LD_PRELOAD", "/work/x.so")),
 )
 
 SHM_DIR = "/run/execbox/instances/42/shm"
@@ -81,6 +82,13 @@ GOLDEN = [
     "/",
     "--chdir",
     "/work",
+    "--clearenv",
+    "--setenv",
+    "PATH",
+    "/usr/bin",
+    "--setenv",
+    "LD_PRELOAD",
+    "/work/x.so",
     "--seccomp",
     "7",
     "--",
@@ -139,6 +147,13 @@ GOLDEN_SHM = [
     "/dev",
     "--chdir",
     "/work",
+    "--clearenv",
+    "--setenv",
+    "PATH",
+    "/usr/bin",
+    "--setenv",
+    "LD_PRELOAD",
+    "/work/x.so",
     "--seccomp",
     "7",
     "--",
@@ -512,3 +527,13 @@ def test_build_etc_copies_a_resolv_conf_that_points_outside_usr(runtime: Path, f
     built = build_etc(runtime, True, root=str(fake_root)) / "resolv.conf"
     assert not built.is_symlink()
     assert built.read_text() == "nameserver 127.0.0.53\n"
+
+
+def test_environment_is_set_by_bwrap_never_inherited() -> None:
+    # bubblewrap runs outside the sandbox: the program's environment (which may hold LD_PRELOAD) must be
+    # given to it as --setenv after --clearenv, never as bubblewrap's own environment.
+    argv = build_argv(SPEC)
+    opts = _options(argv)
+    assert opts.count("--clearenv") == 1
+    assert opts.index("--clearenv") < opts.index("--setenv")
+    assert _pairs(argv, "--setenv", 2) == [("PATH", "/usr/bin"), ("LD_PRELOAD", "/work/x.so")]

@@ -61,6 +61,8 @@ class SandboxSpec:
     seccomp_fd: int | None
     network: bool = False
     cwd: str = WORKDIR
+    # the program's whole environment: bubblewrap itself starts with an empty one (see build_argv)
+    env: tuple[tuple[str, str], ...] = ()
     # host path bound read-write at /dev/shm. When given, the rest of /dev (bubblewrap's own tmpfs, writable
     # by the sandbox and bounded only by memory) is made read-only, so that every byte a program can write
     # lands in the instance's size-capped workdir tmpfs (disk_mb), as /work and /tmp do.
@@ -91,6 +93,11 @@ def build_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
         *(["--remount-ro", "/dev"] if spec.shm_dir else []),
         "--chdir", spec.cwd,
     ]
+    # The environment is set here, never inherited: bubblewrap and execbox's launcher run outside the
+    # sandbox, where a request's LD_PRELOAD or LD_AUDIT would be obeyed by the dynamic loader.
+    argv.append("--clearenv")
+    for key, value in spec.env:
+        argv += ["--setenv", key, value]
     if spec.seccomp_fd is not None:
         argv += ["--seccomp", str(spec.seccomp_fd)]
     argv += ["--", *spec.argv]

@@ -30,7 +30,9 @@ from execbox.providers.local import bwrap, cgroups, seccomp
 from execbox.providers.local.supervise import Launch, supervise
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-FIRST_UID = 61000
+# Far from every distribution's and systemd's ranges (DynamicUser is 61184-65519), below 2**31.
+FIRST_UID = 1_900_000_000
+UID_LOCK_DIR = Path("/run/execbox-uids")  # host-wide, whatever the runtime dir: two deployments never share a uid
 UID_COUNT = 512
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -149,10 +151,12 @@ class LocalProvider(Provider):
             raise IsolationError(f"cannot build the seccomp filter ({problem}): apt-get install libseccomp2")
         self.root = os.geteuid() == 0
         self.runtime = self.settings.runtime_dir or default_runtime_dir()
-        for sub in ("", "instances", "locks"):
+        for sub in ("", "instances"):
             (self.runtime / sub).mkdir(parents=True, exist_ok=True)
-            # the instance uids traverse these to reach their workdir
-            os.chmod(self.runtime / sub, 0o711 if sub != "locks" else 0o700)
+            os.chmod(self.runtime / sub, 0o711)  # the instance uids traverse these to reach their workdir
+        st = self.runtime.stat()
+        if st.st_uid != os.geteuid():  # e.g. a /tmp/execbox-UID planted by another local user
+            raise ProviderUnavailable(f"runtime dir {self.runtime} is owned by uid {st.st_uid}, not by us")
         self.etc_dirs = {net: bwrap.build_etc(self.runtime, net) for net in (False, True)}
         self.seccomp_path = self.runtime / "seccomp.bpf"
         bpf = seccomp.filter_bpf()
@@ -162,8 +166,13 @@ class LocalProvider(Provider):
             tmp.replace(self.seccomp_path)
         self.launcher = _build_launcher(self.runtime)
         self.cgroups = cgroups.probe()
-        self.slots = _UidSlots(self.runtime / "locks", self.settings.first_uid, self.settings.uid_count) \
-            if self.root else None
+        if self.root and not self.cgroups.usable:  # fail closed: as root, limits must be the cgroup's
+            raise IsolationError(f"cgroups are unusable ({self.cgroups.problem}); refusing to run with rlimits "
+                                 "only. Run on a host with memory, pids and cpu(acct) cgroup controllers.")
+        self.slots = None
+        if self.root:
+            UID_LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+            self.slots = _UidSlots(UID_LOCK_DIR, self.settings.first_uid, self.settings.uid_count)
         self._binds = tuple(bwrap.root_binds(self.settings.extra_ro_binds))
         self._cleanup_stale()
 
@@ -250,7 +259,7 @@ class LocalInstance(Instance):
     async def read_file(self, path: str, max_bytes: int) -> bytes | None:
         try:
             fd = os.open(self._resolve(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except (OSError, SandboxError):
+        except (OSError, SandboxError, RuntimeError, ValueError):  # RuntimeError: a symlink loop it planted
             return None
         with os.fdopen(fd, "rb") as f:
             if not os.path.isfile(f"/proc/self/fd/{fd}"):
@@ -295,12 +304,13 @@ class LocalInstance(Instance):
                 argv=spec.argv, binds=p._binds, work_dir=str(self.work),
                 tmp_dir=str(self.path / "tmp"), etc_dir=str(p.etc_dirs[self.spec.network]), seccomp_fd=seccomp_fd,
                 network=self.spec.network, cwd=os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd)),
-                shm_dir=str(self.path / "shm"))
+                shm_dir=str(self.path / "shm"),
+                env=tuple({"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+                           **spec.env}.items()))
             argv = bwrap.build_argv(sandbox, p.bwrap)
             argv[1:1] = ["--json-status-fd", str(status_w)]
-            env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
             argv[:0] = self._launcher_argv(spec, cg.procs_files if cg else [])
-            launch = Launch(argv=argv, env=env, stdin=spec.stdin, output_bytes=spec.output_bytes,
+            launch = Launch(argv=argv, env={}, stdin=spec.stdin, output_bytes=spec.output_bytes,
                             wall_time_s=spec.wall_time_s, cpu_time_s=spec.cpu_time_s,
                             pass_fds=(seccomp_fd, status_w))
             try:
@@ -328,14 +338,16 @@ class LocalInstance(Instance):
             return
         self._closed = True
         p = self.provider
-        if p.root:
-            if self._leftovers:
+        try:
+            if p.root and self._leftovers:
                 _kill_uid(self.uid)
-            with contextlib.suppress(OSError):
-                _umount(self.path)
-        shutil.rmtree(self.path, ignore_errors=True)
-        if p.slots:
-            p.slots.release(self.uid)
+        finally:
+            if p.root:
+                with contextlib.suppress(OSError):
+                    _umount(self.path)
+            shutil.rmtree(self.path, ignore_errors=True)
+            if p.slots:
+                p.slots.release(self.uid)
 
 
 def _read_all(fd: int) -> bytes:

@@ -38,6 +38,7 @@ CLONE_NEW_FLAGS = (
     0x40000000,  # CLONE_NEWNET
 )
 TIOCSTI = 0x5412
+AF_VSOCK = 40
 
 
 @functools.cache
@@ -54,6 +55,10 @@ def filter_bpf() -> bytes:
     for flag in CLONE_NEW_FLAGS:
         f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    # vsock reaches the hypervisor and other guests' listeners whatever the network namespace (Docker's
+    # default profile denies it too)
+    for call in ("socket", "socketpair"):
+        f.add_rule(sc.ERRNO(errno.EPERM), call, sc.Arg(0, sc.EQ, AF_VSOCK))
     # injecting keystrokes into a terminal
     f.add_rule(sc.ERRNO(errno.EPERM), "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, TIOCSTI))
     fd = os.memfd_create("execbox-seccomp")

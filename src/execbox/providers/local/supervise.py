@@ -47,8 +47,12 @@ async def supervise(launch: Launch, cgroup: Cgroup | None,
     loop = asyncio.get_running_loop()
     stdin_fd = os.memfd_create("execbox-stdin")
     try:
-        os.write(stdin_fd, launch.stdin) if launch.stdin else None
-        os.lseek(stdin_fd, 0, os.SEEK_SET)
+        if launch.stdin:
+            os.write(stdin_fd, launch.stdin)
+        # the program gets a read-only descriptor of its own (not the writable memfd)
+        readonly = os.open(f"/proc/self/fd/{stdin_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        os.close(stdin_fd)
+        stdin_fd = readonly
         start = time.monotonic()
         proc = subprocess.Popen(
             list(launch.argv), stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
