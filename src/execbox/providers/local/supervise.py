@@ -67,9 +67,11 @@ async def supervise(launch: Launch, cgroup: Cgroup | None,
     stopped_by: StopReason | None = None
 
     def kill(reason: StopReason) -> None:
+        """Once: later calls (more output past the cap, a late CPU check) find the tree already dead."""
         nonlocal stopped_by
-        if stopped_by is None:
-            stopped_by = reason
+        if stopped_by is not None:
+            return
+        stopped_by = reason
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
         if cgroup is not None:
