@@ -1,9 +1,12 @@
-.PHONY: bootstrap test demo bench lint clean
+.PHONY: bootstrap serve test demo bench lint clean
 
 VENV := .venv/bin
 
 bootstrap:
 	@scripts/bootstrap
+
+serve: bootstrap
+	$(VENV)/execbox serve
 
 test: bootstrap
 	$(VENV)/ruff check -q src tests benchmarks

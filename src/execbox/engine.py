@@ -54,17 +54,31 @@ class Engine:
         self.languages = languages or default_registry()
         self.policy = policy or Policy()
 
-    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+    def check(self, request: ExecutionRequest) -> Language:
+        """The request's language, or the RequestError that ``execute`` would raise before running anything
+        (unknown language or version, arguments it cannot take, a missing test command)."""
         lang = self.languages.get(request.language)
-        self._check_version(lang, request.version)
-        if request.args and "{args}" not in lang.run.command:
+        self.check_version(lang, request.version)
+        if request.command == "test" and lang.test is None:
+            raise RequestError(f"{lang.name} has no test command")
+        if request.args and "{args}" not in self._main_step(lang, request).command:
             raise RequestError(f"{lang.name} programs take no command-line arguments")
         argv_env = sum(len(a.encode()) + 1 for a in request.args) + sum(
             len(k.encode()) + len(v.encode()) + 2 for k, v in request.env.items())
         if argv_env > MAX_ARGV_ENV_BYTES:
             raise RequestError(f"arguments and environment take {argv_env} bytes; the maximum is "
                                f"{MAX_ARGV_ENV_BYTES} (pass large data through stdin or files)")
-        limits = self.policy.apply(request.limits)
+        return lang
+
+    @staticmethod
+    def _main_step(lang: Language, request: ExecutionRequest) -> Step:
+        return lang.test if request.command == "test" and lang.test is not None else lang.run
+
+    async def execute(self, request: ExecutionRequest, policy: Policy | None = None) -> ExecutionResult:
+        """Run ``request``. ``policy`` (default: the engine's) sets the limits' defaults and maxima, so a
+        server can cap each API key differently."""
+        lang = self.check(request)
+        limits = (policy or self.policy).apply(request.limits)
         files, entry = self._files(request, lang, limits)
         provider = self.providers.get(request.provider)
         execution_id = uuid.uuid4().hex
@@ -85,7 +99,7 @@ class Engine:
                                provider=provider.name, **result)
 
     @staticmethod
-    def _check_version(lang: Language, wanted: str | None) -> None:
+    def check_version(lang: Language, wanted: str | None) -> None:
         """A requested version must match the installed one by prefix ('3', '3.11', '3.11.2'); '*' is any."""
         if wanted in (None, "", "*"):
             return
@@ -151,7 +165,8 @@ class Engine:
                         "stdout_truncated": False, "stderr_truncated": False,
                         "message": f"compile step: {compiled.message}", "compile": compiled}
         stdin = request.stdin.encode() if isinstance(request.stdin, str) else request.stdin
-        spec = self._spec(lang, lang.run, limits, lang.expand(lang.run, entry, sources, request.args),
+        step = self._main_step(lang, request)
+        spec = self._spec(lang, step, limits, lang.expand(step, entry, sources, request.args),
                           compile=False, stdin=stdin, env=request.env)
         ran = step_result(await instance.exec(spec), spec)
         out = {**ran.model_dump(), "compile": compiled}

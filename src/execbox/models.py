@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import posixpath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -59,9 +59,24 @@ class Policy(_Model):
         values: dict[str, Any] = self.defaults.model_dump()
         if requested is not None:
             values.update({k: getattr(requested, k) for k in requested.model_fields_set})
-        for name, cap in self.maxima.model_dump().items():
-            values[name] = (values[name] and cap) if isinstance(cap, bool) else min(values[name], cap)
-        return Limits(**values)
+        return Limits(**_capped(values, self.maxima))
+
+    def capped(self, caps: Limits | None) -> Policy:
+        """This policy with its maxima lowered to the fields ``caps`` sets explicitly (e.g. an API key's caps);
+        never raised."""
+        if caps is None or not caps.model_fields_set:
+            return self
+        lowered = _capped(self.maxima.model_dump(), caps, only=caps.model_fields_set)
+        return Policy(defaults=self.defaults, maxima=Limits(**lowered))
+
+
+def _capped(values: dict[str, Any], caps: Limits, only: set[str] | None = None) -> dict[str, Any]:
+    """``values`` with each field (of ``only``, default all) at most ``caps``' (for booleans: and)."""
+    out = dict(values)
+    for name, cap in caps.model_dump().items():
+        if only is None or name in only:
+            out[name] = (out[name] and cap) if isinstance(cap, bool) else min(out[name], cap)
+    return out
 
 
 def check_file_name(name: str) -> str:
@@ -133,6 +148,9 @@ class ExecutionRequest(_Model):
         None, description="Call the code's main(**arguments) and return its JSON value (python, javascript).")
     limits: Limits | None = Field(None, description="Limits; unset fields take the operator's defaults.")
     provider: str | None = Field(None, description="Provider to run on (default: the configured default).")
+    command: Literal["run", "test"] = Field(
+        "run", description="Which of the language's commands runs after the compile step: 'run' (the program) "
+        "or 'test' (the language's test runner over the files, where the language defines one).")
 
     @field_validator("files")
     @classmethod

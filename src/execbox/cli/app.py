@@ -160,3 +160,14 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
             table.add_row(c.name, f"[{colors[c.state]}]{c.state}[/]", c.detail, c.fix)
         Console().print(table)
     raise typer.Exit(1 if any(c.state == "missing" for c in results) else 0)
+
+
+def _register() -> None:
+    """The service's commands live in their own modules (imported lazily: `run` needs no web stack)."""
+    from execbox.cli import keys, serve
+
+    app.command()(serve.serve)
+    app.add_typer(keys.app, name="keys")
+
+
+_register()

@@ -1,0 +1,42 @@
+"""`execbox serve`: the HTTP service on uvicorn."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+out = Console(stderr=True)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1, "
+                                             "EXECBOX_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8002, EXECBOX_PORT).")] = None,
+) -> None:
+    """Start the HTTP service. Settings come from EXECBOX_* variables and the TOML file in EXECBOX_CONFIG
+    (see the README); the dev API key is printed at start."""
+    import uvicorn
+
+    from execbox.server import ServerSettings, create_app
+    from execbox.server.app import configure_logging, dev_key
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    try:
+        settings = ServerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        out.print(f"[red]execbox:[/red] invalid settings: {e}", highlight=False)
+        raise typer.Exit(125) from None
+    configure_logging(settings.log_level)
+    key = dev_key(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    out.print(f"execbox {url}  (API docs: {url}/docs)", highlight=False)
+    if key:
+        out.print(f"dev API key: {key}  (from {settings.data_dir / 'dev-api-key'}; EXECBOX_DEV_KEY=false "
+                  "turns it off)", highlight=False)
+    if settings.env_keys:
+        out.print(f"{len(settings.env_keys)} key(s) from EXECBOX_API_KEY", highlight=False)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False, server_header=False)

@@ -1,0 +1,26 @@
+"""Prometheus metrics, on a registry of the app's own (several apps can live in one process, as in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.executions = Counter("sandbox_executions_total", "Executions finished, by outcome.",
+                                  ["language", "provider", "status"], registry=self.registry)
+        self.duration = Histogram("sandbox_execution_duration_seconds",
+                                  "Time from admission to result, including compile and queueing in the provider.",
+                                  ["language", "provider", "status"], buckets=BUCKETS, registry=self.registry)
+        self.active = Gauge("sandbox_active_containers", "Sandboxes alive now (executions running).",
+                            ["provider"], registry=self.registry)
+        self.errors = Counter("sandbox_errors_total",
+                              "Executions that produced no result: bad_request (the client's), unavailable "
+                              "or internal_error (the sandbox's).", ["language", "provider", "status"],
+                              registry=self.registry)
+        self.queued = Gauge("sandbox_queued_requests", "Synchronous requests waiting for a slot.",
+                            registry=self.registry)
+        self.pending_jobs = Gauge("sandbox_pending_jobs", "Async jobs queued or running.", registry=self.registry)

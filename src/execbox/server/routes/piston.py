@@ -1,0 +1,177 @@
+"""Piston v2 drop-in: POST /api/v2/execute and GET /api/v2/runtimes, with Piston's shapes and errors
+(400 ``{"message"}``). Piston's times are milliseconds, its memory limits bytes (-1: the server's)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import signal as signals
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from execbox.errors import RequestError
+from execbox.languages import Language
+from execbox.models import ExecutionRequest, File, Limits, StepResult
+from execbox.models import Status as S
+from execbox.server.deps import PrincipalDep, ServiceDep
+
+PREFIX = "/api/v2/"
+
+
+def error_shape(message: str, extra: Any) -> dict[str, Any]:
+    return {"message": message}
+
+
+class _Message(BaseModel):
+    message: str
+
+
+router = APIRouter(tags=["piston"], responses={
+    400: {"model": _Message, "description": "Bad request, unknown runtime."},
+    401: {"model": _Message}, 413: {"model": _Message}, 429: {"model": _Message},
+    500: {"model": _Message}, 503: {"model": _Message}})
+
+
+class PistonFile(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # Piston ignores what it does not know
+    name: str | None = None
+    content: str
+    encoding: Literal["utf8", "base64", "hex"] = "utf8"
+
+    def data(self) -> str | bytes:
+        try:
+            if self.encoding == "base64":
+                return base64.b64decode(self.content, validate=True)
+            if self.encoding == "hex":
+                return bytes.fromhex(self.content)
+        except (binascii.Error, ValueError) as e:
+            raise RequestError(f"file {self.name or ''!r}: content is not valid {self.encoding}") from e
+        return self.content
+
+
+class PistonExecute(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    language: str = Field(max_length=64)
+    version: str = "*"
+    files: list[PistonFile] = Field(min_length=1, max_length=256)
+    stdin: str = ""
+    args: list[str] = []
+    compile_timeout: float | None = Field(None, gt=0, description="milliseconds")
+    run_timeout: float | None = Field(None, gt=0, description="milliseconds")
+    compile_cpu_time: float | None = Field(None, gt=0, description="milliseconds")
+    run_cpu_time: float | None = Field(None, gt=0, description="milliseconds")
+    compile_memory_limit: int | None = Field(None, ge=-1, description="bytes; -1: no limit but the server's")
+    run_memory_limit: int | None = Field(None, ge=-1, description="bytes; -1: no limit but the server's")
+
+
+class PistonStage(BaseModel):
+    stdout: str
+    stderr: str
+    output: str
+    code: int | None
+    signal: str | None
+    message: str | None = None
+    status: str | None = None
+    cpu_time: int | None = Field(None, description="milliseconds")
+    wall_time: int | None = Field(None, description="milliseconds")
+    memory: int | None = Field(None, description="bytes")
+
+
+class PistonResult(BaseModel):
+    language: str
+    version: str
+    run: PistonStage
+    compile: PistonStage | None = None
+
+
+class PistonRuntime(BaseModel):
+    language: str
+    version: str
+    aliases: list[str]
+    runtime: str | None = None
+
+
+# Piston's status letters (its isolate heritage): runtime error, signal, timeout, output/error length, internal
+_STATUS = {S.RUNTIME_ERROR: "RE", S.COMPILE_ERROR: "RE", S.TIMEOUT: "TO", S.MEMORY_LIMIT: "SG", S.KILLED: "SG",
+           S.OUTPUT_LIMIT: "OL", S.INTERNAL_ERROR: "XX"}
+
+
+def _stage(step: StepResult) -> PistonStage:
+    sig = None
+    if step.signal:
+        try:
+            sig = signals.Signals(step.signal).name
+        except ValueError:
+            sig = f"SIG{step.signal}"
+    elif step.status in (S.TIMEOUT, S.MEMORY_LIMIT, S.OUTPUT_LIMIT):
+        sig = "SIGKILL"  # execbox killed it, as Piston would
+    status = _STATUS.get(step.status)
+    if status == "RE" and sig:
+        status = "SG"
+    if status == "OL" and step.stderr_truncated and not step.stdout_truncated:
+        status = "EL"
+    return PistonStage(
+        stdout=step.stdout, stderr=step.stderr, output=step.stdout + step.stderr, code=step.exit_code, signal=sig,
+        message=step.message, status=status,
+        cpu_time=None if step.cpu_time_s is None else round(step.cpu_time_s * 1000),
+        wall_time=round(step.wall_time_s * 1000),
+        memory=None if step.max_rss_mb is None else int(step.max_rss_mb * 1024 * 1024))
+
+
+def _mb(limit: int | None) -> int | None:
+    return None if limit is None or limit < 0 else max(8, math.ceil(limit / (1024 * 1024)))
+
+
+def _request(body: PistonExecute, lang: Language) -> ExecutionRequest:
+    files = []
+    for i, f in enumerate(body.files):
+        name = f.name or (lang.entry if i == 0 else f"file{i}.code")
+        files.append(File(name=name, content=f.data()))
+    limits: dict[str, Any] = {}
+    if body.run_timeout is not None:
+        limits["wall_time_s"] = body.run_timeout / 1000
+    if body.run_cpu_time is not None:
+        limits["cpu_time_s"] = body.run_cpu_time / 1000
+    if body.compile_timeout is not None:
+        limits["compile_wall_time_s"] = body.compile_timeout / 1000
+    if (mem := _mb(body.run_memory_limit)) is not None:
+        limits["memory_mb"] = mem
+    return ExecutionRequest(language=lang.name, files=files, stdin=body.stdin, args=body.args,
+                            limits=Limits(**limits) if limits else None)
+
+
+def _language(service: Any, name: str, version: str) -> Language:
+    try:
+        lang: Language = service.engine.languages.get(name)
+        service.engine.check_version(lang, version)
+    except RequestError as e:
+        raise RequestError(f"{name}-{version} runtime is unknown") from e
+    return lang
+
+
+@router.post("/api/v2/execute", response_model=PistonResult)
+async def execute(body: PistonExecute, service: ServiceDep, principal: PrincipalDep) -> JSONResponse:
+    """Piston's execute: the first file is the entry file."""
+    service.admit(principal)
+    lang = _language(service, body.language, body.version)
+    try:
+        request = _request(body, lang)
+    except ValidationError as e:  # e.g. a file name Piston would take but that is unsafe here
+        raise RequestError("; ".join(err["msg"] for err in e.errors(include_url=False))) from None
+    service.check(request)
+    result = await service.execute(principal, request)
+    out = PistonResult(language=lang.name, version=result.version or "", run=_stage(result),
+                       compile=_stage(result.compile) if result.compile else None)
+    return JSONResponse(out.model_dump(exclude={"compile"} if out.compile is None else set()))
+
+
+@router.get("/api/v2/runtimes", response_model=list[PistonRuntime])
+async def runtimes(service: ServiceDep, principal: PrincipalDep) -> list[PistonRuntime]:
+    """The installed languages in Piston's shape."""
+    return [PistonRuntime(language=lang.name, version=lang.version() or "", aliases=lang.aliases,
+                          runtime="node" if lang.name in ("javascript", "typescript") else None)
+            for lang in service.engine.languages if lang.available]

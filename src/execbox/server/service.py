@@ -1,0 +1,168 @@
+"""What the routes share: the engine, the store, admission control, async jobs, metrics and the log line of
+every execution. Each API (native, Piston, Codapi) translates its body and calls ``Service.execute``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from execbox.engine import Engine
+from execbox.errors import ProviderUnavailable, RequestError, SandboxError
+from execbox.languages import default_registry
+from execbox.models import ExecutionRequest, ExecutionResult, Status
+from execbox.providers.registry import ProviderRegistry, available_names
+from execbox.server.auth import KeyRing, Principal
+from execbox.server.limits import Capacity, RateLimiter, Refused
+from execbox.server.metrics import Metrics
+from execbox.server.schemas import ExecuteBody
+from execbox.server.settings import ServerSettings
+from execbox.store import COMPLETED, QUEUED, SQLiteStore
+
+log = logging.getLogger("execbox.server")
+EXPIRE_EVERY_S = 60
+
+
+def internal_error(request: ExecutionRequest, provider: str, message: str) -> ExecutionResult:
+    """The result of a run the sandbox could not carry out (the sandbox's fault, reported as data)."""
+    return ExecutionResult(execution_id=uuid.uuid4().hex, language=request.language, provider=provider,
+                           status=Status.INTERNAL_ERROR, message=message)
+
+
+class Service:
+    def __init__(self, settings: ServerSettings, dev_key: str | None = None) -> None:
+        self.settings = settings
+        self.store = SQLiteStore(settings.db_path)
+        static = KeyRing.static_names(settings.env_keys)
+        if dev_key:
+            static[dev_key] = "dev"
+        self.keys = KeyRing(self.store, static, settings.rate_limit_per_min)
+        self.providers = ProviderRegistry(default=settings.default_provider)
+        self.engine = Engine(providers=self.providers, languages=default_registry(), policy=settings.policy)
+        self.rates = RateLimiter()
+        self.capacity = Capacity(settings.max_concurrency, settings.max_queue, settings.queue_timeout_s)
+        self.metrics = Metrics()
+        self._jobs: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle
+    async def start(self) -> None:
+        for record in self.store.unfinished():  # jobs of a server that stopped: they run again, oldest first
+            self._jobs.put_nowait(record.id)
+        self.metrics.pending_jobs.set(self._jobs.qsize())
+        self._tasks = [asyncio.create_task(self._job_worker()) for _ in range(self.settings.max_concurrency)]
+        self._tasks.append(asyncio.create_task(self._expire_loop()))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.providers.aclose()
+        self.store.close()
+
+    # --- requests
+    def admit(self, principal: Principal, cost: int = 1) -> None:
+        self.rates.take(principal.name, principal.rate_limit_per_min, cost)
+
+    def check(self, request: ExecutionRequest) -> None:
+        """RequestError for what would fail before running (unknown language, version, provider, ...)."""
+        self.engine.check(request)
+        if request.provider is not None and request.provider not in available_names():
+            raise RequestError(f"unknown provider {request.provider!r}; known: {', '.join(self.provider_names())}")
+
+    def provider_names(self) -> list[str]:
+        return sorted(n for n in available_names() if n != "mock" or self.settings.default_provider == "mock")
+
+    async def execute(self, principal: Principal, request: ExecutionRequest, *, session_id: str | None = None,
+                      bounded: bool = True, admitted: bool = False) -> ExecutionResult:
+        """Run one request under the caller's caps, within the server's capacity; record and count it."""
+        policy = self.engine.policy.capped(principal.caps)
+        provider = request.provider or self.providers.default
+        labels = {"language": request.language, "provider": provider}
+        start = time.monotonic()
+        try:
+            async with self.capacity.slot(bounded=bounded, admitted=admitted):
+                self.metrics.queued.set(self.capacity.waiting)
+                with self.metrics.active.labels(provider).track_inprogress():
+                    result = await self.engine.execute(request, policy)
+        except RequestError as e:
+            self._log_failure(principal, labels, "bad_request", e, start)
+            raise
+        except ProviderUnavailable as e:
+            self._log_failure(principal, labels, "unavailable", e, start)
+            raise
+        except SandboxError as e:
+            self._log_failure(principal, labels, "internal_error", e, start)
+            raise
+        finally:
+            self.metrics.queued.set(self.capacity.waiting)
+        elapsed = time.monotonic() - start
+        labels["language"] = result.language
+        self.metrics.executions.labels(status=result.status.value, **labels).inc()
+        self.metrics.duration.labels(status=result.status.value, **labels).observe(elapsed)
+        log.info("execution", extra={"fields": {
+            "execution_id": result.execution_id, "key": principal.name, "language": result.language,
+            "provider": result.provider, "status": result.status.value, "wall_time_s": result.wall_time_s,
+            "cpu_time_s": result.cpu_time_s, "duration_ms": round(elapsed * 1000, 2), "session_id": session_id}})
+        if session_id is not None:
+            self.store.add_execution(result.execution_id, principal.name, session_id, COMPLETED,
+                                     result=result.model_dump(mode="json"), ttl_s=self.settings.job_ttl_s)
+        return result
+
+    def _log_failure(self, principal: Principal, labels: dict[str, str], status: str, e: Exception,
+                     start: float) -> None:
+        self.metrics.errors.labels(status=status, **labels).inc()
+        level = logging.INFO if status == "bad_request" else logging.ERROR
+        log.log(level, "execution failed", extra={"fields": {
+            "key": principal.name, **labels, "status": status, "error": str(e),
+            "duration_ms": round((time.monotonic() - start) * 1000, 2)}})
+
+    # --- async jobs: the store is the queue, so a restarted server runs what was queued
+    def submit(self, principal: Principal, body: ExecuteBody) -> str:
+        self.check(body.to_request())
+        if self.store.count_unfinished() >= self.settings.max_pending_jobs:
+            raise Refused(503, f"{self.settings.max_pending_jobs} jobs are pending already", 5)
+        job_id = uuid.uuid4().hex
+        self.store.add_execution(job_id, principal.name, body.session_id, QUEUED, request=json.dumps(
+            {"principal": principal.name, "body": body.model_dump(mode="json", exclude_unset=True)}))
+        self._jobs.put_nowait(job_id)
+        self.metrics.pending_jobs.inc()
+        return job_id
+
+    async def _job_worker(self) -> None:
+        while True:
+            job_id = await self._jobs.get()
+            try:
+                await self._run_job(job_id)
+            except Exception:  # a job must never take its worker down
+                log.exception("job failed", extra={"fields": {"execution_id": job_id}})
+            finally:
+                self.metrics.pending_jobs.dec()
+
+    async def _run_job(self, job_id: str) -> None:
+        record = self.store.job(job_id)
+        if record is None or record.state == COMPLETED or record.request is None:
+            return
+        saved: dict[str, Any] = json.loads(record.request or "{}")
+        principal = self.keys.principal_named(saved["principal"])
+        body = ExecuteBody.model_validate(saved["body"])
+        self.store.mark_running(job_id)
+        request = body.to_request()
+        try:
+            result = await self.execute(principal, request, bounded=False)
+        except (RequestError, SandboxError) as e:  # reported as data: the client is polling for a result
+            result = internal_error(request, request.provider or self.providers.default, str(e))
+        result = result.model_copy(update={"execution_id": job_id})
+        self.store.complete(job_id, result.model_dump(mode="json"), self.settings.job_ttl_s)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self.store.expire()
+            await asyncio.sleep(EXPIRE_EVERY_S)

@@ -1,0 +1,88 @@
+"""The service's settings: environment variables (prefix ``EXECBOX_``, ``__`` for nesting) over an optional
+TOML file (``EXECBOX_CONFIG``) over these defaults.
+
+    EXECBOX_PORT=9000 EXECBOX_MAXIMA__WALL_TIME_S=30 EXECBOX_API_KEY=k1,k2 execbox serve
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from execbox.models import Limits, Policy
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "execbox"
+
+
+class ServerSettings(BaseSettings):
+    """Everything an operator sets. Each field is also ``EXECBOX_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EXECBOX_", env_nested_delimiter="__", extra="forbid",
+                                      frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(8002, description="Port to listen on.")
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           description="Where the SQLite store and the dev API key live.")
+    api_key: str = Field("", description="API keys that always work, comma-separated (EXECBOX_API_KEY).")
+    dev_key: bool = Field(True, description="Create a random dev key in data_dir/dev-api-key on first start and "
+                          "accept it (print it at start). Turn off in production and use `execbox keys`.")
+    default_provider: str = Field("local", description="Provider used when a request names none.")
+    max_concurrency: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default_factory=lambda: 2 * (os.cpu_count() or 1), description="Executions running at once.")
+    max_queue: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        64, description="Synchronous requests waiting for a slot; beyond it: 503 with Retry-After.")
+    queue_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        60, description="Longest a synchronous request waits for a slot before a 503.")
+    max_pending_jobs: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="Async jobs queued at once; beyond it: 503 with Retry-After.")
+    max_batch: Annotated[int, Field(ge=1, le=10_000)] = Field(64, description="Requests in one batch.")
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(10 * 1024 * 1024,
+                                                           description="Largest request body (413 beyond).")
+    job_ttl_s: Annotated[float, Field(gt=0)] = Field(3600, description="How long finished results are kept.")
+    rate_limit_per_min: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Default rate limit of keys that set none (requests per minute); none: unlimited.")
+    defaults: Limits = Field(default_factory=lambda: Policy().defaults,
+                             description="Limits a request starts from.")
+    maxima: Limits = Field(default_factory=lambda: Policy().maxima,
+                           description="Limits no request can exceed.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+    @field_validator("defaults", "maxima", mode="before")
+    @classmethod
+    def _over_builtin(cls, v: Any, info: Any) -> Any:
+        """A partial table (e.g. only maxima.wall_time_s) keeps the built-in values of the other fields."""
+        if isinstance(v, dict):
+            base = Policy().defaults if info.field_name == "defaults" else Policy().maxima
+            return {**base.model_dump(), **v}
+        return v
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(defaults=self.defaults, maxima=self.maxima)
+
+    @property
+    def env_keys(self) -> list[str]:
+        return [k.strip() for k in self.api_key.split(",") if k.strip()]
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "execbox.db"
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config := os.environ.get("EXECBOX_CONFIG"):
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)

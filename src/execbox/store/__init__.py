@@ -1,0 +1,5 @@
+"""Where the service keeps state: API keys and executions. SQLite by default (Redis later, for a fleet)."""
+
+from execbox.store.sqlite import COMPLETED, QUEUED, RUNNING, ExecutionRecord, KeyRecord, NameTaken, SQLiteStore
+
+__all__ = ["COMPLETED", "QUEUED", "RUNNING", "ExecutionRecord", "KeyRecord", "NameTaken", "SQLiteStore"]

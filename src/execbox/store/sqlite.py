@@ -1,0 +1,175 @@
+"""The default store: one SQLite file in WAL mode. API keys (hashed) and executions (async jobs, and the
+executions of a session), each row owned by the key that created it.
+
+Calls are short single statements on one connection (each well under a millisecond), so they run inline
+on the event loop rather than paying a thread hop per call.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    rate_limit_per_min REAL,
+    caps TEXT,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    session_id TEXT,
+    state TEXT NOT NULL,           -- queued | running | completed
+    request TEXT,                  -- the request body (JSON), kept until the job has run
+    result TEXT,                   -- the result (JSON) once completed
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS executions_state ON executions (state, created_at);
+CREATE INDEX IF NOT EXISTS executions_session ON executions (owner, session_id, created_at);
+"""
+
+QUEUED, RUNNING, COMPLETED = "queued", "running", "completed"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    name: str
+    key_hash: str
+    prefix: str
+    rate_limit_per_min: float | None
+    caps: dict[str, Any] | None
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    id: str
+    owner: str
+    session_id: str | None
+    state: str
+    request: str | None
+    result: dict[str, Any] | None
+    created_at: float
+    finished_at: float | None
+
+
+class NameTaken(ValueError):
+    pass
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._lock = threading.Lock()  # the CLI and tests may share a store across threads
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        self._db.executescript(SCHEMA)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def ping(self) -> None:
+        self._q("SELECT 1")
+
+    # --- API keys
+    def add_key(self, name: str, key_hash: str, prefix: str, rate_limit_per_min: float | None,
+                caps: dict[str, Any] | None) -> KeyRecord:
+        try:
+            self._q("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                    (name, key_hash, prefix, rate_limit_per_min, json.dumps(caps) if caps else None, time.time()))
+        except sqlite3.IntegrityError as e:
+            raise NameTaken(f"a key named {name!r} exists already") from e
+        key = self.key_by_name(name)
+        assert key is not None
+        return key
+
+    def _key(self, row: tuple[Any, ...]) -> KeyRecord:
+        return KeyRecord(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else None, row[5], row[6])
+
+    def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        rows = self._q("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,))
+        return self._key(rows[0]) if rows else None
+
+    def key_by_name(self, name: str) -> KeyRecord | None:
+        rows = self._q("SELECT * FROM api_keys WHERE name = ?", (name,))
+        return self._key(rows[0]) if rows else None
+
+    def keys(self) -> list[KeyRecord]:
+        return [self._key(r) for r in self._q("SELECT * FROM api_keys ORDER BY created_at")]
+
+    def revoke_key(self, name: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                                   (time.time(), name))
+            return cur.rowcount > 0
+
+    # --- executions
+    def add_execution(self, id: str, owner: str, session_id: str | None, state: str, request: str | None = None,
+                      result: dict[str, Any] | None = None, ttl_s: float | None = None) -> None:
+        now = time.time()
+        done = state == COMPLETED
+        self._q("INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (id, owner, session_id, state, request, json.dumps(result) if result is not None else None, now,
+                 now if done else None, now + ttl_s if done and ttl_s else None))
+
+    def mark_running(self, id: str) -> None:
+        self._q("UPDATE executions SET state = ? WHERE id = ?", (RUNNING, id))
+
+    def complete(self, id: str, result: dict[str, Any], ttl_s: float) -> None:
+        now = time.time()
+        self._q("UPDATE executions SET state = ?, result = ?, request = NULL, finished_at = ?, expires_at = ? "
+                "WHERE id = ?", (COMPLETED, json.dumps(result), now, now + ttl_s, id))
+
+    def _execution(self, row: tuple[Any, ...]) -> ExecutionRecord:
+        return ExecutionRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] else None,
+                               row[6], row[7])
+
+    def execution(self, id: str, owner: str) -> ExecutionRecord | None:
+        rows = self._q("SELECT * FROM executions WHERE id = ? AND owner = ? AND (expires_at IS NULL OR "
+                       "expires_at > ?)", (id, owner, time.time()))
+        return self._execution(rows[0]) if rows else None
+
+    def job(self, id: str) -> ExecutionRecord | None:
+        """An execution by id whoever owns it (for the job runner)."""
+        rows = self._q("SELECT * FROM executions WHERE id = ?", (id,))
+        return self._execution(rows[0]) if rows else None
+
+    def session_executions(self, owner: str, session_id: str, limit: int = 1000) -> list[ExecutionRecord]:
+        rows = self._q("SELECT * FROM executions WHERE owner = ? AND session_id = ? AND (expires_at IS NULL OR "
+                       "expires_at > ?) ORDER BY created_at LIMIT ?", (owner, session_id, time.time(), limit))
+        return [self._execution(r) for r in rows]
+
+    def unfinished(self) -> list[ExecutionRecord]:
+        """Jobs queued or running when the last server stopped, oldest first: they run again."""
+        rows = self._q("SELECT * FROM executions WHERE state != ? ORDER BY created_at", (COMPLETED,))
+        return [self._execution(r) for r in rows]
+
+    def count_unfinished(self) -> int:
+        return int(self._q("SELECT COUNT(*) FROM executions WHERE state != ?", (COMPLETED,))[0][0])
+
+    def expire(self) -> int:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM executions WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                                   (time.time(),))
+            return cur.rowcount
