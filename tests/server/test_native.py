@@ -1,0 +1,322 @@
+"""The native API over real HTTP against a real server (local provider, real sandboxes)."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from tests.server.conftest import KEY, Server
+
+PY = {"language": "python"}
+
+
+def wait_completed(c: httpx.Client, execution_id: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = c.get(f"/api/v1/execute/status/{execution_id}")
+        assert r.status_code == 200, r.text
+        if r.json()["status"] == "completed":
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"{execution_id} not completed in {timeout_s}s")
+
+
+# --- auth
+
+def test_health_needs_no_key_and_reports_components(server: Server) -> None:
+    r = httpx.get(f"{server.url}/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert set(body["components"]) == {"store", "providers", "languages"}
+    assert body["components"]["providers"]["default"] == "local"
+
+
+def test_everything_else_needs_a_key(server: Server) -> None:
+    with server.client(key=None) as c:
+        for method, path in [("POST", "/api/v1/execute"), ("GET", "/api/v1/providers"), ("GET", "/metrics"),
+                             ("GET", "/api/v1/execute/languages"), ("POST", "/api/v1/execute/async"),
+                             ("GET", "/api/v1/execute/status/x"), ("POST", "/api/v2/execute"), ("POST", "/v1/exec")]:
+            r = c.request(method, path, json={**PY, "code": "print(1)"})
+            assert r.status_code == 401, (path, r.status_code, r.text)
+    with server.client(key="wrong") as c:
+        assert c.post("/api/v1/execute", json={**PY, "code": "print(1)"}).status_code == 401
+
+
+def test_bearer_and_header_keys_both_work(server: Server) -> None:
+    r = httpx.post(f"{server.url}/api/v1/execute", json={**PY, "code": "print(1)"},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 200 and r.json()["output"] == "1\n"
+
+
+# --- execute
+
+def test_execute_returns_the_seed_fields_and_the_whole_result(client: httpx.Client) -> None:
+    r = client.post("/api/v1/execute", json={**PY, "code": "import sys\nprint(input()[::-1])\nprint('e', "
+                                             "file=sys.stderr)", "stdin": "hello"})
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert b["success"] is True and b["output"] == "olleh\n" and b["error"] == "e\n"
+    assert b["status"] == "ok" and b["exit_code"] == 0 and b["provider"] == "local" and b["language"] == "python"
+    assert 0 < b["execution_time"] == b["wall_time_s"] < 10
+    assert b["cpu_time_s"] is not None and b["max_rss_mb"] > 0 and len(b["execution_id"]) == 32
+
+
+def test_program_failure_is_a_result_not_an_http_error(client: httpx.Client) -> None:
+    r = client.post("/api/v1/execute", json={**PY, "code": "raise SystemExit(3)"})
+    assert r.status_code == 200
+    b = r.json()
+    assert b["success"] is False and b["status"] == "runtime_error" and b["exit_code"] == 3
+    assert b["error"] == "exited with code 3"
+    r = client.post("/api/v1/execute", json={"language": "c", "code": "int main( {"})
+    assert r.status_code == 200 and r.json()["status"] == "compile_error" and r.json()["compile"]["stderr"]
+
+
+def test_timeout_memory_env_args_files_arguments(client: httpx.Client) -> None:
+    r = client.post("/api/v1/execute", json={**PY, "code": "while True: pass", "timeout": 1}).json()
+    assert r["status"] == "timeout" and "1" in r["message"]
+    r = client.post("/api/v1/execute", json={**PY, "code": "x = bytearray(200 * 2**20); print(len(x))",
+                                            "memory_mb": 64}).json()
+    assert r["status"] == "memory_limit", r
+    r = client.post("/api/v1/execute", json={
+        **PY, "code": "import os, sys, util\nprint(os.environ['A'], sys.argv[1:], util.X, open('b.bin','rb').read())",
+        "environment": {"A": "a1"}, "args": ["x", "y"],
+        "files": [{"name": "util.py", "content": "X = 5"},
+                  {"name": "b.bin", "content": base64.b64encode(b"\x00\xff").decode(), "encoding": "base64"}],
+    }).json()
+    assert r["stdout"] == "a1 ['x', 'y'] 5 b'\\x00\\xff'\n", r
+    r = client.post("/api/v1/execute", json={**PY, "code": "def main(a, b):\n    return {'sum': a + b}",
+                                            "arguments": {"a": 1, "b": 2}}).json()
+    assert r["return_value"] == {"sum": 3}
+
+
+def test_test_command_runs_the_languages_test_runner(client: httpx.Client) -> None:
+    files = [{"name": "test_x.py", "content": "import unittest\nclass T(unittest.TestCase):\n"
+                                              "    def test_a(self): self.assertEqual(2, 3)\n"}]
+    r = client.post("/api/v1/execute", json={**PY, "files": files, "command": "test"}).json()
+    assert r["status"] == "runtime_error" and "FAILED" in r["stderr"]
+    r = client.post("/api/v1/execute", json={"language": "bash", "code": "true", "command": "test"})
+    assert r.status_code == 400 and "no test command" in r.json()["detail"]
+
+
+def test_server_maxima_cap_requests(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_MAXIMA__WALL_TIME_S": "1", "EXECBOX_MAXIMA__CPU_TIME_S": "1"})
+    with s.client() as c:
+        t = time.monotonic()
+        r = c.post("/api/v1/execute", json={**PY, "code": "import time; time.sleep(5)", "timeout": 30}).json()
+        assert r["status"] == "timeout" and "1.0s" in r["message"] and time.monotonic() - t < 4
+
+
+# --- bad input: a clear 4xx naming the field, never a 5xx
+
+def test_bad_inputs_get_clear_4xx(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/api/v1/execute", json={"language": "cobol", "code": "x"})
+        assert r.status_code == 400 and "python" in r.json()["supported"] and "cobol" in r.json()["detail"]
+        r = c.post("/api/v1/execute", json={"language": "python", "code": 5})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "code"]
+        r = c.post("/api/v1/execute", json={"code": "x"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "language"]
+        r = c.post("/api/v1/execute", json={**PY, "code": "x", "surprise": 1})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "surprise"]
+        r = c.post("/api/v1/execute", json={**PY, "files": [{"name": "../../etc/x", "content": "1"}]})
+        assert r.status_code == 422 and "files" in json.dumps(r.json())
+        r = c.post("/api/v1/execute", json={**PY, "files": [{"name": "a\x00b", "content": "1"}]})
+        assert r.status_code == 422
+        r = c.post("/api/v1/execute", json={**PY, "files": [{"name": "a.bin", "content": "!!", "encoding": "base64"}]})
+        assert r.status_code == 400 and "base64" in r.json()["detail"]
+        r = c.post("/api/v1/execute", json={**PY, "code": "x", "timeout": -1})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "timeout"]
+        r = c.post("/api/v1/execute", json={**PY, "code": "x", "provider": "nope"})
+        assert r.status_code == 400 and "nope" in r.json()["detail"]
+        r = c.post("/api/v1/execute", json={**PY, "code": "x", "version": "2.7"})
+        assert r.status_code == 400 and "2.7" in r.json()["detail"]
+        r = c.post("/api/v1/execute", json={**PY})
+        assert r.status_code == 400 and "code" in r.json()["detail"]
+        r = c.post("/api/v1/execute", content=b"\xff\xfe{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "parsing the body" in r.json()["detail"]
+        r = c.post("/api/v1/execute", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+        r = c.post("/api/v1/execute", json={**PY, "code": "print(1)\n#" + "x" * 5_000_000})  # 5 MB of code: fine
+        assert r.status_code == 200 and r.json()["output"] == "1\n"
+        r = c.get("/api/v1/execute/status/nope")
+        assert r.status_code == 404
+
+
+def test_body_over_the_maximum_is_413_streamed_or_not(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_MAX_BODY_BYTES": "100000"})
+    with s.client() as c:
+        big = {**PY, "code": "#" * 200_000}
+        r = c.post("/api/v1/execute", json=big)
+        assert r.status_code == 413 and "100000" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: counted as it streams
+            data = json.dumps(big).encode()
+            for i in range(0, len(data), 16384):
+                yield data[i:i + 16384]
+
+        r = c.post("/api/v1/execute", content=chunks(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        r = c.post("/api/v2/execute", json={"language": "python", "files": [{"content": "#" * 200_000}]})
+        assert r.status_code == 413 and "message" in r.json()
+        assert c.post("/api/v1/execute", json={**PY, "code": "print(1)"}).json()["output"] == "1\n"
+
+
+# --- async jobs, durability
+
+def test_async_returns_at_once_then_completes(client: httpx.Client) -> None:
+    t = time.monotonic()
+    r = client.post("/api/v1/execute/async", json={**PY, "code": "import time; time.sleep(1); print('done')"})
+    assert r.status_code == 202 and time.monotonic() - t < 1
+    job = r.json()
+    assert job["status"] == "queued"
+    assert client.get(f"/api/v1/execute/status/{job['execution_id']}").json()["status"] in ("queued", "running")
+    done = wait_completed(client, job["execution_id"])
+    assert done["result"]["output"] == "done\n" and done["result"]["execution_id"] == job["execution_id"]
+    r = client.post("/api/v1/execute/async", json={"language": "cobol", "code": "x"})
+    assert r.status_code == 400  # checked before queueing
+
+
+def test_another_keys_execution_is_404(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_API_KEY": f"{KEY},other-key-{'y' * 20}"})
+    with s.client() as c, s.client(key=f"other-key-{'y' * 20}") as other:
+        job = c.post("/api/v1/execute/async", json={**PY, "code": "print(1)", "session_id": "s"}).json()
+        wait_completed(c, job["execution_id"])
+        assert other.get(f"/api/v1/execute/status/{job['execution_id']}").status_code == 404
+        assert other.get("/api/v1/sessions/s/executions").json()["executions"] == []
+        assert len(c.get("/api/v1/sessions/s/executions").json()["executions"]) == 1
+
+
+def test_queued_jobs_survive_a_server_crash(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {"EXECBOX_MAX_CONCURRENCY": "1"}
+    s = make_server(env=env)
+    with s.client() as c:
+        ids = [c.post("/api/v1/execute/async", json={**PY, "code": f"import time; time.sleep(0.5); print({i})"}
+                      ).json()["execution_id"] for i in range(4)]
+    s.stop(signal.SIGKILL)  # no shutdown hook runs: the queue must be in the store
+    s2 = make_server(env=env, data_dir=tmp_path)
+    with s2.client() as c:
+        outs = [wait_completed(c, i)["result"]["output"] for i in ids]
+    assert outs == ["0\n", "1\n", "2\n", "3\n"]
+
+
+def test_results_expire_after_the_ttl(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_JOB_TTL_S": "1"})
+    with s.client() as c:
+        job = c.post("/api/v1/execute/async", json={**PY, "code": "print(1)"}).json()
+        wait_completed(c, job["execution_id"])
+        time.sleep(1.5)
+        assert c.get(f"/api/v1/execute/status/{job['execution_id']}").status_code == 404
+
+
+# --- batch, sessions
+
+def test_batch_keeps_order_and_runs_concurrently(client: httpx.Client) -> None:
+    bodies = [{**PY, "code": f"import time; time.sleep({0.6 - i * 0.1:.1f}); print({i})"} for i in range(6)]
+    t = time.monotonic()
+    r = client.post("/api/v1/execute/batch", json=bodies)
+    assert r.status_code == 200, r.text
+    assert [x["output"] for x in r.json()] == [f"{i}\n" for i in range(6)]
+    assert time.monotonic() - t < 3.5  # 2.1 s of sleeps run side by side
+    r = client.post("/api/v1/execute/batch", json=[{**PY, "code": "print(1)"}, {"language": "cobol", "code": "x"}])
+    assert r.status_code == 400 and r.json()["detail"].startswith("request 1:")
+    assert client.post("/api/v1/execute/batch", json=[]).status_code == 422
+
+
+def test_batch_over_the_maximum_is_refused(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_MAX_BATCH": "2"})
+    with s.client() as c:
+        r = c.post("/api/v1/execute/batch", json=[{**PY, "code": "print(1)"}] * 3)
+        assert r.status_code == 400 and "at most 2" in r.json()["detail"]
+
+
+def test_session_lists_its_executions_in_order(client: httpx.Client) -> None:
+    for i in range(3):
+        client.post("/api/v1/execute", json={**PY, "code": f"print({i})", "session_id": "nb-1"})
+    r = client.get("/api/v1/sessions/nb-1/executions").json()
+    assert [e["result"]["output"] for e in r["executions"]] == ["0\n", "1\n", "2\n"]
+    assert client.get("/api/v1/sessions/bad%20id/executions").status_code == 422
+
+
+# --- admission: rate limits and backpressure
+
+def test_rate_limit_429_with_retry_after(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_RATE_LIMIT_PER_MIN": "6"})  # one request, then one every 10 s
+    with s.client() as c:
+        assert c.post("/api/v1/execute", json={**PY, "code": "print(1)"}).status_code == 200
+        r = c.post("/api/v1/execute", json={**PY, "code": "print(1)"})
+        assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 10
+
+
+def test_backpressure_queues_then_503_never_a_crash(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_MAX_CONCURRENCY": "1", "EXECBOX_MAX_QUEUE": "1"})
+    body = {**PY, "code": "import time; time.sleep(1); print('ok')"}
+    with s.client() as c, concurrent.futures.ThreadPoolExecutor(5) as pool:
+        responses = list(pool.map(lambda _: c.post("/api/v1/execute", json=body), range(5)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 2 and set(codes) <= {200, 503}, codes
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused and all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+    assert all(r.json()["output"] == "ok\n" for r in responses if r.status_code == 200)
+
+
+# --- keys, caps
+
+def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EXECBOX_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "execbox.cli", "keys", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_keys_create_list_revoke_and_caps(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    created = _cli(tmp_path, "create", "alice", "--max-timeout", "1", "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    assert _cli(tmp_path, "create", "alice").returncode == 1  # names are unique
+    listed = json.loads(_cli(tmp_path, "list", "--json").stdout)
+    assert [k["name"] for k in listed] == ["alice"] and key not in json.dumps(listed)
+    assert key not in (tmp_path / "execbox.db").read_bytes().decode(errors="replace")  # only its hash
+    s = make_server(data_dir=tmp_path)
+    with s.client(key=key) as c:
+        r = c.post("/api/v1/execute", json={**PY, "code": "import time; time.sleep(5)", "timeout": 30}).json()
+        assert r["status"] == "timeout" and "1.0s" in r["message"]  # the key's cap wins over the request
+        assert _cli(tmp_path, "revoke", "alice").returncode == 0
+        assert c.post("/api/v1/execute", json={**PY, "code": "print(1)"}).status_code == 401
+    assert "alice" in s.log() and key not in s.log()
+
+
+# --- info, metrics, logs
+
+def test_languages_and_providers(client: httpx.Client) -> None:
+    langs = {lang["name"]: lang for lang in client.get("/api/v1/execute/languages").json()["languages"]}
+    assert len(langs) == 13 and langs["python"]["available"] and langs["python"]["commands"] == ["run", "test"]
+    assert langs["c"]["compiled"] is True
+    providers = client.get("/api/v1/providers").json()["providers"]
+    local = next(p for p in providers if p["name"] == "local")
+    assert local == {"name": "local", "status": "available", "is_default": True, "message": None}
+
+
+def test_metrics_count_executions_by_language_provider_status(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server()
+    with s.client() as c:
+        c.post("/api/v1/execute", json={**PY, "code": "print(1)"})
+        c.post("/api/v1/execute", json={**PY, "code": "raise SystemExit(1)"})
+        c.post("/api/v1/execute", json={"language": "cobol", "code": "x"})
+        text = c.get("/metrics").text
+    assert 'sandbox_executions_total{language="python",provider="local",status="ok"} 1.0' in text
+    assert 'sandbox_executions_total{language="python",provider="local",status="runtime_error"} 1.0' in text
+    assert 'sandbox_execution_duration_seconds_count{language="python",provider="local",status="ok"} 1.0' in text
+    assert 'sandbox_active_containers{provider="local"} 0.0' in text
+    assert "# TYPE sandbox_errors_total counter" in text
+    lines = [json.loads(line) for line in s.log().splitlines() if line.startswith("{")]
+    ran = [x for x in lines if x.get("msg") == "execution"]
+    assert len(ran) == 2 and {"execution_id", "key", "language", "status", "duration_ms"} <= ran[0].keys()
+    assert KEY not in s.log()
