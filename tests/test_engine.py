@@ -884,3 +884,32 @@ async def test_files_named_like_execbox_s_own_are_refused_with_arguments(make) -
     for name in ("__execbox_call.py", ARGS_FILE):
         with pytest.raises(InvalidFileError, match="reserved"):
             await engine.execute(req("def main(): return 1", files=[File(name=name, content="x")], arguments={}))
+
+
+# --- the test command, per-request policy ------------------------------------------------------------------
+
+
+async def test_test_command_runs_the_languages_test_step_after_compiling(make) -> None:
+    engine, provider = make()
+    r = await engine.execute(req(None, files=[File(name="test_a.py", content="")], command="test"))
+    assert [s.argv for s in provider.calls] == [("python3", "-m", "unittest", "discover", "-v")]
+    assert r.status is Status.OK
+    engine, provider = make()
+    await engine.execute(req(None, language="go", files=[File(name="main_test.go", content="")], command="test"))
+    assert provider.calls[-1].argv == ("go", "test", "-v", ".")
+
+
+async def test_test_command_is_refused_where_the_language_has_none(make) -> None:
+    engine, provider = make()
+    with pytest.raises(RequestError, match="bash has no test command"):
+        await engine.execute(req("true", language="bash", command="test"))
+    assert provider.calls == []
+
+
+async def test_a_per_request_policy_caps_below_the_engines(make) -> None:
+    engine, provider = make()
+    tight = Policy().capped(Limits(wall_time_s=2, memory_mb=64))
+    await engine.execute(req("", limits=Limits(wall_time_s=100, memory_mb=1024)), tight)
+    assert (provider.calls[-1].wall_time_s, provider.calls[-1].memory_mb) == (2, 64)
+    await engine.execute(req("", limits=Limits(wall_time_s=100)))
+    assert provider.calls[-1].wall_time_s == 100  # the engine's own policy is untouched

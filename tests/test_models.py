@@ -378,3 +378,13 @@ def test_json_schemas_generate() -> None:
     json.dumps(req), json.dumps(res)  # serialisable
     serialisation = ExecutionResult.model_json_schema(mode="serialization")
     assert serialisation["title"] == "ExecutionResult"
+
+
+def test_policy_capped_lowers_only_the_fields_the_caps_set() -> None:
+    base = Policy()
+    capped = base.capped(Limits(wall_time_s=5, memory_mb=100000 // 100))
+    assert capped.maxima.wall_time_s == 5 and capped.maxima.memory_mb == 1000
+    assert capped.maxima.pids == base.maxima.pids and capped.defaults == base.defaults
+    assert base.capped(Limits(wall_time_s=1000)).maxima.wall_time_s == base.maxima.wall_time_s  # never raised
+    assert base.capped(None) is base and base.capped(Limits()) is base
+    assert capped.apply(Limits(wall_time_s=60)).wall_time_s == 5
