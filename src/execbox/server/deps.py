@@ -15,18 +15,18 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An exec
 _bearer = HTTPBearer(auto_error=False, description="An execbox API key as a bearer token.")
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
 
-def get_principal(request: Request, key: Annotated[str | None, Depends(_api_key)],
-                  bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+async def get_principal(request: Request, key: Annotated[str | None, Depends(_api_key)],
+                        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
     presented = key or (bearer.credentials if bearer else None)
     if not presented:
         raise HTTPException(401, "missing API key: send `X-API-Key: KEY` or `Authorization: Bearer KEY`",
                             headers={"WWW-Authenticate": "Bearer"})
-    principal = get_service(request).keys.lookup(presented)
+    principal = (await get_service(request)).keys.lookup(presented)
     if principal is None:
         raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
     return principal
