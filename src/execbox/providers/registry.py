@@ -13,9 +13,11 @@ from execbox.providers.base import Provider
 BUILTIN: dict[str, str] = {
     "local": "execbox.providers.local:LocalProvider",
     "mock": "execbox.providers.mock:MockProvider",
+    "docker": "execbox.providers.docker:DockerProvider",
 }
 INSTALL_HINTS: dict[str, str] = {
     "local": "apt-get install bubblewrap libseccomp2 (or run scripts/bootstrap)",
+    "docker": "pip install 'execbox[docker]' and apt-get install docker.io (or run scripts/bootstrap)",
 }
 
 

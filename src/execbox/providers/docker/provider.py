@@ -1,0 +1,685 @@
+"""The docker provider: each instance is a hardened container from a warm pool; each process is a ``docker exec``.
+
+Containers are created hardened: no network, read-only root filesystem, size-capped tmpfs for /work, /tmp and
+/dev/shm, every capability dropped, ``no-new-privileges``, Docker's default seccomp profile, no host mounts,
+memory/pids/CPU limits, a private IPC namespace and no POSIX message queues. The container's own process (tini +
+``sleep``) runs as uid 0 *without capabilities*, so the sandboxed uid (1000) cannot signal it; every process of an
+execution runs as uid 1000.
+
+The image is chosen by the first process an instance runs: argv[0]'s base name looked up in images/images.toml
+(data: ``binaries = [...]``). Files written before that process are sent with it (a tar on the exec's stdin,
+ahead of the program's own stdin), so a run costs one ``docker exec``.
+
+Between executions a container is reset (every uid-1000 process killed, IPC objects removed, every writable
+place emptied, verified) before it is handed out again; a failed reset destroys it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import io
+import logging
+import os
+import posixpath
+import signal
+import socket
+import struct
+import tarfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from execbox.errors import ExecboxError, IsolationError, ProviderUnavailable, SandboxError
+from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider, StopReason
+from execbox.providers.docker import images
+from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OWNER_LABEL = "io.execbox.owner"
+PID_LABEL = "io.execbox.pid"
+HOST_LABEL = "io.execbox.host"
+KEY_LABEL = "io.execbox.key"
+SANDBOX_UID = 1000
+USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
+WORKDIR = "/work"
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+WRITABLE = (WORKDIR, "/tmp", "/dev/shm", "/dev/mqueue")
+FILES_FAILED = 218
+CPU_POLL_S = 0.05
+EXTRA_PIDS = 8  # tini, sleep, the exec's bash wrapper, the kill/reset helpers
+
+# $1: bytes of tar ahead of stdin, $2: cwd, $3/$4: CPU seconds soft/hard, $5: file size KiB, $6: open files.
+WRAPPER = r"""
+n=$1; cwd=$2; cs=$3; ch=$4; fs=$5; nf=$6; shift 6
+if [ "$n" != 0 ]; then
+  head -c "$n" | tar -x -C /work --no-same-owner -m 2>/tmp/.execbox-tar || {
+    cat /tmp/.execbox-tar >&2; rm -f /tmp/.execbox-tar; echo "execbox: cannot write the files" >&2; exit 218; }
+  rm -f /tmp/.execbox-tar
+fi
+cd -- "$cwd" || exit 218
+ulimit -c 0; ulimit -S -t "$cs"; ulimit -H -t "$ch"; ulimit -f "$fs"; ulimit -n "$nf"
+exec "$@"
+"""
+
+# Run as the sandbox uid: leaves no process, IPC object or file of the previous execution; prints "clean".
+RESET = r"""
+kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null
+ipcrm --all 2>/dev/null
+for d in /work /tmp /dev/shm /dev/mqueue; do
+  chmod -R u+rwX "$d" 2>/dev/null; find "$d" -mindepth 1 -delete 2>/dev/null
+done
+left=$(find /work /tmp /dev/shm /dev/mqueue -mindepth 1 2>/dev/null | head -n 3)
+[ -z "$left" ] || { echo "files left: $left"; exit 1; }
+[ -z "$(ipcs -m -s -q 2>/dev/null | grep -E '^0x')" ] || { echo "IPC objects left"; exit 1; }
+for p in /proc/[0-9]*; do
+  n=${p#/proc/}; [ "$n" = 1 ] || [ "$n" = "$$" ] && continue
+  st=; uid=
+  while read -r k a _; do case $k in State:) st=$a;; Uid:) uid=$a;; esac; done < "$p/status" 2>/dev/null
+  if [ "$uid" = 1000 ] && [ "$st" != Z ] && [ -n "$st" ]; then echo "process left: $n"; exit 1; fi
+done
+echo clean
+"""
+
+KILL_ALL = "kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null; exit 0"
+
+# a regular file inside the workdir (no symlink anywhere on its path); exit 3 otherwise
+READ_FILE = r"""
+p=$(realpath -e -- "$1" 2>/dev/null) || exit 3
+case $p in /work/*) ;; *) exit 3;; esac
+[ "$p" = "/work/$1" ] && [ -f "$p" ] || exit 3
+head -c "$2" -- "$p"
+"""
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    v = os.environ.get(name)
+    return default if v is None else v.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    """The docker provider's settings. ``from_env`` reads ``EXECBOX_DOCKER_*`` (see the README)."""
+
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    runtime: str | None = None  # e.g. "runsc" (gVisor): refused when configured but not installed
+    cpus: float = 1.0
+    memory_mb: int = 256  # at creation; each exec sets its own
+    pids: int = 64  # at creation; each exec sets its own
+    default_image: str = "shell"  # for a first process that is a path (./main), not a known binary
+    prewarm: tuple[str, ...] = ()  # image names whose pools are filled at start (default disk size)
+    prewarm_disk_mb: int = 256
+    official: bool = False  # use the images built with `execbox images build --official`
+    images_dir: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> DockerSettings:
+        e = os.environ
+        pool = PoolSettings(
+            size=int(e.get("EXECBOX_DOCKER_POOL_SIZE", 3)),
+            max_items=int(e.get("EXECBOX_DOCKER_POOL_MAX", 16)),
+            ttl_s=float(e.get("EXECBOX_DOCKER_TTL_S", 3600)),
+            max_idle_s=float(e.get("EXECBOX_DOCKER_MAX_IDLE_S", 600)),
+            health_interval_s=float(e.get("EXECBOX_DOCKER_HEALTH_INTERVAL_S", 30)),
+            wait_s=float(e.get("EXECBOX_DOCKER_WAIT_S", 30)),
+            reuse=_env_bool("EXECBOX_DOCKER_REUSE", True),
+        )
+        prewarm = tuple(n for n in e.get("EXECBOX_DOCKER_PREWARM", "").replace(",", " ").split() if n)
+        return cls(pool=pool, runtime=e.get("EXECBOX_DOCKER_RUNTIME") or None,
+                   cpus=float(e.get("EXECBOX_DOCKER_CPUS", 1.0)), prewarm=prewarm,
+                   official=_env_bool("EXECBOX_DOCKER_OFFICIAL_IMAGES", False),
+                   images_dir=Path(e["EXECBOX_IMAGES_DIR"]) if e.get("EXECBOX_IMAGES_DIR") else None)
+
+
+Key = tuple[str, int, bool]  # (image tag, disk MiB, network)
+
+
+@dataclass
+class Container:
+    id: str
+    key: Key
+    memory_mb: int
+    pids: int
+    cpu_file: Path | None = None  # host-side cgroup files (None when dockerd is remote)
+    cpu_scale: float = 1e-9
+    oom_file: Path | None = None
+    oom_key: str = "oom_kill"
+    peak_file: Path | None = None
+
+
+def _cgroup_files(pid: int) -> dict[str, Any]:
+    """Host paths of the container's CPU usage, OOM-kill counter and peak memory (cgroup v1 or v2)."""
+    out: dict[str, Any] = {}
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    root = Path("/sys/fs/cgroup")
+    for line in lines:
+        hid, ctrls, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if hid == "0" and ctrls == "":  # v2
+            base = root / rel
+            if (base / "cpu.stat").exists():
+                out.setdefault("cpu_file", base / "cpu.stat")
+                out.setdefault("cpu_scale", 1e-6)
+                out.setdefault("oom_file", base / "memory.events")
+                out.setdefault("peak_file", base / "memory.peak")
+            continue
+        names = ctrls.split(",")
+        if "cpuacct" in names:
+            for d in (root / ctrls, root / "cpuacct", root / "cpu,cpuacct"):
+                if (d / rel / "cpuacct.usage").exists():
+                    out["cpu_file"], out["cpu_scale"] = d / rel / "cpuacct.usage", 1e-9
+                    break
+        if "memory" in names and (root / "memory" / rel / "memory.oom_control").exists():
+            out["oom_file"] = root / "memory" / rel / "memory.oom_control"
+            out["peak_file"] = root / "memory" / rel / "memory.max_usage_in_bytes"
+    return out
+
+
+def _read_number(path: Path | None, key: str | None = None) -> float | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    if key is None:
+        try:
+            return float(text.split()[0])
+        except (ValueError, IndexError):
+            return None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return float(parts[1])
+    return None
+
+
+def _cpu_seconds(c: Container) -> float | None:
+    if c.cpu_file is None:
+        return None
+    v = _read_number(c.cpu_file, "usage_usec" if c.cpu_file.name == "cpu.stat" else None)
+    return None if v is None else v * c.cpu_scale
+
+
+def _tar(files: Mapping[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dirs: set[str] = set()
+        for name, data in files.items():
+            parts = name.split("/")
+            for i in range(1, len(parts)):
+                d = "/".join(parts[:i])
+                if d not in dirs:
+                    dirs.add(d)
+                    info = tarfile.TarInfo(d)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+                    info.uid = info.gid = SANDBOX_UID
+                    tar.addfile(info)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, now
+            info.uid = info.gid = SANDBOX_UID
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _map_error(e: Exception, what: str) -> ExecboxError:
+    """Every engine error as execbox's own: ProviderUnavailable when dockerd is unreachable."""
+    import docker.errors
+    import requests.exceptions
+
+    if isinstance(e, ExecboxError):
+        return e
+    if isinstance(e, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError):
+        return ProviderUnavailable(f"the Docker engine is not reachable ({what}: {e}); start dockerd "
+                                   "(scripts/bootstrap starts it) or set DOCKER_HOST")
+    if isinstance(e, docker.errors.ImageNotFound):
+        return ProviderUnavailable(f"{what}: image missing ({e.explanation}); run `execbox images build`")
+    if isinstance(e, docker.errors.APIError):
+        return SandboxError(f"docker: {what} failed: {e.explanation or e}")
+    return SandboxError(f"docker: {what} failed: {e}")
+
+
+class DockerProvider(Provider):
+    name = "docker"
+
+    def __init__(self, settings: DockerSettings | None = None) -> None:
+        self.settings = settings or DockerSettings.from_env()
+        self.client = images.client()  # ProviderUnavailable when dockerd is down or the SDK is missing
+        self.api = self.client.api
+        self.catalog = images.Catalog.load(self.settings.images_dir)
+        self.host = socket.gethostname()
+        self._present: set[str] = set()
+        if self.settings.runtime:
+            runtimes = self.api.info().get("Runtimes", {})
+            if self.settings.runtime not in runtimes:
+                raise IsolationError(f"docker runtime {self.settings.runtime!r} is configured but not installed "
+                                     f"in dockerd (has: {', '.join(runtimes)}); refusing to run without it")
+        self.removed_stale = self._remove_stale()
+        self.pool: WarmPool[Key] = WarmPool(self.settings.pool, self._create, self._reset, self._destroy,
+                                            self._healthy)
+        for name in self.settings.prewarm:
+            self.pool.prewarm(self._key(name, self.settings.prewarm_disk_mb, False))
+        ref = weakref.ref(self)
+
+        def _at_exit() -> None:
+            p = ref()
+            if p is not None:
+                p.pool.close()
+        atexit.register(_at_exit)
+        self._atexit = _at_exit
+
+    # ------------------------------------------------------------------ provider
+    async def start(self, spec: InstanceSpec) -> DockerInstance:
+        return DockerInstance(self, spec)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        self.pool.close()
+        atexit.unregister(self._atexit)
+
+    def active_containers(self) -> int:
+        """Containers that exist now (any state but TERMINATING): for the service's metrics."""
+        return self.pool.count(State.CREATING, State.WARM, State.BUSY, State.RESETTING)
+
+    def image_for(self, binary: str) -> str:
+        image = self.catalog.for_binary(binary)
+        if image is None:
+            if "/" not in binary:
+                known = ", ".join(sorted(b for i in self.catalog.images.values() for b in i.binaries))
+                raise ProviderUnavailable(f"no docker image provides {binary!r} (images provide: {known}); "
+                                          "add it to images/images.toml")
+            image = self.catalog.images[self.settings.default_image]
+        return image.name
+
+    def _key(self, image_name: str, disk_mb: int, network: bool) -> Key:
+        return (self.catalog.tag(image_name, self.settings.official), disk_mb, network)
+
+    async def ensure_image(self, tag: str) -> None:
+        if tag in self._present:
+            return
+        try:
+            exists = await asyncio.to_thread(images.image_exists, self.api, tag)
+        except Exception as e:
+            raise _map_error(e, "inspect image") from e
+        if not exists:
+            name = tag.split("/", 1)[1].split(":", 1)[0]
+            raise ProviderUnavailable(f"docker image {tag} is not built: run `execbox images build {name}`")
+        self._present.add(tag)
+
+    # ------------------------------------------------------------------ containers (pool callbacks, threads)
+    def _remove_stale(self) -> int:
+        """Remove containers left by a crashed execbox process on this host (found by label)."""
+        try:
+            found = self.api.containers(all=True, filters={"label": [f"{OWNER_LABEL}=execbox",
+                                                                     f"{HOST_LABEL}={self.host}"]})
+        except Exception as e:
+            raise _map_error(e, "list containers") from e
+        removed = 0
+        for c in found:
+            pid = int(c.get("Labels", {}).get(PID_LABEL, "0") or 0)
+            if pid and pid != os.getpid() and _alive(pid):
+                continue
+            if pid == os.getpid():
+                continue
+            with contextlib.suppress(Exception):
+                self.api.remove_container(c["Id"], force=True)
+                removed += 1
+        if removed:
+            log.info("docker provider: removed %d container(s) left by a crashed run", removed)
+        return removed
+
+    def _create(self, key: Key) -> Container:
+        import docker.types
+
+        tag, disk_mb, network = key
+        s = self.settings
+        tmpfs_opts = "nosuid,nodev,exec"
+        host_config = self.api.create_host_config(
+            network_mode="bridge" if network else "none",
+            read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,
+            pids_limit=s.pids, mem_limit=f"{s.memory_mb}m", memswap_limit=f"{s.memory_mb}m",
+            nano_cpus=int(s.cpus * 1e9), ipc_mode="private", shm_size=f"{disk_mb}m",
+            tmpfs={WORKDIR: f"size={disk_mb}m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,{tmpfs_opts}",
+                   "/tmp": f"size={disk_mb}m,mode=1777,{tmpfs_opts}"},
+            ulimits=[docker.types.Ulimit(name="msgqueue", soft=0, hard=0),
+                     docker.types.Ulimit(name="core", soft=0, hard=0)],
+            runtime=s.runtime, log_config=docker.types.LogConfig(type="none"),
+        )
+        try:
+            c = self.api.create_container(
+                tag, command=["sleep", "infinity"], user="0:0", working_dir=WORKDIR, hostname="sandbox",
+                network_disabled=not network, host_config=host_config,
+                labels={OWNER_LABEL: "execbox", PID_LABEL: str(os.getpid()), HOST_LABEL: self.host,
+                        KEY_LABEL: f"{tag} {disk_mb} {int(network)}"},
+            )
+            cid = c["Id"]
+            try:
+                self.api.start(cid)
+                pid = self.api.inspect_container(cid)["State"]["Pid"]
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.api.remove_container(cid, force=True)
+                raise
+        except Exception as e:
+            raise _map_error(e, "create a container") from e
+        files = _cgroup_files(pid)
+        return Container(cid, key, s.memory_mb, s.pids, **files)
+
+    def _destroy(self, c: Container) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            self.api.remove_container(c.id, force=True)
+
+    def _healthy(self, c: Container) -> bool:
+        state = self.api.inspect_container(c.id)["State"]
+        return bool(state.get("Running")) and not state.get("Restarting")
+
+    def _reset(self, c: Container) -> None:
+        code, out, err = self._run_helper(c, ["bash", "-c", RESET, "reset"])
+        if code != 0 or not out.strip().endswith(b"clean"):
+            raise SandboxError(f"reset failed ({code}): {(out + err).decode(errors='replace').strip()[:300]}")
+
+    def _run_helper(self, c: Container, argv: list[str]) -> tuple[int, bytes, bytes]:
+        """A short helper process as the sandbox uid; (exit code, stdout, stderr)."""
+        exec_id = self.api.exec_create(c.id, argv, user=USER, workdir=WORKDIR, environment={"PATH": SANDBOX_PATH})
+        out, err = self.api.exec_start(exec_id["Id"], demux=True)
+        for _ in range(200):
+            info = self.api.exec_inspect(exec_id["Id"])
+            if not info.get("Running"):
+                break
+            time.sleep(0.01)
+        return int(info.get("ExitCode") or 0), out or b"", err or b""
+
+    def kill_all(self, c: Container) -> None:
+        """SIGKILL every process of the sandbox uid in the container (the whole tree of an execution)."""
+        exec_id = self.api.exec_create(c.id, ["bash", "-c", KILL_ALL], user=USER, workdir=WORKDIR)
+        self.api.exec_start(exec_id["Id"], detach=True)
+
+    def set_limits(self, c: Container, memory_mb: int, pids: int) -> None:
+        if (memory_mb, pids) == (c.memory_mb, c.pids):
+            return
+        data = {"Memory": memory_mb * 1024 * 1024, "MemorySwap": memory_mb * 1024 * 1024, "PidsLimit": pids}
+        self.api._raise_for_status(self.api._post_json(self.api._url("/containers/{0}/update", c.id), data=data))
+        c.memory_mb, c.pids = memory_mb, pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _thread(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except Exception as e:
+        raise _map_error(e, what) from e
+
+
+class DockerInstance(Instance):
+    """One execution environment: a pooled container, chosen lazily by the first process it runs."""
+
+    def __init__(self, provider: DockerProvider, spec: InstanceSpec) -> None:
+        self.provider, self.spec = provider, spec
+        self.item: Item[Key] | None = None
+        self._pending: dict[str, bytes] = {}
+        self._closed = False
+        self._dirty = False  # a process ran: the container must be reset before reuse
+        self._broken = False
+
+    @property
+    def container(self) -> Container | None:
+        return None if self.item is None else self.item.handle
+
+    async def write_files(self, files: Mapping[str, bytes]) -> None:
+        if self._closed:
+            raise SandboxError("instance is closed")
+        size = sum(len(d) for d in {**self._pending, **files}.values())
+        if size > self.spec.disk_mb * 1024 * 1024:
+            raise SandboxError("the files do not fit in the sandbox's disk limit")
+        self._pending.update(files)  # sent with the next process (one docker exec for both)
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes | None:
+        if self._closed:
+            raise SandboxError("instance is closed")
+        c = self.container
+        if c is None:
+            data = self._pending.get(path)
+            return None if data is None else data[:max_bytes]
+        if self._pending:
+            await self._flush(c)
+        code, out, _ = await _thread("read a file", self.provider._run_helper, c,
+                                     ["bash", "-c", READ_FILE, "read", path, str(max_bytes)])
+        return out if code == 0 else None
+
+    async def _flush(self, c: Container) -> None:
+        """Files written after the last process, before a read: sent with a no-op process."""
+        o = await self._exec(c, ExecSpec(argv=("true",), wall_time_s=30, cpu_time_s=30, memory_mb=c.memory_mb,
+                                         pids=c.pids - EXTRA_PIDS, output_bytes=4096, file_size_mb=1024,
+                                         open_files=64))
+        if o.exit_code != 0:
+            raise SandboxError(f"cannot write the files: {o.stderr.decode(errors='replace')[:300]}")
+
+    async def _acquire(self, argv0: str) -> Container:
+        p = self.provider
+        key = p._key(p.image_for(argv0), self.spec.disk_mb, self.spec.network)
+        await p.ensure_image(key[0])
+        try:
+            self.item = await p.pool.acquire(key)
+        except Exception as e:
+            raise _map_error(e, "start a container") from e
+        container: Container = self.item.handle
+        return container
+
+    async def exec(self, spec: ExecSpec) -> ProcessOutcome:
+        if self._closed:
+            raise SandboxError("instance is closed")
+        if not spec.argv:
+            raise SandboxError("empty argv")
+        retried = False
+        while True:
+            c = self.container or await self._acquire(spec.argv[0])
+            try:
+                return await self._exec(c, spec)
+            except _NotRunning as e:
+                # a WARM container killed from outside: never the program's fault before it started
+                if self._dirty or retried or self.item is None:
+                    self._broken = True
+                    raise SandboxError(f"the container stopped: {e}") from e
+                self.provider.pool.discard(self.item)
+                self.item, retried = None, True
+
+    async def _exec(self, c: Container, spec: ExecSpec) -> ProcessOutcome:
+        p = self.provider
+        await _thread("set limits", p.set_limits, c, spec.memory_mb, spec.pids + EXTRA_PIDS)
+        payload = _tar(self._pending) if self._pending else b""
+        cwd = posixpath.normpath(posixpath.join(WORKDIR, spec.cwd))
+        cpu_soft = int(spec.cpu_time_s) + 1
+        argv = ["bash", "-c", WRAPPER, "execbox", str(len(payload)), cwd, str(cpu_soft), str(cpu_soft + 1),
+                str(spec.file_size_mb * 1024), str(spec.open_files), *spec.argv]
+        env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
+        import docker.errors
+
+        try:
+            exec_id = (await asyncio.to_thread(p.api.exec_create, c.id, argv, stdin=True, user=USER,
+                                               workdir=WORKDIR, environment=env))["Id"]
+        except docker.errors.APIError as e:
+            if e.status_code == 409 or "not running" in str(e):
+                raise _NotRunning(str(e)) from e
+            raise _map_error(e, "docker exec") from e
+        except Exception as e:
+            raise _map_error(e, "docker exec") from e
+        cpu0 = _cpu_seconds(c)
+        oom0 = _read_number(c.oom_file, c.oom_key)
+        if c.peak_file is not None and c.peak_file.name == "memory.max_usage_in_bytes":
+            with contextlib.suppress(OSError):
+                c.peak_file.write_text("0")
+        start = time.monotonic()
+        try:
+            raw = await asyncio.to_thread(p.api.exec_start, exec_id, socket=True)
+        except Exception as e:
+            raise _map_error(e, "docker exec") from e
+        self._pending.clear()
+        self._dirty = True
+        sock: socket.socket = getattr(raw, "_sock", raw)
+        outcome = await _Session(p, c, sock, spec, payload + spec.stdin, start, cpu0, exec_id).run()
+        if outcome.exit_code == FILES_FAILED and b"execbox: cannot write the files" in outcome.stderr:
+            raise SandboxError("cannot write the files into the sandbox: "
+                               + outcome.stderr.decode(errors="replace").strip()[-300:])
+        stopped_by = outcome.stopped_by
+        oom1 = _read_number(c.oom_file, c.oom_key)
+        if stopped_by is None and oom0 is not None and oom1 is not None and oom1 > oom0:
+            stopped_by = StopReason.MEMORY
+        cpu1 = _cpu_seconds(c)
+        peak = _read_number(c.peak_file)
+        return replace(outcome, stopped_by=stopped_by,
+                       cpu_time_s=None if cpu0 is None or cpu1 is None else max(cpu1 - cpu0, 0.0),
+                       max_rss_mb=None if peak is None else peak / (1024 * 1024))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        item, self.item = self.item, None
+        if item is not None:
+            if self._broken:
+                self.provider.pool.discard(item)
+            else:
+                self.provider.pool.release(item)
+
+
+class _NotRunning(Exception):
+    pass
+
+
+class _Session:
+    """One docker exec's attached stream: stdin in, multiplexed stdout/stderr out with caps, limits enforced."""
+
+    def __init__(self, provider: DockerProvider, c: Container, sock: socket.socket, spec: ExecSpec, stdin: bytes,
+                 start: float, cpu0: float | None, exec_id: str) -> None:
+        self.p, self.c, self.sock, self.spec, self.stdin = provider, c, sock, spec, stdin
+        self.start, self.cpu0, self.exec_id = start, cpu0, exec_id
+        self.data = {1: bytearray(), 2: bytearray()}
+        self.truncated = {1: False, 2: False}
+        self.stopped_by: StopReason | None = None
+        self._kill_lock = threading.Lock()
+
+    def kill(self, reason: StopReason) -> None:
+        if self.stopped_by is not None:
+            return
+        self.stopped_by = reason
+        threading.Thread(target=self._kill, daemon=True).start()
+
+    def _kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.p.kill_all(self.c)
+
+    async def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            if self.stdin:
+                await loop.sock_sendall(self.sock, self.stdin)
+        except OSError:
+            pass  # the program exited without reading all of it
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)
+
+    async def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        buf = bytearray()
+        cap = self.spec.output_bytes
+        while True:
+            chunk = await loop.sock_recv(self.sock, 65536)
+            if not chunk:
+                return
+            buf += chunk
+            while len(buf) >= 8:
+                kind, size = buf[0], struct.unpack(">I", bytes(buf[4:8]))[0]
+                if len(buf) < 8 + size:
+                    break
+                payload = bytes(buf[8:8 + size])
+                del buf[:8 + size]
+                if kind not in (1, 2):
+                    continue
+                room = cap - len(self.data[kind])
+                if len(payload) > room:
+                    self.data[kind] += payload[:max(room, 0)]
+                    self.truncated[kind] = True
+                    self.kill(StopReason.OUTPUT)
+                else:
+                    self.data[kind] += payload
+
+    async def _watch_cpu(self) -> None:
+        if self.cpu0 is None:
+            return
+        while True:
+            await asyncio.sleep(CPU_POLL_S)
+            now = _cpu_seconds(self.c)
+            if now is not None and now - self.cpu0 > self.spec.cpu_time_s:
+                self.kill(StopReason.CPU_TIME)
+                return
+
+    async def run(self) -> ProcessOutcome:
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        sender = asyncio.create_task(self._send(loop))
+        reader = asyncio.create_task(self._read(loop))
+        watcher = asyncio.create_task(self._watch_cpu())
+        try:
+            left = self.spec.wall_time_s - (time.monotonic() - self.start)
+            try:
+                await asyncio.wait_for(asyncio.shield(reader), max(left, 0.001))
+            except TimeoutError:
+                self.kill(StopReason.WALL_TIME)
+                try:
+                    await asyncio.wait_for(asyncio.shield(reader), 10)
+                except TimeoutError as e:
+                    raise SandboxError("the container did not stop its processes after a kill") from e
+            except OSError as e:
+                raise SandboxError(f"docker exec stream failed: {e}") from e
+        except asyncio.CancelledError:
+            self.kill(StopReason.CANCELLED)
+            raise
+        finally:
+            for t in (sender, reader, watcher):
+                t.cancel()
+            self.sock.close()
+        wall = time.monotonic() - self.start
+        info: dict[str, Any] = {}
+        for _ in range(300):
+            info = await _thread("docker exec inspect", self.p.api.exec_inspect, self.exec_id)
+            if not info.get("Running"):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            self.kill(self.stopped_by or StopReason.WALL_TIME)
+        code = info.get("ExitCode")
+        exit_code: int | None = None if code is None else int(code)
+        sig: int | None = None
+        if code is not None and 128 < int(code) < 128 + 32:  # a shell's "killed by signal N"
+            exit_code, sig = None, int(code) - 128
+        if sig == signal.SIGXCPU and self.stopped_by is None:
+            self.stopped_by = StopReason.CPU_TIME
+        return ProcessOutcome(
+            exit_code=exit_code, signal=sig, stdout=bytes(self.data[1]), stderr=bytes(self.data[2]),
+            stdout_truncated=self.truncated[1], stderr_truncated=self.truncated[2], wall_time_s=wall,
+            stopped_by=self.stopped_by,
+        )
