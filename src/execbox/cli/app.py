@@ -164,10 +164,11 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 def _register() -> None:
     """The service's commands live in their own modules (imported lazily: `run` needs no web stack)."""
-    from execbox.cli import keys, serve
+    from execbox.cli import images, keys, serve
 
     app.command()(serve.serve)
     app.add_typer(keys.app, name="keys")
+    app.add_typer(images.app, name="images")
 
 
 _register()
