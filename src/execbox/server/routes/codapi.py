@@ -38,7 +38,8 @@ router = APIRouter(tags=["codapi"], responses={
 
 
 class CodapiExec(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"sandbox": "python", "command": "run", "files": {"": "print('hello')"}}]})
     sandbox: str = Field(max_length=64)
     command: Literal["run", "test"] = "run"
     version: str | None = Field(None, max_length=64)

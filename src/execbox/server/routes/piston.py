@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 import signal as signals
 from typing import Any, Literal
 
@@ -54,7 +55,9 @@ class PistonFile(BaseModel):
 
 
 class PistonExecute(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"language": "python", "version": "*", "files": [{"name": "main.py", "content": "print(input())"}],
+         "stdin": "hello", "args": [], "run_timeout": 3000, "run_memory_limit": -1}]})
     language: str = Field(max_length=64)
     version: str = "*"
     files: list[PistonFile] = Field(min_length=1, max_length=256)
@@ -126,11 +129,12 @@ def _mb(limit: int | None) -> int | None:
     return None if limit is None or limit < 0 else max(8, math.ceil(limit / (1024 * 1024)))
 
 
-def _request(body: PistonExecute, lang: Language) -> ExecutionRequest:
-    files = []
-    for i, f in enumerate(body.files):
-        name = f.name or (lang.entry if i == 0 else f"file{i}.code")
-        files.append(File(name=name, content=f.data()))
+# execbox's limit -> the Piston field it comes from (to name the field a client sent in an error)
+_LIMIT_FIELDS = {"wall_time_s": "run_timeout", "cpu_time_s": "run_cpu_time", "compile_wall_time_s": "compile_timeout",
+                 "memory_mb": "run_memory_limit"}
+
+
+def _limits(body: PistonExecute) -> Limits | None:
     limits: dict[str, Any] = {}
     if body.run_timeout is not None:
         limits["wall_time_s"] = body.run_timeout / 1000
@@ -140,8 +144,46 @@ def _request(body: PistonExecute, lang: Language) -> ExecutionRequest:
         limits["compile_wall_time_s"] = body.compile_timeout / 1000
     if (mem := _mb(body.run_memory_limit)) is not None:
         limits["memory_mb"] = mem
-    return ExecutionRequest(language=lang.name, files=files, stdin=body.stdin, args=body.args,
-                            limits=Limits(**limits) if limits else None)
+    if not limits:
+        return None
+    try:
+        return Limits(**limits)
+    except ValidationError as e:  # out of execbox's range (e.g. a run_timeout of days): name Piston's field
+        err = e.errors(include_url=False)[0]
+        field = _LIMIT_FIELDS.get(str(err["loc"][0]) if err["loc"] else "", "limits")
+        raise RequestError(f"{field}: out of range ({err['msg']} in execbox's units)") from None
+
+
+_JAVA_PUBLIC = re.compile(
+    r"^\s*public\s+(?:(?:final|abstract|sealed|non-sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+"
+    r"([A-Za-z_$][\w$]*)", re.M)
+_JAVA_TYPE = re.compile(r"\b(?:class|interface|enum|record)\s+([A-Za-z_$][\w$]*)")
+_JAVA_MAIN = re.compile(r"\bvoid\s+main\s*\(")
+
+
+def _java_entry(source: str | bytes) -> str | None:
+    """The file name javac wants for an unnamed Java entry file. Piston runs Java with the single-file launcher
+    (``java file.java``), which takes any class name; javac needs a public class in a file of its name, and
+    ``java`` the class with ``main``: the public class, else the last type declared before ``main``."""
+    text = source.decode(errors="replace") if isinstance(source, bytes) else source
+    if m := _JAVA_PUBLIC.search(text):
+        return f"{m.group(1)}.java"
+    if main := _JAVA_MAIN.search(text):
+        before = _JAVA_TYPE.findall(text, 0, main.start())
+        if before:
+            return f"{before[-1]}.java"
+    return None
+
+
+def _request(body: PistonExecute, lang: Language) -> ExecutionRequest:
+    files = []
+    for i, f in enumerate(body.files):
+        content = f.data()
+        name = f.name
+        if name is None and i == 0:
+            name = (_java_entry(content) if lang.entry.endswith(".java") else None) or lang.entry
+        files.append(File(name=name or f"file{i}.code", content=content))
+    return ExecutionRequest(language=lang.name, files=files, stdin=body.stdin, args=body.args, limits=_limits(body))
 
 
 def _language(service: Any, name: str, version: str) -> Language:
@@ -169,9 +211,13 @@ async def execute(body: PistonExecute, service: ServiceDep, principal: Principal
     return JSONResponse(out.model_dump(exclude={"compile"} if out.compile is None else set()))
 
 
+# Piston names the runtime package that provides a language (node's javascript, mono's csharp)
+_RUNTIME = {"javascript": "node", "typescript": "node", "csharp": "mono"}
+
+
 @router.get("/api/v2/runtimes", response_model=list[PistonRuntime])
 async def runtimes(service: ServiceDep, principal: PrincipalDep) -> list[PistonRuntime]:
     """The installed languages in Piston's shape."""
     return [PistonRuntime(language=lang.name, version=lang.version() or "", aliases=lang.aliases,
-                          runtime="node" if lang.name in ("javascript", "typescript") else None)
+                          runtime=_RUNTIME.get(lang.name))
             for lang in service.engine.languages if lang.available]
