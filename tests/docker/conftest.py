@@ -1,0 +1,45 @@
+"""Fixtures for the docker provider's tests: a real dockerd (started by scripts/bootstrap) and the built images.
+
+Each pytest(-xdist) worker has one DockerProvider for the whole session (small pools); tests that need other
+settings make their own and close it. ``EXECBOX_NO_DOCKER=1`` skips the directory (a host without Docker).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from execbox import Engine
+from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings
+from execbox.providers.registry import ProviderRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the language table is shared
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("EXECBOX_NO_DOCKER") == "1":
+        skip = pytest.mark.skip(reason="EXECBOX_NO_DOCKER=1")
+        for item in items:
+            if "tests/docker/" in str(item.fspath):
+                item.add_marker(skip)
+
+
+def settings(**pool: object) -> DockerSettings:
+    base = dict(size=1, max_items=8, ttl_s=3600, max_idle_s=600, health_interval_s=30, wait_s=60, reuse=True)
+    return DockerSettings(pool=PoolSettings(**{**base, **pool}))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def docker_provider() -> Iterator[DockerProvider]:
+    provider = DockerProvider(settings())
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(docker_provider: DockerProvider) -> Engine:
+    return Engine(providers=ProviderRegistry(default="docker", instances={"docker": docker_provider}))
