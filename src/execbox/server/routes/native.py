@@ -69,7 +69,11 @@ def _status(record: ExecutionRecord) -> JobStatus:
     return JobStatus.model_validate({"execution_id": record.id, "status": record.state, "result": result})
 
 
-@router.get("/api/v1/execute/status/{execution_id}", response_model=JobStatus, tags=["execute"])
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {**_E, "description": "Unknown, expired or another key's."}}
+
+
+@router.get("/api/v1/execute/status/{execution_id}", response_model=JobStatus, tags=["execute"],
+            responses=NOT_FOUND)
 async def execute_status(execution_id: str, service: ServiceDep, principal: PrincipalDep) -> JobStatus:
     """An async execution's state, and its result once completed. Another key's execution is a 404."""
     record = service.store.execution(execution_id, principal.name)
