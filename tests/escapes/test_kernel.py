@@ -168,11 +168,15 @@ except OSError as e:
     assert r.stdout == "Operation not permitted\n"
 
 
-async def _host_view(delay: float) -> dict[str, dict[int, tuple[set[int], str]]]:
+async def _host_view(delay: float, box: Sandbox) -> dict[str, dict[int, tuple[set[int], str]]]:
     """After ``delay``, what the host sees of this worker's running executions:
-    cgroup name -> {host pid: (its uids, its effective capabilities)}."""
+    cgroup name -> {host pid: (its uids, its effective capabilities)}. The warm pool's idle sandboxes
+    (pre-started, waiting for a request) are not executions and are left out."""
     await asyncio.sleep(delay)
+    pool = box.provider.warm_pool
     marker = f"/execbox/{os.getpid()}-"
+    # (names below are the cgroups' without the pid prefix; a pre-started sandbox's group is its name + "-1")
+    idle = {f"{wd.name}-1".removeprefix(f"{os.getpid()}-") for wd in pool.idle_items()} if pool else set()
     view: dict[str, dict[int, tuple[set[int], str]]] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -182,6 +186,8 @@ async def _host_view(delay: float) -> dict[str, dict[int, tuple[set[int], str]]]
             continue
         if marker in cgroup:
             name = cgroup.split(marker, 1)[1].split("\n", 1)[0]
+            if name in idle:
+                continue
             view.setdefault(name, {})[int(pid)] = ({int(u) for u in status["Uid"].split()},
                                                    status["CapEff"].strip())
     return view
@@ -200,7 +206,7 @@ except OSError as e:
     print("setuid(0):", os.strerror(e.errno))  # uid 0 is not even mapped in the sandbox's namespace
 time.sleep(1)
 """
-    r, view = await asyncio.gather(sandbox.run("python", code), _host_view(0.6))
+    r, view = await asyncio.gather(sandbox.run("python", code), _host_view(0.6, sandbox))
     assert r.status.value == "ok", r
     assert r.stdout.splitlines() == [
         "1000 1000 1000 []", "CapInh 0000000000000000", "CapPrm 0000000000000000", "CapEff 0000000000000000",
@@ -228,7 +234,8 @@ async def test_setuid_binaries_do_not_grant_root(sandbox: Sandbox) -> None:
 
 async def test_each_concurrent_run_gets_its_own_uid(sandbox: Sandbox) -> None:
     code = "import time\ntime.sleep(1)\nprint('done')"
-    *results, view = await asyncio.gather(*(sandbox.run("python", code) for _ in range(3)), _host_view(0.6))
+    *results, view = await asyncio.gather(*(sandbox.run("python", code) for _ in range(3)),
+                                          _host_view(0.6, sandbox))
     assert [r.stdout for r in results] == ["done\n"] * 3
     assert len(view) == 3, view
     per_run = [set().union(*(u for u, _ in procs.values())) for procs in view.values()]

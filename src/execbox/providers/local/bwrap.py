@@ -67,6 +67,9 @@ class SandboxSpec:
     # by the sandbox and bounded only by memory) is made read-only, so that every byte a program can write
     # lands in the instance's size-capped workdir tmpfs (disk_mb), as /work and /tmp do.
     shm_dir: str | None = None
+    # the program is the pid namespace's init (bubblewrap's --as-pid-1): execbox's waiter, which reaps
+    # what the request's program orphans as bubblewrap's own init would (see with_waiter)
+    as_pid_1: bool = False
 
 
 def build_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
@@ -74,6 +77,7 @@ def build_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
         bwrap,
         "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         *([] if spec.network else ["--unshare-net"]),
+        *(["--as-pid-1"] if spec.as_pid_1 else []),
         "--die-with-parent",  # the sandbox's init gets SIGKILL when its supervisor dies
         "--new-session",  # no controlling terminal: TIOCSTI cannot reach the caller's tty
         "--cap-drop", "ALL",
@@ -102,6 +106,20 @@ def build_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
         argv += ["--seccomp", str(spec.seccomp_fd)]
     argv += ["--", *spec.argv]
     return argv
+
+
+def with_waiter(spec: SandboxSpec, waiter_fd: int, control_fd: int) -> SandboxSpec:
+    """A pre-started sandbox: the same sandbox, whose program is execbox's waiter (waiter.c), executed from
+    a read-only descriptor of it (nothing is mounted for it: the sandbox's tree is unchanged; the waiter
+    closes the descriptor before the request's program runs). It talks on ``control_fd``; the request's
+    argv, environment and cwd reach it later, inside the sandbox, so the sandbox starts with an empty
+    environment and /work as its directory. The waiter is the pid namespace's init, in the place of
+    bubblewrap's: the program sees the same process tree (itself as pid 2, its parent pid 1), and as init
+    the waiter cannot be signalled from inside the sandbox."""
+    return SandboxSpec(
+        argv=(f"/proc/self/fd/{waiter_fd}", str(control_fd)), binds=spec.binds, work_dir=spec.work_dir,
+        tmp_dir=spec.tmp_dir, etc_dir=spec.etc_dir, seccomp_fd=spec.seccomp_fd, network=spec.network,
+        cwd=WORKDIR, env=(), shm_dir=spec.shm_dir, as_pid_1=True)
 
 
 ETC_FILES = {

@@ -123,19 +123,32 @@ class Cgroup:
             return
         for d in self.dirs.values():
             d.mkdir()
+        if not self.set_limits(memory_mb, pids):
+            self.remove()
+            raise OSError(f"cannot set limits on cgroup {name}")
+
+    def set_limits(self, memory_mb: int, pids: int) -> bool:
+        """Set the memory (no swap) and pids limits, raising or lowering them. True when both are set."""
         limit = str(memory_mb * 1024 * 1024)
         if self.version == 1:
             mem = self.dirs["memory"]
+            # the memory limit may never exceed memory+swap's: raise memsw first, lower it last
+            memsw = mem / "memory.memsw.limit_in_bytes"
+            _write(memsw, limit)
             ok = _write(mem / "memory.limit_in_bytes", limit)
-            _write(mem / "memory.memsw.limit_in_bytes", limit)  # no swap to hide in, where accounted
+            if not _write(memsw, limit) and memsw.exists():  # no swap to hide in, where accounted
+                ok = False
             ok &= _write(self.dirs["pids"] / "pids.max", str(pids))
         else:
             d = self.dirs[""]
             ok = _write(d / "memory.max", limit) and _write(d / "pids.max", str(pids))
             _write(d / "memory.swap.max", "0")
-        if not ok:
-            self.remove()
-            raise OSError(f"cannot set limits on cgroup {name}")
+        return ok
+
+    def reset_peak(self) -> None:
+        """Forget the peak memory so far (a pre-started sandbox's own setup), where the kernel allows."""
+        if self.version == 1:
+            _write(self.dirs["memory"] / "memory.max_usage_in_bytes", "0")
 
     @property
     def procs_files(self) -> list[str]:
@@ -167,18 +180,23 @@ class Cgroup:
                 return True
         return False
 
-    def kill_all(self) -> None:
-        """SIGKILL every process in the group until none is left (forks racing the kill are caught)."""
+    def kill_all(self, wait: bool = True) -> None:
+        """SIGKILL every process in the group until none is left (forks racing the kill are caught).
+        ``wait=False``: until no process that was not already sent SIGKILL is left (a killed process cannot
+        fork any more), without waiting for the killed ones to be gone."""
         if self.version == 2 and _write(self.dirs[""] / "cgroup.kill", "1"):
             return
+        killed: set[int] = set()
         for _ in range(100):
             pids = self.pids()
-            if not pids:
+            if not pids or (not wait and killed.issuperset(pids)):
                 return
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.001)
+            killed.update(pids)
+            if wait:
+                time.sleep(0.001)
 
     def remove(self) -> bool:
         """Kill what is left, then remove the group(s); retries while the kernel reaps the last tasks.

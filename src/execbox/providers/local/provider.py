@@ -9,25 +9,33 @@ before bubblewrap starts.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import errno
 import fcntl
 import hashlib
 import os
+import resource
 import secrets
 import shutil
 import signal
+import socket
+import struct
 import subprocess
+import threading
+import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from execbox.errors import IsolationError, ProviderUnavailable, RequestError, SandboxError
+from execbox.pool import WarmPool
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
 from execbox.providers.local import bwrap, cgroups, seccomp
-from execbox.providers.local.supervise import Launch, supervise
+from execbox.providers.local.supervise import Launch, Waiter, stdin_fd, supervise, watch
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Far from every distribution's and systemd's ranges (DynamicUser is 61184-65519), below 2**31.
@@ -36,6 +44,10 @@ UID_LOCK_DIR = Path("/run/execbox-uids")  # host-wide, whatever the runtime dir:
 UID_COUNT = 512
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Held while a file the program may execute is open for writing on the host, and by the warm pool's worker
+# while it spawns: a child forked meanwhile would hold a copy of the write descriptor until its exec, and
+# the program's execve of that file would fail with ETXTBSY ("text file busy").
+_WRITE_OR_SPAWN = threading.Lock()
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
 
@@ -53,29 +65,38 @@ def _umount(target: Path) -> None:
         raise OSError(ctypes.get_errno(), f"umount {target}")
 
 
-def _build_launcher(runtime: Path) -> str:
-    """Compile launch.c once per version of its source (cached in the runtime dir by content hash)."""
-    source = resources.files(__package__).joinpath("launch.c").read_bytes()
-    target = runtime / f"execbox-launch-{hashlib.sha256(source).hexdigest()[:16]}"
+def _build_binary(runtime: Path, source_name: str, prefix: str, mode: int) -> str:
+    """Compile a C file of this package once per version of its source (cached in the runtime dir by
+    content hash)."""
+    source = resources.files(__package__).joinpath(source_name).read_bytes()
+    target = runtime / f"{prefix}-{hashlib.sha256(source).hexdigest()[:16]}"
     if target.exists():
         return str(target)
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        raise ProviderUnavailable("the local provider builds a small C launcher once and needs a C compiler: "
+        raise ProviderUnavailable("the local provider builds two small C programs once and needs a C compiler: "
                                   "apt-get install gcc")
-    tmp = runtime / f".launch-{os.getpid()}"
+    tmp = runtime / f".{prefix}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.with_suffix(".c").write_bytes(source)
     try:
         subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(tmp.with_suffix(".c"))], check=True,
                        capture_output=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", b"") or b""
-        raise ProviderUnavailable(f"cannot build the launcher: {e} {detail.decode(errors='replace')}") from e
+        raise ProviderUnavailable(f"cannot build {source_name}: {e} {detail.decode(errors='replace')}") from e
     finally:
         tmp.with_suffix(".c").unlink(missing_ok=True)
-    os.chmod(tmp, 0o700)
+    os.chmod(tmp, mode)
     tmp.replace(target)
     return str(target)
+
+
+def _build_launcher(runtime: Path) -> str:
+    return _build_binary(runtime, "launch.c", "execbox-launch", 0o700)  # run by root only
+
+
+def _build_waiter(runtime: Path) -> str:
+    return _build_binary(runtime, "waiter.c", "execbox-waiter", 0o755)  # run inside sandboxes
 
 
 def default_runtime_dir() -> Path:
@@ -87,14 +108,16 @@ def default_runtime_dir() -> Path:
 
 
 class _UidSlots:
-    """Dedicated uids, one per live instance, shared safely between execbox processes via flock."""
+    """Dedicated uids, one per live instance, shared safely between execbox processes via flock (and
+    between this process's threads: the warm pool's worker takes and releases them too)."""
 
     def __init__(self, lock_dir: Path, first: int, count: int) -> None:
         self.lock_dir, self.first, self.count = lock_dir, first, count
         self.held: dict[int, int] = {}  # uid -> lock fd
+        self._lock = threading.Lock()
 
-    async def acquire(self) -> int:
-        while True:
+    def try_acquire(self) -> int | None:
+        with self._lock:
             for uid in range(self.first, self.first + self.count):
                 if uid in self.held:
                     continue
@@ -106,10 +129,16 @@ class _UidSlots:
                     continue
                 self.held[uid] = fd
                 return uid
+        return None
+
+    async def acquire(self) -> int:
+        while (uid := self.try_acquire()) is None:
             await asyncio.sleep(0.01)
+        return uid
 
     def release(self, uid: int) -> None:
-        fd = self.held.pop(uid, None)
+        with self._lock:
+            fd = self.held.pop(uid, None)
         if fd is not None:
             os.close(fd)
 
@@ -129,6 +158,18 @@ def _kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
+# A pre-started sandbox waits with these limits. Rlimits are set to the maxima (the waiter can only lower
+# them, to the request's values, before exec); the cgroup is kept tight while idle and set to the request's
+# limits before the program is released.
+IDLE_MEMORY_MB = 64
+IDLE_PIDS = 8
+PRESTART_CPU_S = 1 << 40
+PRESTART_NPROC = 1 << 16
+RLIM_INFINITY = (1 << 64) - 1
+WARM_POOL_DISK_MB = 256  # the default Limits.disk_mb: the pool serves requests with the default disk size
+READY_TIMEOUT_S = 10.0
+
+
 @dataclass(frozen=True)
 class LocalSettings:
     bwrap: str = "bwrap"
@@ -136,6 +177,68 @@ class LocalSettings:
     first_uid: int = FIRST_UID
     uid_count: int = UID_COUNT
     extra_ro_binds: tuple[str, ...] = ()
+    # Pre-started sandboxes kept ready (0: none). Used when running as root with cgroups, for requests
+    # without network and with warm_pool_disk_mb of disk; others take the cold path.
+    warm_pool: int = 2
+    warm_pool_disk_mb: int = WARM_POOL_DISK_MB
+
+
+@dataclass
+class _Prepared:
+    """A sandbox started before its request: bubblewrap is up, execbox's waiter blocks on ``control``."""
+
+    cgroup: cgroups.Cgroup
+    proc: subprocess.Popen[bytes]
+    control: socket.socket
+    stdout: int
+    stderr: int
+
+    def close_fds(self) -> None:
+        self.control.close()
+        for fd in (self.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def kill(self) -> bool:
+        """Kill the sandbox (if it still runs), reap its launcher, close our ends. True when its cgroup is
+        gone (nothing of it can be left)."""
+        with contextlib.suppress(ProcessLookupError):
+            if self.proc.returncode is None:
+                os.kill(self.proc.pid, signal.SIGKILL)
+        gone = self.cgroup.remove()
+        if self.proc.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                self.proc.wait()
+        self.close_fds()
+        return gone
+
+
+@dataclass
+class _Workdir:
+    """What an instance holds on the host: a uid, a tmpfs workdir, a name (cgroups are named after it)."""
+
+    uid: int
+    name: str
+    path: Path
+    prepared: _Prepared | None = None
+
+
+def _exec_message(spec: ExecSpec, env: Mapping[str, str], cwd: str, nproc: int) -> bytes:
+    """The waiter's exec message (see waiter.c)."""
+    env = {**env, "PWD": cwd}  # as bubblewrap sets it after --chdir
+    strings = [*spec.argv, *(f"{k}={v}" for k, v in env.items()), cwd]
+    if any("\0" in x for x in strings) or any("=" in k or not k for k in env):
+        raise ValueError("embedded null byte or bad variable name in the program's argv or environment")
+    mb = 1024 * 1024
+    cpu = int(spec.cpu_time_s) + 1
+    header = [cpu, cpu + 1, spec.file_size_mb * mb, spec.open_files, nproc, 0, len(spec.argv), len(env)]
+    body = struct.pack("<8Q", *header) + b"".join(x.encode() + b"\0" for x in strings)
+    return struct.pack("<Q", len(body)) + body
+
+
+def _close_pool(ref: weakref.ref[WarmPool[_Workdir]]) -> None:
+    if (pool := ref()) is not None:
+        pool.close(timeout=10)
 
 
 class LocalProvider(Provider):
@@ -175,6 +278,16 @@ class LocalProvider(Provider):
             self.slots = _UidSlots(UID_LOCK_DIR, self.settings.first_uid, self.settings.uid_count)
         self._binds = tuple(bwrap.root_binds(self.settings.extra_ro_binds))
         self._cleanup_stale()
+        self.warm_pool: WarmPool[_Workdir] | None = None
+        if self.settings.warm_pool > 0 and self.root and self.cgroups.usable:
+            self.waiter = _build_waiter(self.runtime)
+            # the most open files a launcher can grant (beyond it the cold path fails the same way)
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            self.max_nofile = min(int(Path("/proc/sys/fs/nr_open").read_text()),
+                                  hard if hard != resource.RLIM_INFINITY else RLIM_INFINITY)
+            self.warm_pool = WarmPool(self.settings.warm_pool, self._prepare, self._destroy,
+                                      name="execbox-local-pool")
+            atexit.register(_close_pool, weakref.ref(self.warm_pool))
 
     def _cleanup_stale(self) -> None:
         """Remove workdirs and cgroups left by an execbox process that died (its pid is in their name)."""
@@ -197,14 +310,18 @@ class LocalProvider(Provider):
                 shutil.rmtree(d, ignore_errors=True)
         cgroups.remove_stale(self.cgroups, dead)
 
-    async def start(self, spec: InstanceSpec) -> LocalInstance:
-        uid = await self.slots.acquire() if self.slots else os.getuid()
+    async def aclose(self) -> None:
+        """Destroy the idle pre-started sandboxes and wait for every instance's teardown."""
+        if self.warm_pool is not None:
+            await asyncio.to_thread(self.warm_pool.close)
+
+    def _workdir(self, uid: int, disk_mb: int) -> _Workdir:
         name = f"{os.getpid()}-{secrets.token_hex(6)}"
         path = self.runtime / "instances" / name
         try:
             path.mkdir(mode=0o711)
             if self.root:
-                _mount_tmpfs(path, spec.disk_mb, uid)
+                _mount_tmpfs(path, disk_mb, uid)
                 os.chmod(path, 0o711)
             for sub in ("work", "tmp", "shm"):  # shm: /dev/shm, on the capped tmpfs too (see bwrap.py)
                 (path / sub).mkdir(mode=0o700)
@@ -217,15 +334,116 @@ class LocalProvider(Provider):
             if self.slots:
                 self.slots.release(uid)
             raise SandboxError(f"cannot create the sandbox workdir: {e}") from e
-        return LocalInstance(self, spec, uid, name, path)
+        return _Workdir(uid, name, path)
+
+    def _sandbox_spec(self, wd: _Workdir, network: bool, seccomp_fd: int, argv: tuple[str, ...],
+                      env: Mapping[str, str], cwd: str) -> bwrap.SandboxSpec:
+        return bwrap.SandboxSpec(
+            argv=argv, binds=self._binds, work_dir=str(wd.path / "work"), tmp_dir=str(wd.path / "tmp"),
+            etc_dir=str(self.etc_dirs[network]), seccomp_fd=seccomp_fd, network=network,
+            cwd=os.path.normpath(os.path.join(bwrap.WORKDIR, cwd)), shm_dir=str(wd.path / "shm"),
+            env=tuple(env.items()))
+
+    def _launcher_argv(self, uid: int, cpu_s: int, fsize: int, nofile: int, nproc: int, address_space: int,
+                       procs_files: list[str]) -> list[str]:
+        """execbox-launch's arguments (see launch.c): join the cgroup, set rlimits, drop to the instance's uid."""
+        return [self.launcher, str(os.getpid()), str(uid if self.root else -1), str(cpu_s), str(fsize),
+                str(nofile), str(nproc), str(address_space), *procs_files, "--"]
+
+    # ------------------------------------------------------------------ the warm pool (its worker thread)
+    def _prepare(self) -> _Workdir | None:
+        """A sandbox set up before its request: uid, workdir, cgroup, launcher, bubblewrap, seccomp, and
+        execbox's waiter inside, blocked until the request's program is released (see waiter.c)."""
+        assert self.slots is not None
+        uid = self.slots.try_acquire()
+        if uid is None:
+            return None  # every uid is busy: try again later
+        wd = self._workdir(uid, self.settings.warm_pool_disk_mb)
+        cg: cgroups.Cgroup | None = None
+        proc: subprocess.Popen[bytes] | None = None
+        ours = theirs = None
+        seccomp_fd = waiter_fd = -1
+        try:
+            cg = cgroups.Cgroup(self.cgroups, f"{wd.name}-1", memory_mb=IDLE_MEMORY_MB, pids=IDLE_PIDS)
+            seccomp_fd = os.open(self.seccomp_path, os.O_RDONLY)
+            waiter_fd = os.open(self.waiter, os.O_RDONLY)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            spec = bwrap.with_waiter(self._sandbox_spec(wd, False, seccomp_fd, (), {}, "."), waiter_fd,
+                                     theirs.fileno())
+            argv = bwrap.build_argv(spec, self.bwrap)
+            argv[:0] = self._launcher_argv(uid, PRESTART_CPU_S, RLIM_INFINITY, self.max_nofile, PRESTART_NPROC, 0,
+                                           cg.procs_files)
+            with _WRITE_OR_SPAWN:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env={},
+                                        pass_fds=(seccomp_fd, waiter_fd, theirs.fileno()),
+                                        start_new_session=True, close_fds=True)
+            theirs.close()
+            assert proc.stdout is not None and proc.stderr is not None
+            ours.settimeout(READY_TIMEOUT_S)
+            try:
+                ready = ours.recv(1)
+            except TimeoutError:
+                ready = b""
+            if ready != b"R":
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                err = proc.stderr.read().decode(errors="replace").strip()
+                raise SandboxError(f"a pre-started sandbox did not come up (exit {proc.returncode}): {err}")
+            pr = _Prepared(cg, proc, ours, os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno()))
+            proc.stdout.close()
+            proc.stderr.close()
+            wd.prepared = pr
+            return wd
+        except BaseException:
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for s in (ours, theirs):
+                if s is not None:
+                    s.close()
+            gone = cg.remove() if cg is not None else True
+            self._release(wd, kill_uid=not gone)
+            raise
+        finally:
+            for fd in (seccomp_fd, waiter_fd):
+                if fd >= 0:
+                    os.close(fd)
+
+    def _destroy(self, wd: _Workdir) -> None:
+        gone = wd.prepared.kill() if wd.prepared is not None else True
+        self._release(wd, kill_uid=not gone)
+
+    def _release(self, wd: _Workdir, kill_uid: bool) -> None:
+        """Give back what an instance held: kill by uid if asked, unmount and remove its workdir, free the uid."""
+        try:
+            if self.root and kill_uid:
+                _kill_uid(wd.uid)
+        finally:
+            if self.root:
+                with contextlib.suppress(OSError):
+                    _umount(wd.path)
+            shutil.rmtree(wd.path, ignore_errors=True)
+            if self.slots:
+                self.slots.release(wd.uid)
+
+    async def start(self, spec: InstanceSpec) -> LocalInstance:
+        if (self.warm_pool is not None and not spec.network and spec.disk_mb == self.settings.warm_pool_disk_mb
+                and (wd := self.warm_pool.take()) is not None):
+            return LocalInstance(self, spec, wd)
+        uid = await self.slots.acquire() if self.slots else os.getuid()
+        return LocalInstance(self, spec, self._workdir(uid, spec.disk_mb))
 
 
 class LocalInstance(Instance):
-    def __init__(self, provider: LocalProvider, spec: InstanceSpec, uid: int, name: str, path: Path) -> None:
-        self.provider, self.spec, self.uid, self.name, self.path = provider, spec, uid, name, path
-        self.work = path / "work"
+    def __init__(self, provider: LocalProvider, spec: InstanceSpec, wd: _Workdir) -> None:
+        self.provider, self.spec, self.wd = provider, spec, wd
+        self.uid, self.name, self.path = wd.uid, wd.name, wd.path
+        self.work = wd.path / "work"
         self._closed = False
         self._execs = 0
+        self._used: _Prepared | None = None  # the pre-started sandbox that ran, to be reaped by close()
         # Without cgroups, or when a group could not be emptied, processes may outlive an exec: close() then
         # kills everything the instance's uid owns.
         self._leftovers = not provider.cgroups.usable
@@ -243,9 +461,10 @@ class LocalInstance(Instance):
             parent.mkdir(parents=True, exist_ok=True)
             target = self._resolve(rel)
             try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
+                with _WRITE_OR_SPAWN:
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise SandboxError("the files do not fit in the sandbox's disk limit") from e
@@ -266,19 +485,77 @@ class LocalInstance(Instance):
                 return None
             return f.read(max_bytes)
 
-    def _launcher_argv(self, spec: ExecSpec, procs_files: list[str]) -> list[str]:
-        """execbox-launch's arguments (see launch.c): join the cgroup, set rlimits, drop to the instance's uid."""
-        mb = 1024 * 1024
-        address_space = 0 if procs_files else spec.memory_mb * mb  # no cgroup: the rlimit is the fallback
-        return [self.provider.launcher, str(os.getpid()), str(self.uid if self.provider.root else -1),
-                str(int(spec.cpu_time_s) + 1), str(spec.file_size_mb * mb), str(spec.open_files),
-                str(spec.pids + 4), str(address_space), *procs_files, "--"]
+    def _env(self, spec: ExecSpec) -> dict[str, str]:
+        return {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
 
     async def exec(self, spec: ExecSpec) -> ProcessOutcome:
         if self._closed:
             raise SandboxError("instance is closed")
-        p = self.provider
         self._execs += 1
+        pr, self.wd.prepared = self.wd.prepared, None
+        if pr is not None:  # a pre-started sandbox serves this instance's first exec, and only that one
+            outcome = await self._exec_prepared(spec, pr)
+            if outcome is not None:
+                return outcome
+            self._execs += 1  # it was broken (and is gone): a cold sandbox, in a cgroup of its own
+        return await self._exec_cold(spec)
+
+    async def _exec_prepared(self, spec: ExecSpec, pr: _Prepared) -> ProcessOutcome | None:
+        """Release the waiter: the request's cgroup limits first, then its program, rlimits, env and stdin.
+        None when the pre-started sandbox died or its cgroup refused the limits (it is then destroyed)."""
+        cg = pr.cgroup
+        try:
+            message = _exec_message(spec, self._env(spec), os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd)),
+                                    spec.pids + 4)
+        except ValueError:
+            pr.kill()
+            raise
+        if pr.proc.poll() is not None or not cg.set_limits(spec.memory_mb, spec.pids + 4):  # + the waiter
+            if not pr.kill():
+                self._leftovers = True
+            return None
+        cg.reset_peak()
+        cpu_base = cg.cpu_time_s() or 0.0
+        stdin = stdin_fd(spec.stdin)
+        try:
+            start = time.monotonic()
+            socket.send_fds(pr.control, [message[:8]], [stdin])
+            pr.control.sendall(message[8:])
+        except OSError:  # the waiter died meanwhile: the program was never released
+            if not pr.kill():
+                self._leftovers = True
+            return None
+        finally:
+            os.close(stdin)
+        waiter = Waiter(pr.control)
+        try:
+            outcome, code = await watch(pr.proc.pid, pr.stdout, pr.stderr, cg, start,
+                                        output_bytes=spec.output_bytes, wall_time_s=spec.wall_time_s,
+                                        cpu_time_s=spec.cpu_time_s, cpu_base_s=cpu_base, waiter=waiter)
+            if waiter.ended is None:
+                pr.proc.returncode = code  # reaped by watch()
+        except BaseException:
+            if not pr.kill():
+                self._leftovers = True
+            raise
+        # What is left of the sandbox (killed already) is reaped and its cgroup removed by close(), on the
+        # pool's worker: the result does not wait for the namespaces to be torn down.
+        self._used = pr
+        report = b""
+        if code == 126 and waiter.ended is None:  # the waiter may have said why before it exited
+            with contextlib.suppress(OSError):
+                waiter.report += pr.control.recv(4096)
+            report = bytes(waiter.report)
+        if report[:1].isdigit():
+            err, _, text = report.decode(errors="replace").partition(" ")
+            if err == str(errno.E2BIG):
+                raise RequestError(f"cannot start the program: {os.strerror(errno.E2BIG)} (its arguments and "
+                                   "environment are too large)")
+            raise SandboxError(f"the pre-started sandbox could not run the program: {text}")
+        return outcome
+
+    async def _exec_cold(self, spec: ExecSpec) -> ProcessOutcome:
+        p = self.provider
         cg = None
         if p.cgroups.usable:
             try:
@@ -300,16 +577,15 @@ class LocalInstance(Instance):
         try:
             seccomp_fd = os.open(p.seccomp_path, os.O_RDONLY)  # a fresh open file: its offset is ours alone
             status_r, status_w = os.pipe()
-            sandbox = bwrap.SandboxSpec(
-                argv=spec.argv, binds=p._binds, work_dir=str(self.work),
-                tmp_dir=str(self.path / "tmp"), etc_dir=str(p.etc_dirs[self.spec.network]), seccomp_fd=seccomp_fd,
-                network=self.spec.network, cwd=os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd)),
-                shm_dir=str(self.path / "shm"),
-                env=tuple({"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
-                           **spec.env}.items()))
+            sandbox = p._sandbox_spec(self.wd, self.spec.network, seccomp_fd, spec.argv, self._env(spec),
+                                      spec.cwd)
             argv = bwrap.build_argv(sandbox, p.bwrap)
             argv[1:1] = ["--json-status-fd", str(status_w)]
-            argv[:0] = self._launcher_argv(spec, cg.procs_files if cg else [])
+            mb = 1024 * 1024
+            address_space = 0 if cg else spec.memory_mb * mb  # no cgroup: the rlimit is the fallback
+            argv[:0] = p._launcher_argv(self.uid, int(spec.cpu_time_s) + 1, spec.file_size_mb * mb,
+                                        spec.open_files, spec.pids + 4, address_space,
+                                        cg.procs_files if cg else [])
             launch = Launch(argv=argv, env={}, stdin=spec.stdin, output_bytes=spec.output_bytes,
                             wall_time_s=spec.wall_time_s, cpu_time_s=spec.cpu_time_s,
                             pass_fds=(seccomp_fd, status_w))
@@ -334,20 +610,27 @@ class LocalInstance(Instance):
         return outcome
 
     async def close(self) -> None:
+        """Kill what is left and remove every trace. With a warm pool, the reaping, unmounting and removal
+        happen on its worker after the result is returned (provider.aclose() waits for them); every process
+        of the instance has been sent SIGKILL by then (the end of each exec kills its sandbox's cgroup)."""
         if self._closed:
             return
         self._closed = True
         p = self.provider
-        try:
-            if p.root and self._leftovers:
-                _kill_uid(self.uid)
-        finally:
-            if p.root:
-                with contextlib.suppress(OSError):
-                    _umount(self.path)
-            shutil.rmtree(self.path, ignore_errors=True)
-            if p.slots:
-                p.slots.release(self.uid)
+        pr, self.wd.prepared = self.wd.prepared, None
+        if pr is not None and not pr.kill():  # never used (its request failed before running anything)
+            self._leftovers = True
+        used, self._used = self._used, None
+        leftovers = self._leftovers
+
+        def teardown() -> None:
+            gone = used.kill() if used is not None else True
+            p._release(self.wd, kill_uid=p.root and (leftovers or not gone))
+
+        if p.warm_pool is not None:
+            p.warm_pool.defer(teardown)
+        else:
+            teardown()
 
 
 def _read_all(fd: int) -> bytes:

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ READ_CHUNK = 65536
 CPU_POLL_S = 0.05
 # After the process exits, pipes still open (a descendant holding them) are given this long, then closed.
 PIPE_GRACE_S = 0.2
+STATUS_SIZE = 4  # a C int: the waiter's report of the program's wait status
 
 
 @dataclass
@@ -40,30 +43,65 @@ class Launch:
     pass_fds: tuple[int, ...] = ()
 
 
+def stdin_fd(data: bytes) -> int:
+    """A read-only descriptor of a memfd holding ``data`` (the program never gets the writable one)."""
+    fd = os.memfd_create("execbox-stdin")
+    try:
+        if data:
+            os.write(fd, data)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
 async def supervise(launch: Launch, cgroup: Cgroup | None,
                     after_spawn: Callable[[], None] | None = None) -> tuple[ProcessOutcome, int]:
     """Run ``launch``; return the outcome and the raw exit code. ``after_spawn`` runs once the child exists
     (to close the parent's copies of fds passed to it)."""
-    loop = asyncio.get_running_loop()
-    stdin_fd = os.memfd_create("execbox-stdin")
+    stdin = -1
     try:
-        if launch.stdin:
-            os.write(stdin_fd, launch.stdin)
-        # the program gets a read-only descriptor of its own (not the writable memfd)
-        readonly = os.open(f"/proc/self/fd/{stdin_fd}", os.O_RDONLY | os.O_CLOEXEC)
-        os.close(stdin_fd)
-        stdin_fd = readonly
+        stdin = stdin_fd(launch.stdin)
         start = time.monotonic()
         proc = subprocess.Popen(
-            list(launch.argv), stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            list(launch.argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=launch.env, pass_fds=launch.pass_fds, start_new_session=True,
             close_fds=True,
         )
     finally:
-        os.close(stdin_fd)
+        if stdin >= 0:
+            os.close(stdin)
         if after_spawn is not None:
             after_spawn()
     assert proc.stdout is not None and proc.stderr is not None
+    try:
+        outcome, proc.returncode = await watch(
+            proc.pid, proc.stdout.fileno(), proc.stderr.fileno(), cgroup, start,
+            output_bytes=launch.output_bytes, wall_time_s=launch.wall_time_s, cpu_time_s=launch.cpu_time_s)
+        return outcome, proc.returncode
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@dataclass
+class Waiter:
+    """A pre-started sandbox's waiter (waiter.c): it reports on ``control`` how the program ended, sooner
+    than the sandbox itself exits. ``report`` collects what it wrote; ``ended`` is the program's wait status
+    once reported (then the launcher has not been reaped: the caller's teardown does it)."""
+
+    control: socket.socket
+    report: bytearray = field(default_factory=bytearray)
+    ended: int | None = None
+
+
+async def watch(pid: int, stdout: int, stderr: int, cgroup: Cgroup | None, start: float, *,
+                output_bytes: int, wall_time_s: float, cpu_time_s: float,
+                cpu_base_s: float = 0.0, waiter: Waiter | None = None) -> tuple[ProcessOutcome, int]:
+    """Supervise a started child ``pid`` (execbox's launcher) whose output arrives on ``stdout``/``stderr``
+    (the caller closes them), from ``start`` (time.monotonic()) on. ``cpu_base_s``: what the cgroup had
+    used before the program was released (a pre-started sandbox), not counted against the program.
+    With a ``waiter``, the run ends when it reports the program's end (everything left is then killed)."""
+    loop = asyncio.get_running_loop()
     stopped_by: StopReason | None = None
 
     def kill(reason: StopReason) -> None:
@@ -73,11 +111,11 @@ async def supervise(launch: Launch, cgroup: Cgroup | None,
             return
         stopped_by = reason
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         if cgroup is not None:
             cgroup.kill_all()
 
-    streams = {proc.stdout.fileno(): _Stream(launch.output_bytes), proc.stderr.fileno(): _Stream(launch.output_bytes)}
+    streams = {stdout: _Stream(output_bytes), stderr: _Stream(output_bytes)}
 
     def on_readable(fd: int) -> None:
         s = streams[fd]
@@ -103,51 +141,98 @@ async def supervise(launch: Launch, cgroup: Cgroup | None,
         os.set_blocking(fd, False)
         loop.add_reader(fd, on_readable, fd)
 
-    exited = asyncio.Event()
-    pidfd = os.pidfd_open(proc.pid)
-    loop.add_reader(pidfd, exited.set)
+    exited = asyncio.Event()  # the launcher exited, or the waiter reported the program's end
+    launcher_exited = asyncio.Event()
+    pidfd = os.pidfd_open(pid)
+
+    def on_launcher_exit() -> None:
+        launcher_exited.set()
+        exited.set()
+
+    loop.add_reader(pidfd, on_launcher_exit)
+
+    def on_report() -> None:
+        assert waiter is not None
+        try:
+            chunk = waiter.control.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the waiter is gone (an error it reported, or the program killed it)
+            loop.remove_reader(waiter.control.fileno())
+            return
+        waiter.report += chunk
+        r = waiter.report
+        if r[:1] == b"X" and len(r) == 1 + STATUS_SIZE:  # exactly a status: anything else is not one
+            waiter.ended = int.from_bytes(r[1:], sys.byteorder, signed=True)
+            exited.set()
+
+    if waiter is not None:
+        waiter.control.setblocking(False)
+        loop.add_reader(waiter.control.fileno(), on_report)
 
     async def watch_cpu() -> None:
         while cgroup is not None:
             await asyncio.sleep(CPU_POLL_S)
             used = cgroup.cpu_time_s()
-            if used is not None and used > launch.cpu_time_s:
+            if used is not None and used - cpu_base_s > cpu_time_s:
                 kill(StopReason.CPU_TIME)
                 return
 
     cpu_task = asyncio.create_task(watch_cpu())
+    rusage = None
     try:
         try:
-            await asyncio.wait_for(exited.wait(), launch.wall_time_s)
+            await asyncio.wait_for(exited.wait(), wall_time_s)
         except TimeoutError:
             kill(StopReason.WALL_TIME)
             await exited.wait()
         wall = time.monotonic() - start
-        _, status, rusage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(s.eof.wait() for s in streams.values())), PIPE_GRACE_S)
+        if waiter is not None and waiter.ended is not None and stopped_by is None:
+            # The program has ended and what it wrote is in the pipes. The sandbox's own exit (its
+            # namespaces torn down, milliseconds) is not waited for: whatever is left of it is killed now,
+            # and the caller's teardown reaps the launcher.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if cgroup is not None:
+                cgroup.kill_all(wait=False)
+            status = waiter.ended
+            code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            for fd, st in streams.items():
+                while not st.eof.is_set() and not st.truncated:
+                    size = len(st.data)
+                    on_readable(fd)
+                    if len(st.data) == size:
+                        break
+        else:
+            await launcher_exited.wait()
+            _, status, rusage = os.wait4(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(s.eof.wait() for s in streams.values())), PIPE_GRACE_S)
     except asyncio.CancelledError:
         kill(StopReason.CANCELLED)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(proc.pid, 0)
+            os.waitpid(pid, 0)
         raise
     finally:
         cpu_task.cancel()
+        if waiter is not None:
+            loop.remove_reader(waiter.control.fileno())
         loop.remove_reader(pidfd)
         os.close(pidfd)
         for fd in streams:
             loop.remove_reader(fd)
-        proc.stdout.close()
-        proc.stderr.close()
 
     cpu = cgroup.cpu_time_s() if cgroup else None
-    if cpu is None:
+    if cpu is not None:
+        cpu = max(cpu - cpu_base_s, 0.0)
+    elif rusage is not None:
         cpu = rusage.ru_utime + rusage.ru_stime
-    peak = cgroup.peak_memory_mb() if cgroup else rusage.ru_maxrss / 1024
+    peak = cgroup.peak_memory_mb() if cgroup else rusage.ru_maxrss / 1024 if rusage else None
     if stopped_by is None and cgroup is not None and cgroup.oom_killed():
         stopped_by = StopReason.MEMORY
-    code = proc.returncode
     exit_code: int | None = code
     sig: int | None = None
     if code < 0:
