@@ -193,6 +193,19 @@ def test_golden_without_seccomp_and_other_binary_and_cwd() -> None:
     assert got == expected
 
 
+def test_golden_pre_started_sandbox_with_waiter() -> None:
+    # A warm pool's sandbox: the same sandbox, whose program is execbox's waiter, executed from a descriptor
+    # (nothing extra is mounted), as the pid namespace's init, with an empty environment, in /work.
+    got = build_argv(bwrap.with_waiter(replace(SPEC, shm_dir=SHM_DIR, cwd="/work/sub"), waiter_fd=9, control_fd=11))
+    expected = list(GOLDEN_SHM)
+    expected.insert(expected.index("--unshare-net") + 1, "--as-pid-1")
+    clear = expected.index("--clearenv")
+    del expected[clear + 1 : expected.index("--seccomp")]  # no --setenv: the request's env reaches the waiter
+    expected[expected.index("--") + 1 :] = ["/proc/self/fd/9", "11"]
+    assert got == expected
+    assert build_argv(replace(SPEC, shm_dir=SHM_DIR)) == GOLDEN_SHM  # the cold path's argv is unchanged
+
+
 def _options(argv: list[str]) -> list[str]:
     """The bwrap part, before the sandboxed command."""
     return argv[: argv.index("--")]

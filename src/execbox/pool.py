@@ -43,6 +43,7 @@ class WarmPool(Generic[T]):
         self._closed = False
         self._failures = 0
         self._retry_at = 0.0
+        self.taken = 0  # items handed out so far
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -54,6 +55,7 @@ class WarmPool(Generic[T]):
                 return None
             self._paused = False
             item = self._idle.popleft() if self._idle else None
+            self.taken += item is not None
             self._cond.notify_all()
             return item
 
