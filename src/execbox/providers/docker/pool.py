@@ -6,7 +6,8 @@ Each item goes through these states::
                   |               |
                   +-> TERMINATING <+   (TTL reached, idle too long, unhealthy, reset failed, reuse=False)
 
-A background thread (the replenisher) keeps each active pool at ``size`` items (WARM + CREATING + RESETTING),
+A background thread (the replenisher) keeps each active pool at ``size`` items (busy ones included; a burst
+beyond it starts items cold, up to ``max_items``, and the extras go once they are idle again),
 expires items past their TTL, retires pools unused for ``max_idle_s``, and health-checks WARM items every
 ``health_interval_s``; the slow work (create, reset, destroy) runs on a small thread pool, so the pool is
 independent of any event loop (the sync facade runs one ``asyncio.run`` per call).
@@ -47,7 +48,7 @@ class State(enum.StrEnum):
 
 @dataclass(frozen=True)
 class PoolSettings:
-    size: int = 3  # items kept ready per active pool
+    size: int = 3  # items kept per active pool (busy ones included)
     max_items: int = 16  # per pool, busy ones included: beyond it, executions wait
     ttl_s: float = 3600.0  # an item older than this is replaced (after its current use)
     max_idle_s: float = 600.0  # a pool unused this long lets its items go (and is refilled on next use)
@@ -327,9 +328,13 @@ class WarmPool(Generic[K]):
                         if not pool.items:
                             del self._pools[pool.key]
                         continue
-                    ready = pool.count(State.WARM, State.CREATING, State.RESETTING)
+                    alive = len(pool.items) - pool.count(State.TERMINATING)
+                    if alive > s.size:  # a burst is over: back to ``size`` containers, the oldest extras go
+                        warm = sorted((i for i in pool.items if i.state is State.WARM), key=lambda i: i.created_at)
+                        for item in warm[:alive - s.size]:
+                            self._terminate(item)
                     room = s.max_items - len(pool.items)
                     if now >= pool.retry_at:
-                        for _ in range(min(s.size - ready, room, 1 if pool.failures else s.size)):
+                        for _ in range(min(s.size - alive, room, 1 if pool.failures else s.size)):
                             self._submit(self._do_create, self._new_item(pool))
                 self._cond.wait(0.5)
