@@ -47,6 +47,24 @@ async def _smoke() -> str | None:
         return str(e)
 
 
+def _docker_check() -> Check:
+    """The docker provider's engine and images (the provider is optional: missing is not fatal elsewhere)."""
+    from execbox.providers.docker import images
+
+    try:
+        api = images.client().api
+        version = api.version().get("Version", "?")
+        found = images.status()
+    except ExecboxError as e:
+        return Check("docker engine", "degraded", f"the docker provider cannot run: {e}",
+                     "run scripts/bootstrap as root (installs docker.io, starts dockerd, builds the images)")
+    missing = [name for name, (_, built) in found.items() if not built]
+    if missing:
+        return Check("docker engine", "degraded", f"dockerd {version}; images not built: {', '.join(missing)}",
+                     "execbox images build")
+    return Check("docker engine", "ok", f"dockerd {version}; {len(found)} images built ({', '.join(found)})")
+
+
 def checks() -> list[Check]:
     from execbox.languages import default_registry
     from execbox.providers.local import cgroups, seccomp
@@ -84,6 +102,7 @@ def checks() -> list[Check]:
         err = asyncio.run(_smoke())
         out.append(Check("sandbox smoke test", "ok", "ran /bin/true in a full sandbox") if err is None else
                    Check("sandbox smoke test", "missing", err, "see the checks above; run scripts/bootstrap"))
+    out.append(_docker_check())
     langs = list(default_registry())
     missing = [lang.name for lang in langs if not lang.available]
     out.append(Check("languages", "ok" if not missing else "degraded",
