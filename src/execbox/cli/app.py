@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -73,6 +74,7 @@ def run(
     Examples: `execbox run hello.py`, `execbox run --lang go - < main.go`,
     `execbox run -c 'print(input())' -l python --stdin hi`, `execbox run prog.c -- -v arg2`.
     """
+    os.environ.setdefault("EXECBOX_LOCAL_WARM_POOL", "0")  # one execution: pre-starting sandboxes only costs
     positional = list(target or [])
     file = positional.pop(0) if code is None and positional else None
     if file is None and code is None:

@@ -182,6 +182,13 @@ class LocalSettings:
     warm_pool: int = 2
     warm_pool_disk_mb: int = WARM_POOL_DISK_MB
 
+    @classmethod
+    def from_env(cls) -> LocalSettings:
+        """Defaults, with ``EXECBOX_LOCAL_WARM_POOL`` (pre-started sandboxes; 0 for one-shot processes such
+        as the CLI, which would pay for sandboxes it never uses)."""
+        pool = os.environ.get("EXECBOX_LOCAL_WARM_POOL", "").strip()
+        return cls(warm_pool=int(pool)) if pool.isdigit() else cls()
+
 
 @dataclass
 class _Prepared:
@@ -245,7 +252,7 @@ class LocalProvider(Provider):
     name = "local"
 
     def __init__(self, settings: LocalSettings | None = None) -> None:
-        self.settings = settings or LocalSettings()
+        self.settings = settings or LocalSettings.from_env()
         bw = shutil.which(self.settings.bwrap)
         if bw is None:
             raise ProviderUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
