@@ -27,10 +27,10 @@ import httpx
 from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPORT, machine, pct, write_section  # noqa: E402
+from common import REPORT, machine, pct, write_section
 
-import execbox  # noqa: E402
-from execbox.engine import Engine  # noqa: E402
+import execbox
+from execbox.engine import Engine
 
 SECTION = "## HTTP service: load"
 KEY = "bench-key-0123456789abcdef"
