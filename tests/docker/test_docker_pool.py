@@ -156,8 +156,7 @@ def test_leftovers_of_a_crashed_run_are_removed_on_start(make: list[DockerProvid
     cid = p.api.create_container(tag, command=["sleep", "infinity"], labels={
         OWNER_LABEL: "execbox", PID_LABEL: str(dead.pid), HOST_LABEL: p.host})["Id"]
     p.api.start(cid)
-    again = provider(make, size=0)
-    assert again.removed_stale >= 1
+    provider(make, size=0)  # (with xdist, another worker's provider starting now may be the one removing it)
     with pytest.raises(Exception):  # noqa: B017
         p.api.inspect_container(cid)
 

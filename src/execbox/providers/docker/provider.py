@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from execbox.errors import ExecboxError, IsolationError, ProviderUnavailable, SandboxError
+from execbox.errors import ExecboxError, IsolationError, ProviderUnavailable, RequestError, SandboxError
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider, StopReason
 from execbox.providers.docker import images
 from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
@@ -56,18 +56,40 @@ FILES_FAILED = 218
 CPU_POLL_S = 0.05
 EXTRA_PIDS = 8  # tini, sleep, the exec's bash wrapper, the kill/reset helpers
 
-# $1: bytes of tar ahead of stdin, $2: cwd, $3/$4: CPU seconds soft/hard, $5: file size KiB, $6: open files.
-WRAPPER = r"""
-n=$1; cwd=$2; cs=$3; ch=$4; fs=$5; nf=$6; shift 6
-if [ "$n" != 0 ]; then
-  head -c "$n" | tar -x -C /work --no-same-owner -m 2>/tmp/.execbox-tar || {
+# The process every execution starts as: bash reading a header from stdin (NUL-terminated fields: magic, bytes
+# of tar, cwd, CPU seconds soft/hard, file size KiB, open files, the environment's count and entries, argv's
+# count and entries), then the tar of the instance's pending files, then the program's own stdin. bash's
+# `read` takes a pipe one byte at a time, so nothing past the header is consumed. It is started either when
+# the execution comes (one `docker exec`) or ahead of time, right after the container's reset, so that a warm
+# execution only writes to an exec that is already waiting.
+AGENT = r"""
+r() { IFS= read -r -d '' "$1" || exit 219; }
+r magic; [ "$magic" = execbox1 ] || exit 219
+r size; r cwd; r cs; r ch; r fs; r nf
+r ne; envs=(); for ((i = 0; i < ne; i++)); do r v; envs+=("$v"); done
+r na; args=(); for ((i = 0; i < na; i++)); do r v; args+=("$v"); done
+if [ "$size" != 0 ]; then
+  head -c "$size" | tar -x -C /work --no-same-owner -m 2>/tmp/.execbox-tar || {
     cat /tmp/.execbox-tar >&2; rm -f /tmp/.execbox-tar; echo "execbox: cannot write the files" >&2; exit 218; }
   rm -f /tmp/.execbox-tar
 fi
 cd -- "$cwd" || exit 218
 ulimit -c 0; ulimit -S -t "$cs"; ulimit -H -t "$ch"; ulimit -f "$fs"; ulimit -n "$nf"
-exec "$@"
+exec env -- "${envs[@]}" "${args[@]}"
 """
+AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp",
+             "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+
+
+def _header(size: int, cwd: str, spec: ExecSpec) -> bytes:
+    cpu_soft = int(spec.cpu_time_s) + 1
+    env = [f"{k}={v}" for k, v in spec.env.items()]
+    fields = ["execbox1", str(size), cwd, str(cpu_soft), str(cpu_soft + 1), str(spec.file_size_mb * 1024),
+              str(spec.open_files), str(len(env)), *env, str(len(spec.argv)), *spec.argv]
+    if any("\0" in f for f in fields):
+        raise RequestError("arguments and environment cannot contain NUL characters")
+    return b"".join(f.encode() + b"\0" for f in fields)
+
 
 # Run as the sandbox uid: leaves no process, IPC object or file of the previous execution; prints "clean".
 RESET = r"""
@@ -152,6 +174,7 @@ class Container:
     oom_file: Path | None = None
     oom_key: str = "oom_kill"
     peak_file: Path | None = None
+    agent: tuple[str, socket.socket] | None = None  # an AGENT exec already waiting for its header
 
 
 def _cgroup_files(pid: int) -> dict[str, Any]:
@@ -375,23 +398,45 @@ class DockerProvider(Provider):
                 raise
         except Exception as e:
             raise _map_error(e, "create a container") from e
-        files = _cgroup_files(pid)
-        return Container(cid, key, s.memory_mb, s.pids, **files)
+        c = Container(cid, key, s.memory_mb, s.pids, **_cgroup_files(pid))
+        try:
+            self._prepare(c)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.api.remove_container(cid, force=True)
+            raise
+        return c
+
+    def _start_agent(self, c: Container) -> tuple[str, socket.socket]:
+        exec_id = self.api.exec_create(c.id, ["bash", "-c", AGENT, "execbox"], stdin=True, user=USER,
+                                       workdir=WORKDIR, environment=AGENT_ENV)["Id"]
+        raw = self.api.exec_start(exec_id, socket=True)
+        return exec_id, getattr(raw, "_sock", raw)
+
+    def _prepare(self, c: Container) -> None:
+        """Start the next execution's process ahead of time (it waits for its header)."""
+        _close_agent(c)
+        c.agent = self._start_agent(c)
 
     def _destroy(self, c: Container) -> None:
         import docker.errors
 
+        _close_agent(c)
         with contextlib.suppress(docker.errors.NotFound):
             self.api.remove_container(c.id, force=True)
 
     def _healthy(self, c: Container) -> bool:
         state = self.api.inspect_container(c.id)["State"]
-        return bool(state.get("Running")) and not state.get("Restarting")
+        if not state.get("Running") or state.get("Restarting"):
+            return False
+        return c.agent is None or bool(self.api.exec_inspect(c.agent[0]).get("Running"))
 
     def _reset(self, c: Container) -> None:
+        _close_agent(c)  # (an unused one is killed by the reset with everything else)
         code, out, err = self._run_helper(c, ["bash", "-c", RESET, "reset"])
         if code != 0 or not out.strip().endswith(b"clean"):
             raise SandboxError(f"reset failed ({code}): {(out + err).decode(errors='replace').strip()[:300]}")
+        self._prepare(c)
 
     def _run_helper(self, c: Container, argv: list[str]) -> tuple[int, bytes, bytes]:
         """A short helper process as the sandbox uid; (exit code, stdout, stderr)."""
@@ -415,6 +460,13 @@ class DockerProvider(Provider):
         data = {"Memory": memory_mb * 1024 * 1024, "MemorySwap": memory_mb * 1024 * 1024, "PidsLimit": pids}
         self.api._raise_for_status(self.api._post_json(self.api._url("/containers/{0}/update", c.id), data=data))
         c.memory_mb, c.pids = memory_mb, pids
+
+
+def _close_agent(c: Container) -> None:
+    if c.agent is not None:
+        with contextlib.suppress(OSError):
+            c.agent[1].close()
+        c.agent = None
 
 
 def _alive(pid: int) -> bool:
@@ -509,38 +561,37 @@ class DockerInstance(Instance):
 
     async def _exec(self, c: Container, spec: ExecSpec) -> ProcessOutcome:
         p = self.provider
-        await _thread("set limits", p.set_limits, c, spec.memory_mb, spec.pids + EXTRA_PIDS)
+        if (c.memory_mb, c.pids) != (spec.memory_mb, spec.pids + EXTRA_PIDS):
+            await _thread("set limits", p.set_limits, c, spec.memory_mb, spec.pids + EXTRA_PIDS)
         payload = _tar(self._pending) if self._pending else b""
         cwd = posixpath.normpath(posixpath.join(WORKDIR, spec.cwd))
-        cpu_soft = int(spec.cpu_time_s) + 1
-        argv = ["bash", "-c", WRAPPER, "execbox", str(len(payload)), cwd, str(cpu_soft), str(cpu_soft + 1),
-                str(spec.file_size_mb * 1024), str(spec.open_files), *spec.argv]
-        env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
+        header = _header(len(payload), cwd, spec)
         import docker.errors
 
-        try:
-            exec_id = (await asyncio.to_thread(p.api.exec_create, c.id, argv, stdin=True, user=USER,
-                                               workdir=WORKDIR, environment=env))["Id"]
-        except docker.errors.APIError as e:
-            if e.status_code == 409 or "not running" in str(e):
-                raise _NotRunning(str(e)) from e
-            raise _map_error(e, "docker exec") from e
-        except Exception as e:
-            raise _map_error(e, "docker exec") from e
+        agent, c.agent = c.agent, None
+        if agent is None:  # not prepared (a second process in this instance): start it now
+            try:
+                agent = await asyncio.to_thread(p._start_agent, c)
+            except docker.errors.APIError as e:
+                if e.status_code == 409 or "not running" in str(e):
+                    raise _NotRunning(str(e)) from e
+                raise _map_error(e, "docker exec") from e
+            except Exception as e:
+                raise _map_error(e, "docker exec") from e
+        exec_id, sock = agent
         cpu0 = _cpu_seconds(c)
         oom0 = _read_number(c.oom_file, c.oom_key)
         if c.peak_file is not None and c.peak_file.name == "memory.max_usage_in_bytes":
             with contextlib.suppress(OSError):
                 c.peak_file.write_text("0")
         start = time.monotonic()
-        try:
-            raw = await asyncio.to_thread(p.api.exec_start, exec_id, socket=True)
-        except Exception as e:
-            raise _map_error(e, "docker exec") from e
+        outcome = await _Session(p, c, sock, spec, header + payload + spec.stdin, start, cpu0, exec_id).run()
+        if (outcome.stopped_by is None and (outcome.exit_code in (None, 126) or outcome.signal is not None)
+                and not await _thread("inspect the container", p._healthy, c)):
+            # the container was gone before the program started (docker's "OCI runtime exec failed" is 126)
+            raise _NotRunning("the container stopped")
         self._pending.clear()
         self._dirty = True
-        sock: socket.socket = getattr(raw, "_sock", raw)
-        outcome = await _Session(p, c, sock, spec, payload + spec.stdin, start, cpu0, exec_id).run()
         if outcome.exit_code == FILES_FAILED and b"execbox: cannot write the files" in outcome.stderr:
             raise SandboxError("cannot write the files into the sandbox: "
                                + outcome.stderr.decode(errors="replace").strip()[-300:])
