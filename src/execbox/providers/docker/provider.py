@@ -23,6 +23,8 @@ import io
 import logging
 import os
 import posixpath
+import re
+import secrets
 import signal
 import socket
 import struct
@@ -54,18 +56,21 @@ SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 WRITABLE = (WORKDIR, "/tmp", "/dev/shm", "/dev/mqueue")
 FILES_FAILED = 218
 CPU_POLL_S = 0.05
+PIPE_GRACE_S = 0.2  # after the program ends, descendants holding its output pipes get this long, then die
 EXTRA_PIDS = 8  # tini, sleep, the exec's bash wrapper, the kill/reset helpers
 
 # The process every execution starts as: bash reading a header from stdin (NUL-terminated fields: magic, bytes
 # of tar, cwd, CPU seconds soft/hard, file size KiB, open files, the environment's count and entries, argv's
-# count and entries), then the tar of the instance's pending files, then the program's own stdin. bash's
+# count and entries), then the tar of the instance's pending files, then the program's own stdin. When the
+# program ends, bash writes its exit status to stderr after a nonce the program never saw (a trailer the
+# provider strips), which saves asking dockerd; without it (killed, or output past the cap) dockerd is asked. bash's
 # `read` takes a pipe one byte at a time, so nothing past the header is consumed. It is started either when
 # the execution comes (one `docker exec`) or ahead of time, right after the container's reset, so that a warm
 # execution only writes to an exec that is already waiting.
 AGENT = r"""
 r() { IFS= read -r -d '' "$1" || exit 219; }
 r magic; [ "$magic" = execbox1 ] || exit 219
-r size; r cwd; r cs; r ch; r fs; r nf
+r nonce; r size; r cwd; r cs; r ch; r fs; r nf
 r ne; envs=(); for ((i = 0; i < ne; i++)); do r v; envs+=("$v"); done
 r na; args=(); for ((i = 0; i < na; i++)); do r v; args+=("$v"); done
 if [ "$size" != 0 ]; then
@@ -75,16 +80,19 @@ if [ "$size" != 0 ]; then
 fi
 cd -- "$cwd" || exit 218
 ulimit -c 0; ulimit -S -t "$cs"; ulimit -H -t "$ch"; ulimit -f "$fs"; ulimit -n "$nf"
-exec env -- "${envs[@]}" "${args[@]}"
+env -- "${envs[@]}" "${args[@]}"
+rc=$?
+printf '\0execbox-exit:%s:%s\n' "$nonce" "$rc" >&2
+exit "$rc"
 """
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp",
              "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
 
 
-def _header(size: int, cwd: str, spec: ExecSpec) -> bytes:
+def _header(nonce: str, size: int, cwd: str, spec: ExecSpec) -> bytes:
     cpu_soft = int(spec.cpu_time_s) + 1
     env = [f"{k}={v}" for k, v in spec.env.items()]
-    fields = ["execbox1", str(size), cwd, str(cpu_soft), str(cpu_soft + 1), str(spec.file_size_mb * 1024),
+    fields = ["execbox1", nonce, str(size), cwd, str(cpu_soft), str(cpu_soft + 1), str(spec.file_size_mb * 1024),
               str(spec.open_files), str(len(env)), *env, str(len(spec.argv)), *spec.argv]
     if any("\0" in f for f in fields):
         raise RequestError("arguments and environment cannot contain NUL characters")
@@ -422,8 +430,16 @@ class DockerProvider(Provider):
         import docker.errors
 
         _close_agent(c)
-        with contextlib.suppress(docker.errors.NotFound):
-            self.api.remove_container(c.id, force=True)
+        for attempt in range(4):  # a loaded dockerd may refuse once ("removal already in progress", timeouts)
+            try:
+                self.api.remove_container(c.id, force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except Exception:
+                if attempt == 3:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     def _healthy(self, c: Container) -> bool:
         state = self.api.inspect_container(c.id)["State"]
@@ -565,7 +581,8 @@ class DockerInstance(Instance):
             await _thread("set limits", p.set_limits, c, spec.memory_mb, spec.pids + EXTRA_PIDS)
         payload = _tar(self._pending) if self._pending else b""
         cwd = posixpath.normpath(posixpath.join(WORKDIR, spec.cwd))
-        header = _header(len(payload), cwd, spec)
+        nonce = secrets.token_hex(8)
+        header = _header(nonce, len(payload), cwd, spec)
         import docker.errors
 
         agent, c.agent = c.agent, None
@@ -585,7 +602,8 @@ class DockerInstance(Instance):
             with contextlib.suppress(OSError):
                 c.peak_file.write_text("0")
         start = time.monotonic()
-        outcome = await _Session(p, c, sock, spec, header + payload + spec.stdin, start, cpu0, exec_id).run()
+        outcome = await _Session(p, c, sock, spec, header + payload + spec.stdin, start, cpu0, exec_id,
+                                 nonce).run()
         if (outcome.stopped_by is None and (outcome.exit_code in (None, 126) or outcome.signal is not None)
                 and not await _thread("inspect the container", p._healthy, c)):
             # the container was gone before the program started (docker's "OCI runtime exec failed" is 126)
@@ -626,9 +644,13 @@ class _Session:
     """One docker exec's attached stream: stdin in, multiplexed stdout/stderr out with caps, limits enforced."""
 
     def __init__(self, provider: DockerProvider, c: Container, sock: socket.socket, spec: ExecSpec, stdin: bytes,
-                 start: float, cpu0: float | None, exec_id: str) -> None:
+                 start: float, cpu0: float | None, exec_id: str, nonce: str) -> None:
         self.p, self.c, self.sock, self.spec, self.stdin = provider, c, sock, spec, stdin
         self.start, self.cpu0, self.exec_id = start, cpu0, exec_id
+        self.trailer = re.compile(b"\\x00execbox-exit:" + nonce.encode() + b":(\\d+)\\n\\Z")
+        self.exit_status: int | None = None  # from the trailer
+        self.exited = asyncio.Event()
+        self.ended_at: float | None = None
         self.data = {1: bytearray(), 2: bytearray()}
         self.truncated = {1: False, 2: False}
         self.stopped_by: StopReason | None = None
@@ -670,6 +692,11 @@ class _Session:
                 del buf[:8 + size]
                 if kind not in (1, 2):
                     continue
+                if kind == 2 and self.exit_status is None and (m := self.trailer.search(payload)):
+                    payload = payload[:m.start()]
+                    self.exit_status = int(m.group(1))
+                    self.ended_at = time.monotonic()
+                    self.exited.set()
                 room = cap - len(self.data[kind])
                 if len(payload) > room:
                     self.data[kind] += payload[:max(room, 0)]
@@ -694,10 +721,23 @@ class _Session:
         sender = asyncio.create_task(self._send(loop))
         reader = asyncio.create_task(self._read(loop))
         watcher = asyncio.create_task(self._watch_cpu())
+        exited = asyncio.create_task(self.exited.wait())
         try:
-            left = self.spec.wall_time_s - (time.monotonic() - self.start)
             try:
-                await asyncio.wait_for(asyncio.shield(reader), max(left, 0.001))
+                left = self.spec.wall_time_s - (time.monotonic() - self.start)
+                done, _ = await asyncio.wait({reader, exited}, timeout=max(left, 0.001),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise TimeoutError
+                if reader.done():
+                    reader.result()  # (raises the stream's error, if any)
+                else:  # the program ended; its pipes close at once unless a descendant still holds them
+                    try:
+                        await asyncio.wait_for(asyncio.shield(reader), PIPE_GRACE_S)
+                    except TimeoutError:
+                        await _thread("kill the sandbox's processes", self.p.kill_all, self.c)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(asyncio.shield(reader), 10)
             except TimeoutError:
                 self.kill(StopReason.WALL_TIME)
                 try:
@@ -710,18 +750,19 @@ class _Session:
             self.kill(StopReason.CANCELLED)
             raise
         finally:
-            for t in (sender, reader, watcher):
+            for t in (sender, reader, watcher, exited):
                 t.cancel()
             self.sock.close()
-        wall = time.monotonic() - self.start
-        info: dict[str, Any] = {}
-        for _ in range(300):
+        wall = (self.ended_at or time.monotonic()) - self.start
+        info: dict[str, Any] = {"ExitCode": self.exit_status}
+        for _ in range(0 if self.exit_status is not None else 300):
             info = await _thread("docker exec inspect", self.p.api.exec_inspect, self.exec_id)
             if not info.get("Running"):
                 break
             await asyncio.sleep(0.01)
         else:
-            self.kill(self.stopped_by or StopReason.WALL_TIME)
+            if self.exit_status is None:
+                self.kill(self.stopped_by or StopReason.WALL_TIME)
         code = info.get("ExitCode")
         exit_code: int | None = None if code is None else int(code)
         sig: int | None = None
