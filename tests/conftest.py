@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 
 import pytest
+
+# Providers made with default settings (the library's default engine, per-language tests) start no warm
+# pool: its pre-started sandboxes would outlive the test that made them and show up as leftovers of the
+# worker in the escape suite's host checks. The pool is tested where it is configured explicitly
+# (tests/escapes/test_pool.py, tests/test_local_pool.py), and the server's subprocesses keep the default.
+os.environ.setdefault("EXECBOX_LOCAL_WARM_POOL", "0")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
