@@ -226,3 +226,14 @@ def test_cli_provider_docker() -> None:
 def test_default_provider_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXECBOX_DEFAULT_PROVIDER", "docker")
     assert ProviderRegistry().default == "docker"
+
+
+async def test_a_burst_beyond_the_pool_starts_containers_cold_then_shrinks_back(make: list[DockerProvider]) -> None:
+    p = provider(make, size=1, max_items=3)
+    p.pool.prewarm(key(p))
+    wait(p, lambda: counts(p).get("warm") == 1)
+    runs = [run_once(p, "python3", "-c", "import time; time.sleep(1); print('x')") for _ in range(3)]
+    results = await asyncio.gather(*runs)
+    assert [out for _, out in results] == [b"x\n"] * 3
+    assert len({cid for cid, _ in results}) == 3  # two of them started cold, beside the warm one
+    wait(p, lambda: len(ids(p, *State)) == 1 and counts(p).get("warm") == 1)  # back to the pool's size
