@@ -92,6 +92,7 @@ class WarmPool(Generic[K]):
         self._cond = threading.Condition()
         self._closed = False
         self._serial = itertools.count(1)
+        self._stragglers: list[threading.Thread] = []
         self._jobs = concurrent.futures.ThreadPoolExecutor(max(settings.workers, 1), thread_name_prefix=name)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -206,6 +207,8 @@ class WarmPool(Generic[K]):
             self._cond.notify_all()
         self._thread.join(timeout)
         self._jobs.shutdown(wait=True, cancel_futures=False)
+        for t in list(self._stragglers):
+            t.join(timeout)
 
     # ------------------------------------------------------------------ internals (hold the lock)
     def _pool(self, key: K) -> _Pool[K]:
@@ -236,8 +239,10 @@ class WarmPool(Generic[K]):
     def _submit(self, fn: Callable[[Item[K]], None], item: Item[K]) -> None:
         try:
             self._jobs.submit(fn, item)
-        except RuntimeError:  # the executor is shut down (close raced us): do it here
-            threading.Thread(target=fn, args=(item,), daemon=True).start()
+        except RuntimeError:  # the executor is shut down (close raced us, or interpreter exit): a thread of its own
+            t = threading.Thread(target=fn, args=(item,), daemon=True)
+            self._stragglers.append(t)
+            t.start()
 
     # ------------------------------------------------------------------ jobs (threads)
     def _do_create(self, item: Item[K]) -> None:
