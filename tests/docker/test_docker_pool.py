@@ -237,3 +237,12 @@ async def test_a_burst_beyond_the_pool_starts_containers_cold_then_shrinks_back(
     assert [out for _, out in results] == [b"x\n"] * 3
     assert len({cid for cid, _ in results}) == 3  # two of them started cold, beside the warm one
     wait(p, lambda: len(ids(p, *State)) == 1 and counts(p).get("warm") == 1)  # back to the pool's size
+
+
+def test_a_configured_runtime_that_dockerd_lacks_is_refused() -> None:
+    from dataclasses import replace
+
+    from execbox.errors import IsolationError
+
+    with pytest.raises(IsolationError, match="runtime 'runsc-not-installed' is configured but not installed"):
+        DockerProvider(replace(settings(), runtime="runsc-not-installed"))
