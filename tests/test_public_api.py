@@ -10,6 +10,7 @@ import pytest
 
 import execbox
 from execbox import api
+from execbox import sandbox as sandbox_module
 from execbox.engine import Engine
 from execbox.languages import LanguageRegistry
 from execbox.providers.base import ExecSpec, ProcessOutcome
@@ -17,20 +18,26 @@ from execbox.providers.mock import MockProvider, echo
 from execbox.providers.registry import ProviderRegistry
 
 EXPECTED_ALL = [
+    "AsyncSandbox",
+    "CapacityError",
     "Engine",
+    "ExecEvent",
     "ExecboxError",
     "ExecutionFailed",
     "ExecutionRequest",
     "ExecutionResult",
     "File",
+    "FileInfo",
     "InvalidFileError",
     "IsolationError",
     "Language",
     "LanguageRegistry",
     "Limits",
+    "NotFoundError",
     "Policy",
     "ProviderUnavailable",
     "RequestError",
+    "Sandbox",
     "SandboxError",
     "Status",
     "StepResult",
@@ -38,11 +45,14 @@ EXPECTED_ALL = [
     "__version__",
     "aexecute_code",
     "arun",
+    "arun_many",
     "execute_code",
     "run",
+    "run_many",
 ]
 
-PAIRS = [(execbox.run, execbox.arun), (execbox.execute_code, execbox.aexecute_code)]
+PAIRS = [(execbox.run, execbox.arun), (execbox.execute_code, execbox.aexecute_code),
+         (execbox.run_many, execbox.arun_many)]
 
 
 def test_all_is_pinned() -> None:
@@ -78,7 +88,7 @@ def test_error_tree() -> None:
     assert issubclass(execbox.IsolationError, execbox.SandboxError)
 
 
-@pytest.mark.parametrize(("sync", "async_"), PAIRS, ids=["run", "execute_code"])
+@pytest.mark.parametrize(("sync", "async_"), PAIRS, ids=["run", "execute_code", "run_many"])
 def test_sync_async_parity(sync, async_) -> None:
     assert inspect.iscoroutinefunction(async_)
     assert not inspect.iscoroutinefunction(sync)
@@ -89,7 +99,8 @@ def test_sync_async_parity(sync, async_) -> None:
     for name in a.parameters:
         sp, ap = s.parameters[name], a.parameters[name]
         assert (sp.kind, sp.default, sp.annotation) == (ap.kind, ap.default, ap.annotation), name
-    assert s.return_annotation is a.return_annotation is execbox.ExecutionResult
+    assert s.return_annotation == a.return_annotation
+    assert s.return_annotation in (execbox.ExecutionResult, list[execbox.ExecutionResult])
     assert sync.__doc__ == async_.__doc__
 
 
@@ -97,9 +108,42 @@ def test_sync_async_pairs_cover_the_public_functions() -> None:
     """Every public coroutine function has a sync twin without the ``a`` prefix, and vice versa."""
     public = {n: getattr(execbox, n) for n in execbox.__all__}
     coros = {n for n, f in public.items() if inspect.iscoroutinefunction(f)}
-    assert coros == {"arun", "aexecute_code"}
+    assert coros == {"arun", "aexecute_code", "arun_many"}
     for n in coros:
         assert n.removeprefix("a") in public
+
+
+def _public_methods(cls: type) -> dict[str, object]:
+    return {n: inspect.getattr_static(cls, n) for n in dir(cls) if not n.startswith("_")}
+
+
+@pytest.mark.parametrize(("sync_cls", "async_cls"), [(execbox.Sandbox, execbox.AsyncSandbox),
+                                                     (sandbox_module.Files, sandbox_module.AsyncFiles)])
+def test_sandbox_sync_async_parity(sync_cls: type, async_cls: type) -> None:
+    """Sandbox and AsyncSandbox (and their files) expose the same names with the same signatures: every
+    coroutine (or async generator) of the async class is a plain function (or generator) of the sync one."""
+    s_members, a_members = _public_methods(sync_cls), _public_methods(async_cls)
+    a_methods = {n for n, m in a_members.items() if isinstance(m, (classmethod, staticmethod)) or callable(m)}
+    s_methods = {n for n, m in s_members.items() if isinstance(m, (classmethod, staticmethod)) or callable(m)}
+    assert a_methods == s_methods
+    for name in a_methods:
+        sm, am = getattr(sync_cls, name), getattr(async_cls, name)
+        assert isinstance(s_members[name], classmethod) == isinstance(a_members[name], classmethod), name
+        assert not inspect.iscoroutinefunction(sm) and not inspect.isasyncgenfunction(sm), name
+        assert inspect.iscoroutinefunction(am) or inspect.isasyncgenfunction(am), name
+        ss, sa = inspect.signature(sm, eval_str=True), inspect.signature(am, eval_str=True)
+        assert list(ss.parameters) == list(sa.parameters), name
+        for p in sa.parameters:
+            sp, ap = ss.parameters[p], sa.parameters[p]
+            assert (sp.kind, sp.default, sp.annotation) == (ap.kind, ap.default, ap.annotation), (name, p)
+        assert sm.__doc__ == am.__doc__, name
+        ret_s, ret_a = str(ss.return_annotation), str(sa.return_annotation)
+        expected = ret_a.replace("AsyncSandbox", "Sandbox").replace("AsyncIterator", "Iterator")
+        assert ret_s == expected, (name, ret_s, ret_a)
+    # properties and attributes that describe a sandbox
+    if sync_cls is execbox.Sandbox:
+        for attr in ("id", "labels", "language", "alive", "files"):
+            assert hasattr(sync_cls, attr) or attr == "files", attr
 
 
 def test_run_signature_is_pinned() -> None:

@@ -8,35 +8,54 @@
 from execbox.api import aexecute_code, arun, execute_code, run
 from execbox.engine import Engine
 from execbox.errors import (
+    CapacityError,
     ExecboxError,
     ExecutionFailed,
     InvalidFileError,
     IsolationError,
+    NotFoundError,
     ProviderUnavailable,
     RequestError,
     SandboxError,
     UnknownLanguageError,
 )
 from execbox.languages import Language, LanguageRegistry
-from execbox.models import ExecutionRequest, ExecutionResult, File, Limits, Policy, Status, StepResult
+from execbox.models import (
+    ExecEvent,
+    ExecutionRequest,
+    ExecutionResult,
+    File,
+    FileInfo,
+    Limits,
+    Policy,
+    Status,
+    StepResult,
+)
+from execbox.sandbox import AsyncSandbox, Sandbox, arun_many, run_many
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncSandbox",
+    "CapacityError",
     "Engine",
+    "ExecEvent",
     "ExecboxError",
     "ExecutionFailed",
     "ExecutionRequest",
     "ExecutionResult",
     "File",
+    "FileInfo",
     "InvalidFileError",
     "IsolationError",
     "Language",
     "LanguageRegistry",
     "Limits",
+    "NotFoundError",
     "Policy",
     "ProviderUnavailable",
     "RequestError",
+    "Sandbox",
     "SandboxError",
     "Status",
     "StepResult",
@@ -44,6 +63,8 @@ __all__ = [
     "__version__",
     "aexecute_code",
     "arun",
+    "arun_many",
     "execute_code",
     "run",
+    "run_many",
 ]

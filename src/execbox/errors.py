@@ -6,7 +6,9 @@ request is unusable or when the sandbox itself fails.
     ExecboxError
     ├── RequestError            the request cannot be run as given (a client's mistake)
     │   ├── UnknownLanguageError
-    │   └── InvalidFileError    a submitted file name or content is unsafe or too large
+    │   ├── InvalidFileError    a submitted file name or content is unsafe or too large
+    │   └── NotFoundError       no such sandbox (destroyed, expired, another owner's) or no such file
+    ├── CapacityError           too many live sandboxes (per owner or in all); retry after destroying one
     ├── ExecutionFailed         raised by ``check=True``; carries the ``ExecutionResult``
     └── SandboxError            the sandbox failed; not the program's fault
         ├── ProviderUnavailable the provider cannot run here (missing bwrap, engine down, ...)
@@ -38,6 +40,14 @@ class UnknownLanguageError(RequestError):
 
 class InvalidFileError(RequestError):
     """A submitted file has an unsafe name (absolute, '..', NUL, ...) or is too large."""
+
+
+class NotFoundError(RequestError):
+    """No such sandbox (destroyed, expired, or another owner's), or no such file in it."""
+
+
+class CapacityError(ExecboxError):
+    """A maximum is reached (live sandboxes per owner or in all); nothing was started."""
 
 
 class ExecutionFailed(ExecboxError):

@@ -241,3 +241,20 @@ class ExecutionResult(StepResult):
     def output(self) -> str:
         """stdout followed by stderr (Piston's `output`)."""
         return self.stdout + self.stderr
+
+
+class FileInfo(_Model):
+    """One entry of a sandbox directory listing. Symlinks are reported as such, never followed."""
+
+    name: str = Field(description="The entry's name within the listed directory.")
+    path: str = Field(description="Its path relative to the workdir.")
+    kind: Literal["file", "dir", "symlink", "other"]
+    size_bytes: int = Field(0, description="Size in bytes, for files.")
+
+
+class ExecEvent(_Model):
+    """One event of a streamed exec (``sandbox.stream``): output as it comes, then the result."""
+
+    type: Literal["stdout", "stderr", "exit"]
+    data: str = Field("", description="Output text (UTF-8, invalid bytes replaced), for stdout/stderr events.")
+    result: ExecutionResult | None = Field(None, description="The exec's whole result, on the exit event.")

@@ -6,6 +6,12 @@
     outcome = await instance.exec(ExecSpec(argv=("python3", "main.py"), ...))
     await instance.close()
 
+Persistent instances (``InstanceSpec(persistent=True)``, on providers whose ``supports_persistent`` is
+true) live across many ``exec`` calls: each exec is a new process in the same isolated environment (files
+and background processes persist), with its own limits, and a runaway exec is killed without killing the
+instance. They add streaming (``Instance.stream``) and file listing/removal; ``execbox.sandbox`` builds the
+library's ``AsyncSandbox`` on them.
+
 Languages, limit defaults and clamping, statuses, retries and fallback live above this line, once.
 """
 
@@ -13,9 +19,11 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+
+from execbox.errors import SandboxError
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,12 @@ class InstanceSpec:
 
     disk_mb: int
     network: bool = False
+    # A persistent instance: many execs over its life, in one environment (see the module docstring).
+    persistent: bool = False
+    # Persistent instances only: caps on everything alive in the instance at once (every exec and every
+    # background process together); each exec's own ExecSpec limits are at most these.
+    memory_mb: int = 512
+    pids: int = 128
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,23 @@ class ProcessOutcome:
     stopped_by: StopReason | None = None
 
 
+@dataclass(frozen=True)
+class OutputChunk:
+    """Output of a streamed exec, as it arrives (within the exec's output cap)."""
+
+    stream: str  # "stdout" | "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a directory listing. Symlinks are reported as such, never followed."""
+
+    name: str
+    kind: str  # "file" | "dir" | "symlink" | "other"
+    size: int  # bytes, for files (0 otherwise)
+
+
 class Instance(abc.ABC):
     """One isolated environment: a workdir and a way to run processes in it."""
 
@@ -81,6 +112,25 @@ class Instance(abc.ABC):
     @abc.abstractmethod
     async def exec(self, spec: ExecSpec) -> ProcessOutcome:
         """Run one process to its end (or its limit). The program failing is an outcome, not an error."""
+
+    async def stream(self, spec: ExecSpec) -> AsyncIterator[OutputChunk | ProcessOutcome]:
+        """Run one process, yielding its output chunks as they come, then its ProcessOutcome (last, with
+        the whole capped output, as ``exec`` returns it). Closing the iterator early kills the process.
+        This default does not stream (everything arrives at the end); providers that can, override it."""
+        outcome = await self.exec(spec)
+        for name, data in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+            if data:
+                yield OutputChunk(name, data)
+        yield outcome
+
+    async def list_files(self, path: str) -> list[FileEntry]:
+        """The entries of a workdir directory (relative path, "." for the workdir), sorted by name.
+        Raises SandboxError when it is not a directory inside the workdir."""
+        raise SandboxError(f"{type(self).__name__} cannot list files")
+
+    async def remove_file(self, path: str) -> bool:
+        """Remove a workdir file, symlink or directory tree; False when nothing was there."""
+        raise SandboxError(f"{type(self).__name__} cannot remove files")
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -98,6 +148,9 @@ class Provider(abc.ABC):
     """A way to isolate. Subclasses set ``name`` and implement ``start``."""
 
     name: str
+    # True when start() honours InstanceSpec.persistent (and its instances implement stream, list_files
+    # and remove_file); callers check it first: a provider without it would start a one-shot instance.
+    supports_persistent: bool = False
 
     @abc.abstractmethod
     async def start(self, spec: InstanceSpec) -> Instance:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
+from execbox.errors import SandboxError
+from execbox.providers.base import ExecSpec, FileEntry, Instance, InstanceSpec, ProcessOutcome, Provider
 
 Handler = Callable[[ExecSpec, dict[str, bytes]], ProcessOutcome]
 
@@ -36,12 +37,30 @@ class MockInstance(Instance):
         self.provider.calls.append(spec)
         return self.provider.handler(spec, self.files)
 
+    async def list_files(self, path: str) -> list[FileEntry]:
+        prefix = "" if path in ("", ".") else path.rstrip("/") + "/"
+        if prefix and not any(k.startswith(prefix) for k in self.files):
+            raise SandboxError(f"{path!r} is not a directory")
+        entries: dict[str, FileEntry] = {}
+        for k, v in self.files.items():
+            if k.startswith(prefix):
+                head, sep, _ = k[len(prefix):].partition("/")
+                entries[head] = FileEntry(head, "dir", 0) if sep else FileEntry(head, "file", len(v))
+        return [entries[n] for n in sorted(entries)]
+
+    async def remove_file(self, path: str) -> bool:
+        gone = [k for k in self.files if k == path or k.startswith(path.rstrip("/") + "/")]
+        for k in gone:
+            del self.files[k]
+        return bool(gone)
+
     async def close(self) -> None:
         self.closed = True
 
 
 class MockProvider(Provider):
     name = "mock"
+    supports_persistent = True  # an instance keeps its files across execs (the handler sees them)
 
     def __init__(self, handler: Handler = echo) -> None:
         self.handler = handler

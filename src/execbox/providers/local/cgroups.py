@@ -200,9 +200,16 @@ class Cgroup:
 
     def remove(self) -> bool:
         """Kill what is left, then remove the group(s); retries while the kernel reaps the last tasks.
-        True when every group is gone (so no process of this execution can be left anywhere)."""
-        self.kill_all()
+        True when every group is gone (so no process of this execution can be left anywhere). Child groups
+        (a persistent sandbox's exec groups) are removed first."""
         gone = True
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError):
+                for child in [c for c in d.iterdir() if c.is_dir()]:
+                    sub = Cgroup.__new__(Cgroup)
+                    sub.version, sub.dirs = self.version, {k: v / child.name for k, v in self.dirs.items()}
+                    gone &= sub.remove()
+        self.kill_all()
         for d in self.dirs.values():
             for attempt in range(200):
                 try:

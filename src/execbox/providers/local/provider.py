@@ -284,6 +284,8 @@ class LocalProvider(Provider):
             UID_LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
             self.slots = _UidSlots(UID_LOCK_DIR, self.settings.first_uid, self.settings.uid_count)
         self._binds = tuple(bwrap.root_binds(self.settings.extra_ro_binds))
+        # persistent sandboxes need a cgroup per exec (root) and openat2 (see persistent.py)
+        self.supports_persistent = self.root and self.cgroups.usable
         self._cleanup_stale()
         self.warm_pool: WarmPool[_Workdir] | None = None
         if self.settings.warm_pool > 0 and self.root and self.cgroups.usable:
@@ -435,7 +437,11 @@ class LocalProvider(Provider):
             if self.slots:
                 self.slots.release(wd.uid)
 
-    async def start(self, spec: InstanceSpec) -> LocalInstance:
+    async def start(self, spec: InstanceSpec) -> Instance:
+        if spec.persistent:  # one long-lived sandbox, many execs (persistent.py)
+            from execbox.providers.local.persistent import PersistentInstance
+
+            return await PersistentInstance.start(self, spec)
         if (self.warm_pool is not None and not spec.network and spec.disk_mb == self.settings.warm_pool_disk_mb
                 and (wd := self.warm_pool.take()) is not None):
             return LocalInstance(self, spec, wd)

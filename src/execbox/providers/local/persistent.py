@@ -1,0 +1,532 @@
+"""Persistent local instances: one long-lived bubblewrap sandbox in which many execs run (issue 5).
+
+The sandbox is the one-shot sandbox (same namespaces, mounts, seccomp, dedicated uid, size-capped tmpfs
+workdir), started once with execbox's agent (agent.c) as its pid 1. Each exec is a message to the agent,
+which forks a child inside the sandbox; the child reports itself on a per-exec socket, and the supervisor
+learns its host pid from the kernel (SCM_CREDENTIALS, translated into our pid namespace), moves it into the
+exec's own cgroup (a child of the sandbox's cgroup) and only then lets it execute the program. So:
+
+- files and background processes persist between execs (same namespaces, same workdir);
+- every exec has its own wall/CPU/memory/pids limits and output cap; a runaway exec's whole process tree
+  (its cgroup) is killed, the sandbox and other execs' processes live on;
+- the sandbox's cgroup caps everything alive in it at once (``InstanceSpec.memory_mb``/``pids``);
+- the host touches the workdir only through ``files.Workdir`` (openat2 beneath a held descriptor), safe
+  against symlinks the program plants or swaps at any time.
+
+A process an exec leaves running in the background stays in that exec's cgroup (its memory and pids
+limits still apply; its CPU time is then bounded by RLIMIT_CPU only) and keeps running until it ends or
+the sandbox is closed. Its stdout/stderr were the exec's pipes: they are closed once the exec has ended
+(after a short grace), so it should redirect its output to a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import itertools
+import os
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from execbox.errors import IsolationError, RequestError, SandboxError
+from execbox.providers.base import (
+    ExecSpec,
+    FileEntry,
+    Instance,
+    InstanceSpec,
+    OutputChunk,
+    ProcessOutcome,
+    StopReason,
+)
+from execbox.providers.local import bwrap, cgroups, files
+from execbox.providers.local.supervise import CPU_POLL_S, PIPE_GRACE_S, READ_CHUNK, stdin_fd
+
+if TYPE_CHECKING:
+    from execbox.providers.local.provider import LocalProvider, _Workdir
+
+READY_TIMEOUT_S = 10.0
+SYNC_TIMEOUT_S = 10.0
+REPORT_SIZE = 13  # kind (1), exec id (u64), wait status or errno (i32)
+AGENT_PIDS = 4  # the launcher, bubblewrap and the agent, in the sandbox's cgroup besides the programs
+PRESTART_CPU_S = 1 << 40
+PRESTART_NPROC = 1 << 16
+RLIM_INFINITY = (1 << 64) - 1
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str) -> bytes:
+    """The agent's exec message (see agent.c)."""
+    env = {**env, "PWD": cwd}
+    strings = [*spec.argv, *(f"{k}={v}" for k, v in env.items()), cwd]
+    if not spec.argv or any("\0" in x for x in strings) or any("=" in k or not k for k in env):
+        raise RequestError("empty argv, embedded null byte or bad variable name in the argv or environment")
+    mb = 1024 * 1024
+    cpu = int(spec.cpu_time_s) + 1
+    header = [exec_id, cpu, cpu + 1, spec.file_size_mb * mb, spec.open_files, spec.pids, 0, len(spec.argv),
+              len(env)]
+    body = struct.pack("<9Q", *header) + b"".join(x.encode() + b"\0" for x in strings)
+    return struct.pack("<Q", len(body)) + body
+
+
+def _max_nofile() -> int:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return min(int(Path("/proc/sys/fs/nr_open").read_text()), hard if hard != resource.RLIM_INFINITY
+               else RLIM_INFINITY)
+
+
+class _Reports:
+    """Reads the agent's reports on the control socket (a thread: independent of any event loop) and
+    resolves each exec's future with its wait status; when the agent is gone, every pending exec fails."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.pending: dict[int, concurrent.futures.Future[tuple[str, int]]] = {}
+        self.lock = threading.Lock()
+        self.dead = False
+        self.thread = threading.Thread(target=self._run, name="execbox-agent-reports", daemon=True)
+        self.thread.start()
+
+    def expect(self, exec_id: int) -> concurrent.futures.Future[tuple[str, int]]:
+        fut: concurrent.futures.Future[tuple[str, int]] = concurrent.futures.Future()
+        with self.lock:
+            if self.dead:
+                fut.set_result(("D", 0))
+            else:
+                self.pending[exec_id] = fut
+        return fut
+
+    def _run(self) -> None:
+        buf = b""
+        try:
+            while chunk := self.control.recv(4096):
+                buf += chunk
+                while len(buf) >= REPORT_SIZE:
+                    kind = chr(buf[0])
+                    exec_id, value = struct.unpack("<Qi", buf[1:REPORT_SIZE])
+                    buf = buf[REPORT_SIZE:]
+                    with self.lock:
+                        fut = self.pending.pop(exec_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result((kind, value))
+        except OSError:
+            pass
+        with self.lock:
+            self.dead = True
+            pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_result(("D", 0))  # the agent (the sandbox) is gone
+
+
+class PersistentInstance(Instance):
+    """A long-lived local sandbox; start it with ``start()``."""
+
+    def __init__(self, provider: LocalProvider, spec: InstanceSpec, wd: _Workdir) -> None:
+        self.provider, self.spec, self.wd = provider, spec, wd
+        self.uid, self.name = wd.uid, wd.name
+        self.work = wd.path / "work"
+        self.cgroup: cgroups.Cgroup | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.control: socket.socket | None = None
+        self.reports: _Reports | None = None
+        self.workdir: files.Workdir | None = None
+        self._ids = itertools.count(1)
+        self._send = threading.Lock()
+        self._closed = False
+        self._exec_groups: set[str] = set()  # exec groups that may still hold background processes
+
+    # ------------------------------------------------------------------ life
+    @classmethod
+    async def start(cls, p: LocalProvider, spec: InstanceSpec) -> PersistentInstance:
+        if not (p.root and p.cgroups.usable and p.slots is not None):
+            raise IsolationError("persistent local sandboxes need root and cgroups (each exec gets its own "
+                                 "cgroup); refusing to run them weaker")
+        if problem := files.available():
+            raise IsolationError(f"persistent local sandboxes need {problem}")
+        uid = await p.slots.acquire()
+        inst = cls(p, spec, p._workdir(uid, spec.disk_mb))
+        try:
+            await inst._boot()
+        except BaseException:
+            await asyncio.shield(inst.close())
+            raise
+        return inst
+
+    async def _boot(self) -> None:
+        from execbox.providers.local.provider import _WRITE_OR_SPAWN, _build_binary
+
+        p = self.provider
+        agent = _build_binary(p.runtime, "agent.c", "execbox-agent", 0o755)
+        self.workdir = files.Workdir(str(self.work), self.uid)
+        try:
+            self.cgroup = cgroups.Cgroup(p.cgroups, f"{self.name}-s", memory_mb=self.spec.memory_mb,
+                                         pids=self.spec.pids + AGENT_PIDS)
+        except OSError as e:
+            raise IsolationError(f"cannot create the sandbox's cgroup: {e}") from e
+        seccomp_fd = os.open(p.seccomp_path, os.O_RDONLY | os.O_CLOEXEC)
+        agent_fd = os.open(agent, os.O_RDONLY | os.O_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sandbox = bwrap.with_waiter(p._sandbox_spec(self.wd, self.spec.network, seccomp_fd, (), {}, "."),
+                                        agent_fd, theirs.fileno())
+            argv = bwrap.build_argv(sandbox, p.bwrap)
+            argv[:0] = p._launcher_argv(self.uid, PRESTART_CPU_S, RLIM_INFINITY, _max_nofile(), PRESTART_NPROC,
+                                        0, self.cgroup.procs_files)
+            with _WRITE_OR_SPAWN:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, env={},
+                                             pass_fds=(seccomp_fd, agent_fd, theirs.fileno()),
+                                             start_new_session=True, close_fds=True)
+        finally:
+            theirs.close()
+            os.close(seccomp_fd)
+            os.close(agent_fd)
+        self.control = ours
+        loop = asyncio.get_running_loop()
+        ours.setblocking(False)
+        try:
+            ready = await asyncio.wait_for(loop.sock_recv(ours, 1), READY_TIMEOUT_S)
+        except (TimeoutError, OSError):
+            ready = b""
+        if ready != b"R":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(self.proc.wait)
+            assert self.proc.stderr is not None
+            err = self.proc.stderr.read().decode(errors="replace").strip()
+            raise SandboxError(f"the persistent sandbox did not come up (exit {self.proc.returncode}): {err}")
+        ours.setblocking(True)
+        self.reports = _Reports(ours)
+
+    async def close(self) -> None:
+        """Kill every process of the sandbox and remove every trace (cgroups, workdir, uid). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._teardown)
+
+    def _teardown(self) -> None:
+        if self.control is not None:
+            with contextlib.suppress(OSError):
+                self.control.shutdown(socket.SHUT_RDWR)  # the agent sees EOF; the reader thread ends
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        gone = self.cgroup.remove() if self.cgroup is not None else True
+        if self.proc is not None:
+            with contextlib.suppress(ChildProcessError):
+                self.proc.wait()
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+        if self.reports is not None:
+            self.reports.thread.join(5)
+        if self.control is not None:
+            self.control.close()
+        if self.workdir is not None:
+            self.workdir.close()
+        self.provider._release(self.wd, kill_uid=not gone or self.proc is not None)
+
+    # ------------------------------------------------------------------ files
+    def _files(self) -> files.Workdir:
+        if self._closed or self.workdir is None:
+            raise SandboxError("the sandbox is closed")
+        return self.workdir
+
+    async def write_files(self, data: Mapping[str, bytes]) -> None:
+        wd = self._files()
+        for rel, content in data.items():
+            try:
+                await asyncio.to_thread(wd.write, rel, content)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise SandboxError("the files do not fit in the sandbox's disk limit") from e
+                raise SandboxError(f"cannot write {rel!r}: {e.strerror or e}") from e
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes | None:
+        return await asyncio.to_thread(self._files().read, path, max_bytes)
+
+    async def list_files(self, path: str) -> list[FileEntry]:
+        try:
+            entries = await asyncio.to_thread(self._files().list, path)
+        except OSError as e:
+            raise SandboxError(f"cannot list {path!r}: {e.strerror or e}") from e
+        return [FileEntry(e.name, e.kind, e.size) for e in entries]
+
+    async def remove_file(self, path: str) -> bool:
+        try:
+            return await asyncio.to_thread(self._files().remove, path)
+        except OSError as e:
+            raise SandboxError(f"cannot remove {path!r}: {e.strerror or e}") from e
+
+    # ------------------------------------------------------------------ execs
+    async def exec(self, spec: ExecSpec) -> ProcessOutcome:
+        return await self._run(spec, None)
+
+    async def stream(self, spec: ExecSpec) -> AsyncIterator[OutputChunk | ProcessOutcome]:
+        queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue()
+        task = asyncio.create_task(self._run(spec, queue.put_nowait))
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    chunk = getter.result()
+                    if chunk is not None:
+                        yield chunk
+                    continue
+                getter.cancel()
+                while not queue.empty():
+                    if (chunk := queue.get_nowait()) is not None:
+                        yield chunk
+                yield task.result()
+                return
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _sweep_groups(self) -> None:
+        """Remove exec groups whose background processes have all ended (never kills anything)."""
+        assert self.cgroup is not None
+        for name in list(self._exec_groups):
+            if all(_rmdir(d / name) for d in self.cgroup.dirs.values()):
+                self._exec_groups.discard(name)
+
+    async def _run(self, spec: ExecSpec, on_chunk: Callable[[OutputChunk], None] | None) -> ProcessOutcome:
+        if self._closed or self.reports is None or self.control is None or self.cgroup is None:
+            raise SandboxError("the sandbox is closed")
+        if self.reports.dead:
+            raise SandboxError("the sandbox has died")
+        exec_id = next(self._ids)
+        cwd = os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd))
+        env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
+        message = _exec_message(exec_id, spec, env, cwd)
+        self._sweep_groups()
+        group = f"e{exec_id}"
+        try:
+            cg = cgroups.Cgroup(self.provider.cgroups, f"{self.name}-s/{group}",
+                                memory_mb=min(spec.memory_mb, self.spec.memory_mb),
+                                pids=min(spec.pids, self.spec.pids))
+        except OSError as e:
+            raise IsolationError(f"cannot create the exec's cgroup: {e}") from e
+        self._exec_groups.add(group)
+        loop = asyncio.get_running_loop()
+        fds: list[int] = []  # ours to close once the agent has its copies
+        out_r = err_r = -1
+        sync = theirs = None
+        try:
+            fds.append(stdin_fd(spec.stdin))
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(out_w)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(err_w)
+            sync, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            sync.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            report = self.reports.expect(exec_id)
+            with self._send:
+                socket.send_fds(self.control, [message[:8]], [*fds, theirs.fileno()])
+                self.control.sendall(message[8:])
+        except BaseException:
+            for fd in (out_r, err_r):
+                if fd >= 0:
+                    os.close(fd)
+            if sync is not None:
+                sync.close()
+            cg.remove()
+            self._exec_groups.discard(group)
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if theirs is not None:
+                theirs.close()
+        try:
+            return await self._supervise(spec, cg, sync, report, out_r, err_r, on_chunk, loop)
+        finally:
+            sync.close()
+            os.close(out_r)
+            os.close(err_r)
+            if not cg.pids():  # nothing left in the background: the group goes now
+                with contextlib.suppress(OSError):
+                    if cg.remove():
+                        self._exec_groups.discard(group)
+
+    async def _supervise(self, spec: ExecSpec, cg: cgroups.Cgroup, sync: socket.socket,
+                         report: concurrent.futures.Future[tuple[str, int]], out_r: int, err_r: int,
+                         on_chunk: Callable[[OutputChunk], None] | None,
+                         loop: asyncio.AbstractEventLoop) -> ProcessOutcome:
+        assert self.cgroup is not None
+        ended = asyncio.wrap_future(report)
+        # 1. the child says it exists; the kernel tells us its host pid; it joins the exec's cgroup
+        sync.setblocking(False)
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def on_sync() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(sync.fileno(), on_sync)
+        try:
+            waits: set[asyncio.Future[Any]] = {readable, ended}
+            await asyncio.wait(waits, timeout=SYNC_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(sync.fileno())
+        pid = None
+        if readable.done():
+            with contextlib.suppress(OSError):
+                data, anc, _, _ = sync.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("iII")))
+                for level, kind, raw in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and data == b"P":
+                        cpid, cuid, _ = struct.unpack("iII", raw[:12])
+                        if cuid == self.uid:
+                            pid = cpid
+        if pid is None:
+            if ended.done() and ended.result()[0] == "E":
+                err = ended.result()[1]
+                raise SandboxError(f"the sandbox could not start the exec: {os.strerror(err)}")
+            if ended.done() and ended.result()[0] == "X":  # it failed before it could report (chdir, ...)
+                pass
+            else:
+                raise SandboxError("the sandbox did not start the exec (its agent is gone or hung)")
+        elif not all(_write(f, str(pid)) for f in cg.procs_files):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise IsolationError("cannot move the exec into its cgroup")
+        cg.reset_peak()
+        sandbox_ooms = _oom_count(self.cgroup)
+        start = time.monotonic()
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                sync.setblocking(True)
+                sync.send(b"G")
+
+        # 2. its output, its limits, its end
+        stopped_by: StopReason | None = None
+        streams: dict[int, tuple[str, bytearray, list[bool], asyncio.Event]] = {
+            out_r: ("stdout", bytearray(), [False], asyncio.Event()),
+            err_r: ("stderr", bytearray(), [False], asyncio.Event()),
+        }
+
+        def kill(reason: StopReason) -> None:
+            nonlocal stopped_by
+            if stopped_by is None:
+                stopped_by = reason
+                cg.kill_all(wait=False)
+
+        def on_readable(fd: int) -> None:
+            name, data, truncated, eof = streams[fd]
+            try:
+                chunk = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                loop.remove_reader(fd)
+                eof.set()
+                return
+            room = spec.output_bytes - len(data)
+            if len(chunk) > room:
+                chunk = chunk[:max(room, 0)]
+                truncated[0] = True
+                kill(StopReason.OUTPUT)
+            data += chunk
+            if chunk and on_chunk is not None:
+                on_chunk(OutputChunk(name, chunk))
+
+        for fd in streams:
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, on_readable, fd)
+
+        async def watch_cpu() -> None:
+            while True:
+                await asyncio.sleep(CPU_POLL_S)
+                used = cg.cpu_time_s()
+                if used is not None and used > spec.cpu_time_s:
+                    kill(StopReason.CPU_TIME)
+                    return
+
+        cpu_task = asyncio.create_task(watch_cpu())
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(ended), spec.wall_time_s)
+            except TimeoutError:
+                kill(StopReason.WALL_TIME)
+                await asyncio.wait_for(asyncio.shield(ended), SYNC_TIMEOUT_S)
+            wall = time.monotonic() - start
+            # what it wrote is in the pipes; background processes may hold them open: a short grace
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(s[3].wait() for s in streams.values())),
+                                       0.01 if not cg.pids() else PIPE_GRACE_S)
+            for fd, s in streams.items():  # whatever is left readable now
+                while not s[3].is_set() and not s[2][0]:
+                    size = len(s[1])
+                    on_readable(fd)
+                    if len(s[1]) == size:
+                        break
+        except BaseException:
+            kill(StopReason.CANCELLED)
+            raise
+        finally:
+            cpu_task.cancel()
+            for fd in streams:
+                loop.remove_reader(fd)
+        end, status = ended.result()
+        if end == "D":
+            raise SandboxError("the sandbox died during the exec")
+        if end == "E":
+            raise SandboxError(f"the sandbox could not start the exec: {os.strerror(status)}")
+        cpu = cg.cpu_time_s()
+        peak = cg.peak_memory_mb()
+        if stopped_by is None and (cg.oom_killed() or _oom_count(self.cgroup) > sandbox_ooms):
+            stopped_by = StopReason.MEMORY
+        exit_code: int | None = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        if sig == signal.SIGXCPU and stopped_by is None:
+            stopped_by = StopReason.CPU_TIME
+        so, se = streams[out_r], streams[err_r]
+        return ProcessOutcome(exit_code=exit_code, signal=sig, stdout=bytes(so[1]), stderr=bytes(se[1]),
+                              stdout_truncated=so[2][0], stderr_truncated=se[2][0], wall_time_s=wall,
+                              cpu_time_s=cpu, max_rss_mb=peak, stopped_by=stopped_by)
+
+
+def _write(path: str, value: str) -> bool:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        return True
+    except OSError:
+        return False
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _oom_count(cg: cgroups.Cgroup) -> int:
+    f = ("memory", "memory.oom_control") if cg.version == 1 else ("", "memory.events")
+    for line in cgroups._read(cg.dirs[f[0]] / f[1]).splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return 0
+
+
+__all__ = ["PersistentInstance"]

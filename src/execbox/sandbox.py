@@ -1,0 +1,691 @@
+"""Persistent sandboxes: many commands over time in one isolated environment, with files, labels and TTLs.
+
+    async with await AsyncSandbox.create(language="python", labels={"project": "demo"}, ttl_s=600) as sb:
+        r = await sb.exec("pip install --target ./lib six && ls")   # shell command -> ExecutionResult
+        await sb.files.write("data.csv", b"...")
+        async for event in sb.stream("python3 train.py"):          # ExecEvent: stdout/stderr, then exit
+            ...
+    sb = await AsyncSandbox.get_or_create(labels={"project": "demo"})
+
+``Sandbox`` is the blocking facade with the same names and signatures. ``run_many``/``arun_many`` run several
+commands in one throwaway sandbox.
+
+``SandboxManager`` is the registry behind them, provider-agnostic: live sandboxes by id and labels, the
+count limits (in all and per owner), the idle TTL and the hard maximum lifetime, and a reaper. The HTTP
+service is meant to hold one manager and pass each API key as ``owner``: a sandbox is then visible only to
+its owner (another owner gets NotFoundError, as if it did not exist). The library's default manager (no
+owner) is ``default_manager()``.
+
+Limits: ``create(limits=...)`` are clamped by the engine's policy once; they are each exec's defaults and
+the sandbox's caps (``memory_mb``/``pids`` cap everything alive in it at once, ``disk_mb`` its workdir).
+An exec may tighten them (``exec(..., limits=Limits(wall_time_s=2))``), never widen them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import builtins
+import codecs
+import concurrent.futures
+import contextlib
+import functools
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from execbox.engine import Engine, step_result
+from execbox.errors import (
+    CapacityError,
+    ExecboxError,
+    ExecutionFailed,
+    NotFoundError,
+    RequestError,
+    SandboxError,
+)
+from execbox.models import ExecEvent, ExecutionResult, FileInfo, Limits, check_file_name
+from execbox.providers.base import ExecSpec, Instance, InstanceSpec, OutputChunk, ProcessOutcome, Provider
+
+T = TypeVar("T")
+Command = str | Sequence[str]
+
+DEFAULT_TTL_S = 600.0
+DEFAULT_MAX_LIFETIME_S = 24 * 3600.0
+DEFAULT_MAX_SANDBOXES = 32
+REAP_INTERVAL_S = 1.0
+MAX_READ_BYTES = 1 << 30
+
+
+def _argv(cmd: Command) -> tuple[str, ...]:
+    """A shell command string runs under /bin/sh -c; a sequence is the argv itself."""
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise RequestError("empty command")
+        return ("/bin/sh", "-c", cmd)
+    argv = tuple(cmd)
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise RequestError("a command is a non-empty string or a non-empty sequence of strings")
+    return argv
+
+
+def _path(path: str, allow_root: bool = False) -> str:
+    if allow_root and path in ("", "."):
+        return "."
+    return check_file_name(path)
+
+
+def _labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    out = dict(labels or {})
+    for k, v in out.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k:
+            raise RequestError(f"labels are non-empty string keys with string values, not {k!r}: {v!r}")
+    return out
+
+
+class SandboxManager:
+    """The registry of live sandboxes: ids, labels, owners, count limits, idle TTL and max lifetime."""
+
+    def __init__(self, engine: Engine | None = None, *, max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
+                 max_per_owner: int | None = None, default_ttl_s: float = DEFAULT_TTL_S,
+                 max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S, reap_interval_s: float = REAP_INTERVAL_S) -> None:
+        self._engine = engine
+        self.max_sandboxes, self.max_per_owner = max_sandboxes, max_per_owner
+        self.default_ttl_s, self.max_lifetime_s, self.reap_interval_s = default_ttl_s, max_lifetime_s, reap_interval_s
+        self._live: dict[str, AsyncSandbox] = {}
+        self._reserved: dict[str | None, int] = {}  # creations under way, per owner
+        self._creating: dict[tuple[str | None, frozenset[tuple[str, str]]], concurrent.futures.Future[None]] = {}
+        self._lock = threading.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from execbox.api import default_engine
+
+            self._engine = default_engine()
+        return self._engine
+
+    # ------------------------------------------------------------------ creation
+    def _reserve(self, owner: str | None) -> None:
+        with self._lock:
+            total = len(self._live) + sum(self._reserved.values())
+            if total >= self.max_sandboxes:
+                raise CapacityError(f"{total} sandboxes are live; the maximum is {self.max_sandboxes}: destroy "
+                                    "one first")
+            if self.max_per_owner is not None and owner is not None:
+                mine = sum(1 for s in self._live.values() if s.owner == owner) + self._reserved.get(owner, 0)
+                if mine >= self.max_per_owner:
+                    raise CapacityError(f"{mine} sandboxes of yours are live; the maximum per owner is "
+                                        f"{self.max_per_owner}: destroy one first")
+            self._reserved[owner] = self._reserved.get(owner, 0) + 1
+
+    def _unreserve(self, owner: str | None) -> None:
+        with self._lock:
+            self._reserved[owner] -= 1
+            if not self._reserved[owner]:
+                del self._reserved[owner]
+
+    async def create(self, language: str = "python", *, labels: Mapping[str, str] | None = None,
+                     ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
+                     provider: str | None = None, env: Mapping[str, str] | None = None,
+                     owner: str | None = None) -> AsyncSandbox:
+        """A new sandbox. Raises CapacityError at the count limits, RequestError for a bad request,
+        SandboxError when the provider cannot start it (or cannot keep sandboxes at all)."""
+        engine = self.engine
+        lang = engine.languages.get(language)
+        labels = _labels(labels)
+        ttl = self.default_ttl_s if ttl_s is None else ttl_s
+        lifetime = min(self.max_lifetime_s if max_lifetime_s is None else max_lifetime_s, self.max_lifetime_s)
+        if ttl <= 0 or lifetime <= 0:
+            raise RequestError("ttl_s and max_lifetime_s must be positive")
+        applied = engine.policy.apply(limits)
+        prov = engine.providers.get(provider)
+        if not prov.supports_persistent:
+            raise RequestError(f"provider {prov.name!r} cannot keep sandboxes (no persistent instances)")
+        self._reserve(owner)
+        try:
+            spec = InstanceSpec(disk_mb=applied.disk_mb, network=applied.network, persistent=True,
+                                memory_mb=applied.memory_mb, pids=applied.pids)
+            try:
+                instance = await prov.start(spec)
+            except ExecboxError:
+                raise
+            except Exception as e:
+                raise SandboxError(f"provider {prov.name!r} failed to start a sandbox: {e}") from e
+            sb = AsyncSandbox(_token=_TOKEN, manager=self, instance=instance, provider=prov, language=lang.name,
+                              lang_env=dict(lang.env), env=dict(env or {}), labels=labels, limits=applied,
+                              ttl_s=ttl, max_lifetime_s=lifetime, owner=owner)
+            with self._lock:
+                self._live[sb.id] = sb
+        finally:
+            self._unreserve(owner)
+        self._ensure_reaper()
+        return sb
+
+    async def get_or_create(self, labels: Mapping[str, str], *, owner: str | None = None,
+                            **create: Any) -> AsyncSandbox:
+        """The live sandbox whose labels include ``labels`` (the most recently used), or a new one with
+        them; concurrent calls with the same labels (and owner) create only one."""
+        labels = _labels(labels)
+        key = (owner, frozenset(labels.items()))
+        while True:
+            if (found := self.find(labels, owner=owner)) is not None:
+                found._touch()
+                return found
+            with self._lock:
+                pending = self._creating.get(key)
+                if pending is None:
+                    mine: concurrent.futures.Future[None] = concurrent.futures.Future()
+                    self._creating[key] = mine
+                    break
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(pending)
+        try:
+            return await self.create(labels=labels, owner=owner, **create)
+        finally:
+            with self._lock:
+                del self._creating[key]
+            mine.set_result(None)
+
+    # ------------------------------------------------------------------ lookup
+    def get(self, sandbox_id: str, *, owner: str | None = None) -> AsyncSandbox:
+        """The live sandbox ``sandbox_id`` of ``owner``; NotFoundError otherwise (also for another owner's)."""
+        sb = self._live.get(sandbox_id)
+        if sb is None or sb.owner != owner or not sb.alive:
+            raise NotFoundError(f"no sandbox {sandbox_id!r} (destroyed, expired or never created)")
+        return sb
+
+    def list(self, labels: Mapping[str, str] | None = None, *, owner: str | None = None) -> list[AsyncSandbox]:
+        """``owner``'s live sandboxes whose labels include ``labels``, most recently used first."""
+        want = _labels(labels).items()
+        with self._lock:
+            found = [s for s in self._live.values() if s.owner == owner and s.alive and want <= s.labels.items()]
+        return sorted(found, key=lambda s: s.last_used_at, reverse=True)
+
+    def find(self, labels: Mapping[str, str], *, owner: str | None = None) -> AsyncSandbox | None:
+        """The most recently used of ``list(labels)``, or None."""
+        found = self.list(labels, owner=owner)
+        return found[0] if found else None
+
+    # ------------------------------------------------------------------ ending
+    def _forget(self, sb: AsyncSandbox) -> None:
+        with self._lock:
+            self._live.pop(sb.id, None)
+
+    async def reap(self) -> builtins.list[str]:
+        """Destroy the sandboxes idle longer than their TTL or older than their max lifetime (never one in
+        the middle of an operation, unless past its max lifetime); their ids. The reaper calls it."""
+        now = time.monotonic()
+        with self._lock:
+            due = [s for s in self._live.values() if s._expired(now)]
+        for sb in due:
+            await sb.destroy()
+        return [s.id for s in due]
+
+    def _ensure_reaper(self) -> None:
+        r = self._reaper
+        if r is None or r.done() or r.get_loop().is_closed():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while self._live:
+            await asyncio.sleep(self.reap_interval_s)
+            with contextlib.suppress(Exception):
+                await self.reap()
+
+    async def aclose(self) -> None:
+        """Destroy every live sandbox of this manager."""
+        with self._lock:
+            live = builtins.list(self._live.values())
+        for sb in live:
+            await sb.destroy()
+        if self._reaper is not None and not self._reaper.done() and not self._reaper.get_loop().is_closed():
+            self._reaper.cancel()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
+_managers: weakref.WeakSet[SandboxManager] = weakref.WeakSet()
+_default: SandboxManager | None = None
+_default_lock = threading.Lock()
+
+
+def default_manager() -> SandboxManager:
+    """The library's manager (the default engine; ``EXECBOX_MAX_SANDBOXES`` live sandboxes at most)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            raw = os.environ.get("EXECBOX_MAX_SANDBOXES", "").strip()
+            _default = SandboxManager(max_sandboxes=int(raw) if raw.isdigit() else DEFAULT_MAX_SANDBOXES)
+            _managers.add(_default)
+        return _default
+
+
+@atexit.register
+def _destroy_all_at_exit() -> None:
+    """Sandboxes the program forgot are destroyed when it exits (their processes die with it anyway)."""
+    for m in builtins.list(_managers):
+        if m._live:
+            with contextlib.suppress(Exception):
+                asyncio.run(m.aclose())
+
+
+_TOKEN = object()
+
+
+class AsyncFiles:
+    """A sandbox's workdir, from the host: paths are relative to it; symlinks never lead out of it."""
+
+    def __init__(self, sb: AsyncSandbox) -> None:
+        self._sb = sb
+
+    async def write(self, path: str, data: str | bytes) -> None:
+        """Create or replace a file (text is written as UTF-8); parent directories are made."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        await self._sb._op(self._sb._instance.write_files({_path(path): raw}))
+
+    async def read(self, path: str, max_bytes: int | None = None) -> bytes:
+        """A file's bytes (at most ``max_bytes``, default the sandbox's disk size). NotFoundError when it
+        does not exist, is not a regular file, or its path leads out of the workdir."""
+        limit = max_bytes if max_bytes is not None else self._sb.limits.disk_mb * 1024 * 1024
+        data = await self._sb._op(self._sb._instance.read_file(_path(path), min(limit, MAX_READ_BYTES)))
+        if data is None:
+            raise NotFoundError(f"no file {path!r} in sandbox {self._sb.id}")
+        return data
+
+    async def list(self, path: str = ".") -> builtins.list[FileInfo]:
+        """The entries of a workdir directory, sorted by name."""
+        rel = _path(path, allow_root=True)
+        try:
+            entries = await self._sb._op(self._sb._instance.list_files(rel))
+        except SandboxError as e:
+            raise NotFoundError(f"no directory {path!r} in sandbox {self._sb.id}: {e}") from e
+        prefix = "" if rel == "." else rel + "/"
+        return [FileInfo(name=e.name, path=prefix + e.name, kind=e.kind, size_bytes=e.size)
+                for e in entries]
+
+    async def remove(self, path: str) -> bool:
+        """Remove a file, symlink or directory tree; False when nothing was there."""
+        return await self._sb._op(self._sb._instance.remove_file(_path(path)))
+
+
+class AsyncSandbox:
+    """A persistent sandbox (the async core). Make one with ``create`` or ``get_or_create``."""
+
+    def __init__(self, *, _token: object, manager: SandboxManager, instance: Instance, provider: Provider,
+                 language: str, lang_env: dict[str, str], env: dict[str, str], labels: dict[str, str],
+                 limits: Limits, ttl_s: float, max_lifetime_s: float, owner: str | None) -> None:
+        if _token is not _TOKEN:
+            raise TypeError("use AsyncSandbox.create() or get_or_create()")
+        self.id = "sb_" + uuid.uuid4().hex[:20]
+        self.manager, self._instance, self._provider = manager, instance, provider
+        self.language, self._env, self.labels, self.limits = language, {**lang_env, **env}, labels, limits
+        self.ttl_s, self.max_lifetime_s, self.owner = ttl_s, max_lifetime_s, owner
+        self.created_at = time.time()
+        self._born = self._used = time.monotonic()
+        self._busy = 0
+        self._destroyed = False
+        self.files = AsyncFiles(self)
+
+    # ------------------------------------------------------------------ making and finding
+    @classmethod
+    async def create(cls, language: str = "python", *, labels: Mapping[str, str] | None = None,
+                     ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
+                     provider: str | None = None, env: Mapping[str, str] | None = None) -> AsyncSandbox:
+        """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
+        ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
+        ``env`` variables of every exec."""
+        return await default_manager().create(language, labels=labels, ttl_s=ttl_s, max_lifetime_s=max_lifetime_s,
+                                              limits=limits, provider=provider, env=env)
+
+    @classmethod
+    async def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
+                            max_lifetime_s: float | None = None, limits: Limits | None = None,
+                            provider: str | None = None, env: Mapping[str, str] | None = None) -> AsyncSandbox:
+        """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
+        return await default_manager().get_or_create(labels, language=language, ttl_s=ttl_s,
+                                                     max_lifetime_s=max_lifetime_s, limits=limits,
+                                                     provider=provider, env=env)
+
+    @classmethod
+    async def find(cls, labels: Mapping[str, str]) -> AsyncSandbox | None:
+        """The most recently used live sandbox whose labels include ``labels``, or None."""
+        return default_manager().find(labels)
+
+    @classmethod
+    async def list(cls, labels: Mapping[str, str] | None = None) -> builtins.list[AsyncSandbox]:
+        """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
+        return default_manager().list(labels)
+
+    @classmethod
+    async def get(cls, sandbox_id: str) -> AsyncSandbox:
+        """The live sandbox with this id; NotFoundError when there is none."""
+        return default_manager().get(sandbox_id)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def alive(self) -> bool:
+        return not self._destroyed
+
+    @property
+    def last_used_at(self) -> float:
+        """time.monotonic() of the last operation's start or end."""
+        return self._used
+
+    def _touch(self) -> None:
+        self._used = time.monotonic()
+
+    def _expired(self, now: float) -> bool:
+        if now - self._born > self.max_lifetime_s:
+            return True
+        return not self._busy and now - self._used > self.ttl_s
+
+    async def _op(self, aw: Awaitable[T]) -> T:
+        """Run one operation on the instance: refused once destroyed, keeps the sandbox from idling out."""
+        if self._destroyed:
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            raise NotFoundError(f"sandbox {self.id} has been destroyed")
+        self._busy += 1
+        self._touch()
+        try:
+            return await aw
+        except ExecboxError:
+            raise
+        except Exception as e:  # a provider bug or host failure: the sandbox's fault, mapped at the boundary
+            raise SandboxError(f"provider {self._provider.name!r} failed: {e}") from e
+        finally:
+            self._busy -= 1
+            self._touch()
+
+    def _spec(self, cmd: Command, stdin: str | bytes, env: Mapping[str, str] | None, cwd: str,
+              limits: Limits | None) -> ExecSpec:
+        lim = self.limits
+        if limits is not None:  # tighten only: each field it sets, capped by the sandbox's
+            capped = {k: min(getattr(limits, k), getattr(lim, k)) for k in limits.model_fields_set
+                      if k not in ("disk_mb", "network")}
+            lim = lim.model_copy(update=capped)
+        if cwd not in (".", ""):
+            cwd = _path(cwd)
+        merged = {**self._env, **(env or {})}
+        if any(not k or "=" in k or "\0" in k or "\0" in v for k, v in merged.items()):
+            raise RequestError("invalid environment variable name or value")
+        return ExecSpec(argv=_argv(cmd), wall_time_s=lim.wall_time_s, cpu_time_s=lim.cpu_time_s,
+                        memory_mb=lim.memory_mb, pids=lim.pids, output_bytes=lim.output_bytes,
+                        file_size_mb=lim.file_size_mb, open_files=lim.open_files,
+                        stdin=stdin.encode() if isinstance(stdin, str) else stdin, env=merged, cwd=cwd or ".")
+
+    def _result(self, outcome: ProcessOutcome, spec: ExecSpec) -> ExecutionResult:
+        step = step_result(outcome, spec)
+        return ExecutionResult(execution_id=uuid.uuid4().hex, language=self.language, provider=self._provider.name,
+                               **step.model_dump())
+
+    # ------------------------------------------------------------------ running
+    async def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+                   cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
+        """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
+        its result. Files and background processes persist between execs; each exec has its own limits
+        and a runaway one is killed (with everything it started) while the sandbox lives on. The command
+        failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
+        spec = self._spec(cmd, stdin, env, cwd, limits)
+        result = self._result(await self._op(self._instance.exec(spec)), spec)
+        if check and not result.ok:
+            raise ExecutionFailed(result)
+        return result
+
+    async def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+                     cwd: str = ".", limits: Limits | None = None) -> AsyncIterator[ExecEvent]:
+        """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
+        "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
+        kills the command."""
+        spec = self._spec(cmd, stdin, env, cwd, limits)
+        if self._destroyed:
+            raise NotFoundError(f"sandbox {self.id} has been destroyed")
+        decoders = {n: codecs.getincrementaldecoder("utf-8")("replace") for n in ("stdout", "stderr")}
+        self._busy += 1
+        self._touch()
+        events = self._instance.stream(spec)
+        try:
+            async for item in events:
+                if isinstance(item, OutputChunk):
+                    if text := decoders[item.stream].decode(item.data):
+                        yield ExecEvent(type=item.stream, data=text)
+                else:
+                    for name, dec in decoders.items():
+                        if tail := dec.decode(b"", final=True):
+                            yield ExecEvent(type=name, data=tail)
+                    yield ExecEvent(type="exit", result=self._result(item, spec))
+        except ExecboxError:
+            raise
+        except Exception as e:
+            raise SandboxError(f"provider {self._provider.name!r} failed: {e}") from e
+        finally:
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
+            self._busy -= 1
+            self._touch()
+
+    # ------------------------------------------------------------------ ending
+    async def destroy(self) -> None:
+        """Kill everything in the sandbox and remove every trace of it. Idempotent."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self.manager._forget(self)
+        await self._instance.close()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.destroy()
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else "destroyed"
+        return f"<AsyncSandbox {self.id} {self.language} labels={self.labels} {state}>"
+
+
+# ---------------------------------------------------------------------------------------------- sync facade
+
+class _Portal:
+    """One event loop on a daemon thread that every sync Sandbox runs on: a sandbox outlives any single
+    call, and its processes are started from a thread that lives as long as the program (the local
+    provider's launcher dies with the thread that started it)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        threading.Thread(target=run, name="execbox-sandbox-portal", daemon=True).start()
+        ready.wait()
+
+    def call(self, aw: Awaitable[T]) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            raise RuntimeError("a sync Sandbox method was called from its own event loop; use AsyncSandbox")
+
+        async def wrap() -> T:
+            return await aw
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result()
+
+
+@functools.cache
+def _portal() -> _Portal:
+    return _Portal()
+
+
+class Files:
+    """A sandbox's workdir (blocking): the same methods as ``AsyncFiles``."""
+
+    def __init__(self, files: AsyncFiles) -> None:
+        self._files = files
+
+    def write(self, path: str, data: str | bytes) -> None:
+        """Create or replace a file (text is written as UTF-8); parent directories are made."""
+        return _portal().call(self._files.write(path, data))
+
+    def read(self, path: str, max_bytes: int | None = None) -> bytes:
+        """A file's bytes (at most ``max_bytes``, default the sandbox's disk size). NotFoundError when it
+        does not exist, is not a regular file, or its path leads out of the workdir."""
+        return _portal().call(self._files.read(path, max_bytes))
+
+    def list(self, path: str = ".") -> builtins.list[FileInfo]:
+        """The entries of a workdir directory, sorted by name."""
+        return _portal().call(self._files.list(path))
+
+    def remove(self, path: str) -> bool:
+        """Remove a file, symlink or directory tree; False when nothing was there."""
+        return _portal().call(self._files.remove(path))
+
+
+class Sandbox:
+    """A persistent sandbox (blocking): the same names and signatures as ``AsyncSandbox``."""
+
+    def __init__(self, sb: AsyncSandbox) -> None:
+        self._sb = sb
+        self.files = Files(sb.files)
+
+    @property
+    def id(self) -> str:
+        return self._sb.id
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self._sb.labels
+
+    @property
+    def language(self) -> str:
+        return self._sb.language
+
+    @property
+    def alive(self) -> bool:
+        return self._sb.alive
+
+    @classmethod
+    def create(cls, language: str = "python", *, labels: Mapping[str, str] | None = None,
+               ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
+               provider: str | None = None, env: Mapping[str, str] | None = None) -> Sandbox:
+        """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
+        ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
+        ``env`` variables of every exec."""
+        return cls(_portal().call(AsyncSandbox.create(language, labels=labels, ttl_s=ttl_s,
+                                                      max_lifetime_s=max_lifetime_s, limits=limits,
+                                                      provider=provider, env=env)))
+
+    @classmethod
+    def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
+                      max_lifetime_s: float | None = None, limits: Limits | None = None,
+                      provider: str | None = None, env: Mapping[str, str] | None = None) -> Sandbox:
+        """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
+        return cls(_portal().call(AsyncSandbox.get_or_create(labels, language=language, ttl_s=ttl_s,
+                                                             max_lifetime_s=max_lifetime_s, limits=limits,
+                                                             provider=provider, env=env)))
+
+    @classmethod
+    def find(cls, labels: Mapping[str, str]) -> Sandbox | None:
+        """The most recently used live sandbox whose labels include ``labels``, or None."""
+        sb = _portal().call(AsyncSandbox.find(labels))
+        return None if sb is None else cls(sb)
+
+    @classmethod
+    def list(cls, labels: Mapping[str, str] | None = None) -> builtins.list[Sandbox]:
+        """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
+        return [cls(sb) for sb in _portal().call(AsyncSandbox.list(labels))]
+
+    @classmethod
+    def get(cls, sandbox_id: str) -> Sandbox:
+        """The live sandbox with this id; NotFoundError when there is none."""
+        return cls(_portal().call(AsyncSandbox.get(sandbox_id)))
+
+    def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+             cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
+        """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
+        its result. Files and background processes persist between execs; each exec has its own limits
+        and a runaway one is killed (with everything it started) while the sandbox lives on. The command
+        failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
+        return _portal().call(self._sb.exec(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits, check=check))
+
+    def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+               cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
+        """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
+        "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
+        kills the command."""
+        agen = self._sb.stream(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits)
+        portal = _portal()
+        try:
+            while True:
+                try:
+                    yield portal.call(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            portal.call(agen.aclose())  # type: ignore[attr-defined]
+
+    def destroy(self) -> None:
+        """Kill everything in the sandbox and remove every trace of it. Idempotent."""
+        _portal().call(self._sb.destroy())
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.destroy()
+
+    def __repr__(self) -> str:
+        return repr(self._sb).replace("AsyncSandbox", "Sandbox", 1)
+
+
+# ---------------------------------------------------------------------------------------------- run_many
+
+async def arun_many(commands: Sequence[Command], language: str = "bash", *,
+                    files: Mapping[str, str | bytes] | None = None, env: Mapping[str, str] | None = None,
+                    limits: Limits | None = None, provider: str | None = None,
+                    stop_on_error: bool = False) -> list[ExecutionResult]:
+    """Run ``commands`` one after another in one throwaway sandbox (files and processes persist between
+    them) and return their results, in order; with ``stop_on_error`` the first result that is not ``ok``
+    is the last. ``files`` are written into the workdir first. The sandbox is destroyed at the end."""
+    if isinstance(commands, str):
+        raise RequestError("commands is a list of commands (a single string would run one per character)")
+    for name in files or {}:
+        check_file_name(name)  # before any sandbox is made
+    results: list[ExecutionResult] = []
+    async with await AsyncSandbox.create(language, limits=limits, provider=provider, env=env) as sb:
+        for name, data in (files or {}).items():
+            await sb.files.write(name, data)
+        for cmd in commands:
+            r = await sb.exec(cmd)
+            results.append(r)
+            if stop_on_error and not r.ok:
+                break
+    return results
+
+
+def run_many(commands: Sequence[Command], language: str = "bash", *,
+             files: Mapping[str, str | bytes] | None = None, env: Mapping[str, str] | None = None,
+             limits: Limits | None = None, provider: str | None = None,
+             stop_on_error: bool = False) -> list[ExecutionResult]:
+    """Run ``commands`` one after another in one throwaway sandbox (files and processes persist between
+    them) and return their results, in order; with ``stop_on_error`` the first result that is not ``ok``
+    is the last. ``files`` are written into the workdir first. The sandbox is destroyed at the end."""
+    return _portal().call(arun_many(commands, language, files=files, env=env, limits=limits, provider=provider,
+                                    stop_on_error=stop_on_error))
+
+
+__all__ = ["AsyncFiles", "AsyncSandbox", "Files", "Sandbox", "SandboxManager", "arun_many", "default_manager",
+           "run_many"]

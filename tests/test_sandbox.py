@@ -1,0 +1,263 @@
+"""Persistent sandboxes (issue 5) on the real local provider: state across execs, per-exec limits, streaming,
+files, TTL, labels, count limits, the sync facade. Hostile programs against them: tests/escapes/test_sandboxes.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import execbox
+from execbox import (
+    AsyncSandbox,
+    CapacityError,
+    Engine,
+    ExecEvent,
+    Limits,
+    NotFoundError,
+    RequestError,
+    Sandbox,
+    Status,
+)
+from execbox import sandbox as sandbox_module
+from execbox.providers.local import LocalProvider, LocalSettings
+from execbox.providers.registry import ProviderRegistry
+from execbox.sandbox import SandboxManager
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="persistent local sandboxes need root (uids, cgroups)")
+
+FIRST_UID = 64800  # clear of the escape suite's 64000..64511 and the pool tests' 64600..
+LIMITS = Limits(wall_time_s=10, cpu_time_s=10, memory_mb=256, pids=64, disk_mb=128)
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[LocalProvider]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    runtime = Path("/run/execbox-sandbox-tests") / worker
+    runtime.parent.mkdir(mode=0o711, exist_ok=True)
+    p = LocalProvider(LocalSettings(first_uid=FIRST_UID + 8 * index, uid_count=8, runtime_dir=runtime, warm_pool=0))
+    yield p
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture
+async def manager(provider: LocalProvider, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SandboxManager]:
+    """A manager on the test provider, installed as the library's default (so AsyncSandbox.create uses it)."""
+    m = SandboxManager(Engine(providers=ProviderRegistry(instances={"local": provider}, default="local")),
+                       max_sandboxes=4, reap_interval_s=0.1)
+    monkeypatch.setattr(sandbox_module, "_default", m)
+    yield m
+    await m.aclose()
+    assert len(m) == 0
+    assert not list((provider.runtime / "instances").iterdir()), "a sandbox left its workdir"
+    assert provider.slots is not None and not provider.slots.held, "a sandbox left its uid held"
+    me = f"{os.getpid()}-"
+    for base in provider.cgroups.bases.values():
+        assert not [d for d in base.iterdir() if d.name.startswith(me)], "a sandbox left a cgroup"
+
+
+async def test_files_and_a_background_process_persist_across_execs(manager: SandboxManager) -> None:
+    async with await AsyncSandbox.create("python", labels={"t": "state"}, limits=LIMITS) as sb:
+        r = await sb.exec("echo hello > note.txt && (sleep 300 > /dev/null 2>&1 &) && echo started")
+        assert r.status is Status.OK and r.stdout == "started\n", r
+        r = await sb.exec("cat note.txt; pgrep -x sleep | wc -l")
+        assert r.stdout == "hello\n1\n", r
+        r = await sb.exec(["python3", "-c", "import os; print(sorted(os.listdir('.')))"])
+        assert r.stdout == "['note.txt']\n", r
+        r = await sb.exec("x=1; export Y=2; echo $x")  # shell state is per exec (a new process each time)
+        r = await sb.exec("echo ${Y:-unset}")
+        assert r.stdout == "unset\n"
+        assert sb.language == "python" and sb.labels == {"t": "state"} and sb.id.startswith("sb_")
+    assert not sb.alive
+    with pytest.raises(NotFoundError):
+        await sb.exec("true")
+
+
+async def test_a_runaway_exec_is_killed_with_its_tree_and_the_sandbox_lives_on(manager: SandboxManager) -> None:
+    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+        assert (await sb.exec("(sleep 300 > /dev/null 2>&1 &); echo ok")).ok  # survives: a finished exec's
+        t = time.monotonic()
+        r = await sb.exec("sleep 200 > /dev/null 2>&1 & sleep 100", limits=Limits(wall_time_s=1))
+        assert r.status is Status.TIMEOUT and r.message == "wall time limit of 1.0s exceeded", r
+        assert time.monotonic() - t < 5
+        r = await sb.exec("pgrep -a sleep")  # the runaway's own background sleep died with it; the other lives
+        assert r.stdout.count("sleep 300") == 1 and "sleep 200" not in r.stdout, r
+        r = await sb.exec("yes > /dev/null", limits=Limits(cpu_time_s=1, wall_time_s=5))
+        assert r.status is Status.TIMEOUT and "CPU time" in (r.message or ""), r
+        assert (await sb.exec("echo alive")).stdout == "alive\n"
+
+
+async def test_per_exec_memory_pids_and_output_limits(manager: SandboxManager) -> None:
+    async with await AsyncSandbox.create("python", limits=LIMITS) as sb:
+        r = await sb.exec(["python3", "-c", "b = bytearray(200 * 1024 * 1024); print(len(b))"],
+                          limits=Limits(memory_mb=64))
+        assert r.status is Status.MEMORY_LIMIT, r
+        r = await sb.exec(["python3", "-c", "b = bytearray(100 * 1024 * 1024); print(len(b))"])
+        assert r.ok and r.stdout == f"{100 * 1024 * 1024}\n", r  # the sandbox's own limit is higher
+        r = await sb.exec("for i in $(seq 40); do sleep 5 & done; wait", limits=Limits(pids=8, wall_time_s=8))
+        assert "fork" in r.stderr.lower() or "resource" in r.stderr.lower(), r
+        r = await sb.exec("pkill sleep; yes", limits=Limits(output_bytes=1000))
+        assert r.status is Status.OUTPUT_LIMIT and len(r.stdout) == 1000 and r.stdout_truncated, r
+        with pytest.raises(RequestError):
+            await sb.exec(["echo", "a\0b"])
+        assert (await sb.exec("echo fine")).ok
+
+
+async def test_per_exec_limits_never_widen_the_sandbox(manager: SandboxManager) -> None:
+    async with await AsyncSandbox.create("bash", limits=Limits(wall_time_s=1, memory_mb=64)) as sb:
+        r = await sb.exec("sleep 3", limits=Limits(wall_time_s=30))
+        assert r.status is Status.TIMEOUT and r.message == "wall time limit of 1.0s exceeded", r
+        r = await sb.exec(["python3", "-c", "b = bytearray(100 * 1024 * 1024)"], limits=Limits(memory_mb=1024))
+        assert r.status is Status.MEMORY_LIMIT, r
+
+
+async def test_stream_delivers_the_first_chunk_before_the_command_ends(manager: SandboxManager) -> None:
+    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+        t0 = time.monotonic()
+        events: list[tuple[float, ExecEvent]] = []
+        async for ev in sb.stream("echo first; sleep 2; echo second >&2; echo third"):
+            events.append((time.monotonic() - t0, ev))
+        kinds = [(e.type, e.data) for _, e in events]
+        assert kinds[0] == ("stdout", "first\n"), kinds
+        assert events[0][0] < 1.5 and events[-1][0] >= 2, events
+        assert ("stderr", "second\n") in kinds and kinds[-1][0] == "exit"
+        result = events[-1][1].result
+        assert result is not None and result.ok and result.stdout == "first\nthird\n" and result.stderr == "second\n"
+        # leaving the loop early kills the command; the sandbox lives on
+        async for ev in sb.stream("echo go; sleep 100 > /dev/null & sleep 100"):
+            assert ev.type == "stdout"
+            break
+        await asyncio.sleep(0.2)
+        assert (await sb.exec("pgrep -c sleep || true")).stdout == "0\n"
+        # the output cap holds while streaming
+        chunks = [e async for e in sb.stream("yes", limits=Limits(output_bytes=5000))]
+        assert sum(len(e.data) for e in chunks if e.type == "stdout") == 5000
+        assert chunks[-1].result is not None and chunks[-1].result.status is Status.OUTPUT_LIMIT
+
+
+async def test_files_round_trip_byte_for_byte(manager: SandboxManager) -> None:
+    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+        binary = bytes(range(256)) * 4 + b"\0\r\n\xff"
+        await sb.files.write("bin/data.bin", binary)
+        assert await sb.files.read("bin/data.bin") == binary
+        big = os.urandom(50 * 1024 * 1024)
+        await sb.files.write("big.bin", big)
+        r = await sb.exec("sha256sum big.bin bin/data.bin && stat -c %U big.bin")
+        lines = r.stdout.split("\n")
+        assert lines[0].split()[0] == hashlib.sha256(big).hexdigest(), r
+        assert lines[1].split()[0] == hashlib.sha256(binary).hexdigest()
+        assert lines[2] == "sandbox"  # the program owns what the host wrote
+        assert await sb.files.read("big.bin") == big
+        await sb.exec("head -c 3000000 /dev/urandom > made.bin")
+        made = await sb.files.read("made.bin")
+        r = await sb.exec("sha256sum made.bin")
+        assert r.stdout.split()[0] == hashlib.sha256(made).hexdigest() and len(made) == 3000000
+        await sb.files.write("text.txt", "héllo\n")
+        assert (await sb.exec("cat text.txt")).stdout == "héllo\n"
+        listing = {(f.name, f.kind, f.size_bytes) for f in await sb.files.list()}
+        assert listing == {("bin", "dir", 0), ("big.bin", "file", len(big)), ("made.bin", "file", 3000000),
+                           ("text.txt", "file", 7)}
+        assert [(f.path, f.kind) for f in await sb.files.list("bin")] == [("bin/data.bin", "file")]
+        assert await sb.files.remove("big.bin") and not await sb.files.remove("big.bin")
+        assert await sb.files.remove("bin")
+        assert (await sb.exec("ls")).stdout == "made.bin\ntext.txt\n"
+        with pytest.raises(NotFoundError):
+            await sb.files.read("nope")
+        with pytest.raises(NotFoundError):
+            await sb.files.list("nope")
+        for bad in ("../x", "/etc/passwd", "a/../../b", ""):
+            with pytest.raises(RequestError):
+                await sb.files.write(bad, b"x")
+        with pytest.raises(execbox.SandboxError):  # beyond the disk quota
+            await sb.files.write("huge.bin", b"\0" * (129 * 1024 * 1024))
+
+
+async def test_idle_ttl_and_max_lifetime_reaping(manager: SandboxManager) -> None:
+    idle = await AsyncSandbox.create("bash", ttl_s=0.5, limits=LIMITS)
+    old = await AsyncSandbox.create("bash", ttl_s=60, max_lifetime_s=4, limits=LIMITS)
+    busy = await AsyncSandbox.create("bash", ttl_s=0.5, limits=LIMITS)
+    r = await busy.exec("sleep 1.5; echo done")  # an exec in progress is never idle
+    assert r.ok and busy.alive, r
+    await asyncio.sleep(1.0)
+    assert not idle.alive and not busy.alive and old.alive
+    await asyncio.sleep(2.5)
+    assert not old.alive and len(manager) == 0
+    with pytest.raises(NotFoundError):
+        await old.exec("true")
+    assert await AsyncSandbox.list() == []
+
+
+async def test_get_or_create_creates_one_under_concurrency(manager: SandboxManager) -> None:
+    sbs = await asyncio.gather(*(AsyncSandbox.get_or_create({"project": "demo"}, language="bash", limits=LIMITS)
+                                 for _ in range(6)))
+    assert len({s.id for s in sbs}) == 1 and len(manager) == 1
+    other = await AsyncSandbox.get_or_create({"project": "other"}, language="bash", limits=LIMITS)
+    assert other.id != sbs[0].id
+    assert (await AsyncSandbox.find({"project": "demo"})) is sbs[0]
+    assert await AsyncSandbox.find({"project": "none"}) is None
+    assert {s.id for s in await AsyncSandbox.list()} == {sbs[0].id, other.id}
+    assert [s.id for s in await AsyncSandbox.list({"project": "other"})] == [other.id]
+    assert (await AsyncSandbox.get(other.id)) is other
+    await other.destroy()
+    with pytest.raises(NotFoundError):
+        await AsyncSandbox.get(other.id)
+    again = await AsyncSandbox.get_or_create({"project": "demo"})
+    assert again is sbs[0]
+
+
+async def test_count_limits(manager: SandboxManager) -> None:
+    sbs = await asyncio.gather(*(AsyncSandbox.create("bash", limits=LIMITS) for _ in range(4)))
+    with pytest.raises(CapacityError, match="the maximum is 4"):
+        await AsyncSandbox.create("bash", limits=LIMITS)
+    await sbs[0].destroy()
+    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+        assert (await sb.exec("echo ok")).ok
+    await manager.aclose()
+    per_owner = SandboxManager(manager.engine, max_sandboxes=4, max_per_owner=1)
+    a = await per_owner.create("bash", owner="key-a", limits=LIMITS)
+    with pytest.raises(CapacityError, match="per owner"):
+        await per_owner.create("bash", owner="key-a", limits=LIMITS)
+    b = await per_owner.create("bash", owner="key-b", labels={"x": "1"}, limits=LIMITS)
+    with pytest.raises(NotFoundError):  # another owner's sandbox does not exist for you
+        per_owner.get(a.id, owner="key-b")
+    assert per_owner.list(owner="key-a") == [a] and per_owner.find({"x": "1"}, owner="key-a") is None
+    assert per_owner.find({"x": "1"}, owner="key-b") is b
+    await per_owner.aclose()
+
+
+async def test_run_many_and_unknown_things(manager: SandboxManager) -> None:
+    rs = await execbox.arun_many(["echo a > f", "cat f; echo b", "exit 3", "echo after"], limits=LIMITS,
+                                 files={"in.txt": "x"})
+    assert [r.status for r in rs] == [Status.OK, Status.OK, Status.RUNTIME_ERROR, Status.OK]
+    assert rs[1].stdout == "a\nb\n" and rs[2].exit_code == 3
+    rs = await execbox.arun_many(["cat in.txt", "false", "echo never"], files={"in.txt": "x"}, stop_on_error=True,
+                                 limits=LIMITS)
+    assert [r.stdout for r in rs] == ["x", ""]
+    assert len(manager) == 0
+    with pytest.raises(execbox.UnknownLanguageError):
+        await AsyncSandbox.create("klingon")
+    with pytest.raises(RequestError):
+        await execbox.arun_many("echo a")  # type: ignore[arg-type]
+
+
+def test_sync_facade(manager: SandboxManager) -> None:
+    with Sandbox.create("bash", labels={"sync": "1"}, limits=LIMITS) as sb:
+        assert sb.exec("echo hi > f; cat f").stdout == "hi\n"
+        sb.files.write("g.txt", b"bytes")
+        assert sb.files.read("g.txt") == b"bytes"
+        assert [f.name for f in sb.files.list()] == ["f", "g.txt"]
+        events = list(sb.stream("echo 1; echo 2 >&2"))
+        assert events[-1].type == "exit" and events[-1].result is not None and events[-1].result.ok
+        found = Sandbox.find({"sync": "1"})
+        assert found is not None and found.id == sb.id
+        assert Sandbox.get_or_create({"sync": "1"}).id == sb.id
+        assert [s.id for s in Sandbox.list({"sync": "1"})] == [sb.id]
+        assert execbox.run_many(["echo x"], limits=LIMITS)[0].stdout == "x\n"
+    assert not sb.alive and Sandbox.find({"sync": "1"}) is None
