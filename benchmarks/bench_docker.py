@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_docker.py [--runs 100] [--out docs/benchmarks.md]
 
 One execution is python `print(1)`, end to end: through execbox's engine with the docker provider (a warm
-container from the pool, the program's file sent in, one `docker exec`, the result; the container's reset runs
-after the result, off the request's path), and `docker run --rm <same image> python3 -c 'print(1)'` with the
-CLI. The two are interleaved (warm, run, warm, run, ...) so that noise on this shared machine hits both alike.
+container from the pool whose process is already waiting, the program's file sent in, the result; the
+container's reset runs after the result, off the request's path), and
+`docker run --rm <same image> python3 -c 'print(1)'` with the CLI. The two are interleaved (warm, run, warm,
+run, ...) so that noise on this shared machine hits both alike.
 Target (issue 4): warm p50 at least 4x faster than `docker run --rm`, and at most 60 ms.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 import shutil
 import statistics
 import subprocess
@@ -24,11 +26,11 @@ from pathlib import Path
 from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPORT, machine, pct, write_section  # noqa: E402
+from common import REPORT, machine, pct, write_section
 
-from execbox import Engine, ExecutionRequest  # noqa: E402
-from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings, State  # noqa: E402
-from execbox.providers.registry import ProviderRegistry  # noqa: E402
+from execbox import Engine, ExecutionRequest
+from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings, State
+from execbox.providers.registry import ProviderRegistry
 
 SECTION = "## Docker provider: warm pool vs `docker run --rm`"
 
@@ -66,6 +68,7 @@ async def main() -> None:
     provider.pool.wait_until(lambda: provider.pool.states().get(key, {}).get("warm", 0) >= 3, 120)
     warm: list[float] = []
     cold: list[float] = []
+    load_before = os.getloadavg()[0]
     with Progress() as progress:
         task = progress.add_task("print(1): warm pool / docker run --rm", total=args.runs)
         for _ in range(5):  # warm caches on both sides
@@ -75,6 +78,7 @@ async def main() -> None:
             warm.append(await warm_run(engine))
             cold.append(docker_run(docker, tag))
             progress.advance(task)
+    load_after = os.getloadavg()[0]
     states = provider.pool.states().get(key, {})
     reused = max(i.uses for i in provider.pool.items() if i.key == key and i.state is not State.TERMINATING)
     await provider.aclose()
@@ -87,7 +91,9 @@ async def main() -> None:
         SECTION,
         "",
         f"Measured {datetime.date.today().isoformat()} by `benchmarks/bench_docker.py --runs {args.runs}` on "
-        f"{machine()}; dockerd {provider.api.version().get('Version', '?')}, image `{tag}`.",
+        f"{machine()}; dockerd {provider.api.version().get('Version', '?')}, image `{tag}`. Load average "
+        f"(1 min) {load_before:.1f} before and {load_after:.1f} after: this machine is shared with other test runs, "
+        "so absolute figures vary from run to run; the two columns are interleaved and share the noise.",
         "",
         "python `print(1)`, one whole execution each, interleaved (warm, run, warm, run, ...):",
         "",
@@ -103,10 +109,11 @@ async def main() -> None:
            f"<= 60 ms: {'yes' if w50 <= 60 else 'no'})."),
         "",
         f"Pool after the run: {states}; the busiest container served {reused} executions (reset in between).",
-        "Where a warm execution's time goes: one `docker exec` (dockerd -> containerd -> runc joining the",
-        "container's namespaces: the bulk), python's own start (~15-20 ms), the file sent as a tar ahead of stdin,",
-        "and the exec's exit code read back. The reset (kill, IPC, files, verification) is another `docker exec`,",
-        "run after the result is returned, so it is not on the request's path.",
+        "Where a warm execution's time goes: the container's next process was started by `docker exec` right",
+        "after the previous reset (a bash waiting for its header), so a warm run writes the header, the",
+        "program's file (a tar) and stdin into it; bash unpacks the file, sets the rlimits and `exec`s python",
+        "(~15-20 ms of python's own start); then one API call reads the exit code. The reset (kill, IPC, files,",
+        "verification) and the next `docker exec` run after the result is returned, off the request's path.",
         "",
     ])
     write_section(args.out, SECTION, section)
