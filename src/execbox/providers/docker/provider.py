@@ -463,7 +463,8 @@ class DockerProvider(Provider):
             if not info.get("Running"):
                 break
             time.sleep(0.01)
-        return int(info.get("ExitCode") or 0), out or b"", err or b""
+        code = info.get("ExitCode")
+        return (-1 if code is None or info.get("Running") else int(code)), out or b"", err or b""
 
     def kill_all(self, c: Container) -> None:
         """SIGKILL every process of the sandbox uid in the container (the whole tree of an execution)."""
@@ -654,7 +655,6 @@ class _Session:
         self.data = {1: bytearray(), 2: bytearray()}
         self.truncated = {1: False, 2: False}
         self.stopped_by: StopReason | None = None
-        self._kill_lock = threading.Lock()
 
     def kill(self, reason: StopReason) -> None:
         if self.stopped_by is not None:
