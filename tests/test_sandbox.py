@@ -110,6 +110,16 @@ async def test_per_exec_memory_pids_and_output_limits(manager: SandboxManager) -
         assert (await sb.exec("echo fine")).ok
 
 
+async def test_concurrent_execs_in_one_sandbox(manager: SandboxManager) -> None:
+    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+        t = time.monotonic()
+        rs = await asyncio.gather(*(sb.exec(f"sleep 1; echo {i}") for i in range(4)),
+                                  sb.exec("sleep 30", limits=Limits(wall_time_s=1.5)))
+        assert [r.stdout for r in rs[:4]] == [f"{i}\n" for i in range(4)]
+        assert rs[4].status is Status.TIMEOUT
+        assert time.monotonic() - t < 5  # they ran side by side
+
+
 async def test_per_exec_limits_never_widen_the_sandbox(manager: SandboxManager) -> None:
     async with await AsyncSandbox.create("bash", limits=Limits(wall_time_s=1, memory_mb=64)) as sb:
         r = await sb.exec("sleep 3", limits=Limits(wall_time_s=30))

@@ -94,6 +94,8 @@ async def test_a_runaway_tree_cannot_escape_its_exec_cgroup(manager: SandboxMana
                       "(sh -c 'sleep 301 &' > /dev/null 2>&1 &); sleep 100", limits=Limits(wall_time_s=1))
     assert r.status is Status.TIMEOUT, r
     assert "sleep" not in (await sb.exec("ps -eo args")).stdout
+    r = await sb.exec("cat /proc/self/cgroup; ls /sys/fs/cgroup 2>&1; echo $$ > /proc/1/cgroup 2>&1; true")
+    assert "execbox" not in r.stdout and "No such file" in r.stdout, r  # its group is its root; no cgroupfs
     fork_bomb = await sb.exec(":(){ :|:& };:", limits=Limits(wall_time_s=2, pids=16))
     assert fork_bomb.status in (Status.TIMEOUT, Status.OK, Status.RUNTIME_ERROR)
     r = await sb.exec("echo survived")

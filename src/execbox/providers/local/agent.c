@@ -13,13 +13,16 @@
  *   u64 argc, envc
  *   argc + envc + 1 NUL-terminated strings: argv..., "KEY=VALUE"..., then the working directory
  *
- * with four descriptors passed alongside the first 8 bytes (SCM_RIGHTS): the program's stdin (read-only),
- * stdout and stderr (write ends of the supervisor's pipes for this exec) and a SYNC socket. The agent forks
- * a child for the exec; the child sets up its descriptors, rlimits (lowered only: no capability) and
- * directory, writes 'P' on SYNC (the supervisor reads the child's host pid from the kernel's SCM_CREDENTIALS
- * and moves it into the exec's own cgroup), waits for 'G' on SYNC, then executes the program. Every
- * descendant of the program is therefore born inside the exec's cgroup, which the supervisor can kill as a
- * whole without touching the sandbox. The agent reports on CONTROL_FD, 13 bytes each:
+ * with descriptors passed alongside the first 8 bytes (SCM_RIGHTS): the program's stdin (read-only), stdout
+ * and stderr (write ends of the supervisor's pipes for this exec), then one to three `cgroup.procs` files of
+ * the exec's own cgroup (one per cgroup v1 hierarchy), opened for writing by the supervisor on the host. The
+ * agent forks a child for the exec; the child writes "0" (itself) into each cgroup.procs file, then sets up
+ * its descriptors, rlimits (lowered only: no capability) and directory, closes every other descriptor and
+ * executes the program. So the program and every descendant are born inside the exec's cgroup, which the
+ * supervisor kills as a whole without touching the sandbox. A cgroup.procs descriptor lets its holder move
+ * only processes of its own pid namespace and uid, i.e. of this sandbox, and only into that exec's group;
+ * the agent closes its copies at once and the child before exec. The agent reports on CONTROL_FD, 13 bytes
+ * each:
  *
  *   'X' u64 exec id, i32 wait status      the exec's program ended
  *   'E' u64 exec id, i32 errno            the exec could not be started (bad message, fork failed)
@@ -47,7 +50,8 @@
 
 #define MAX_MESSAGE (64u << 20)
 #define HEADER_WORDS 9
-#define NFDS 4
+#define MAX_FDS 6
+#define MIN_FDS 4
 #define MAX_EXECS 1024
 
 extern char **environ;
@@ -89,17 +93,25 @@ static void child_limit(int resource, uint64_t soft, uint64_t hard, const char *
 /* One exec message; returns -1 when the control socket is gone (the agent then exits). */
 static int serve_one(void) {
     uint64_t length = 0;
-    char cbuf[CMSG_SPACE(NFDS * sizeof(int))];
+    char cbuf[CMSG_SPACE(MAX_FDS * sizeof(int))];
     struct iovec iov = {&length, sizeof length};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
     ssize_t got;
     do got = recvmsg(control, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
     while (got < 0 && errno == EINTR);
     if (got != (ssize_t)sizeof length) return -1;
-    int fds[NFDS] = {-1, -1, -1, -1};
+    int fds[MAX_FDS] = {-1, -1, -1, -1, -1, -1};
+    int nfds = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof fds))
-            memcpy(fds, CMSG_DATA(c), sizeof fds);
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(0)) {
+            int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < n; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                if (nfds < MAX_FDS) fds[nfds++] = fd;
+                else close(fd);
+            }
+        }
     if (length < HEADER_WORDS * 8 || length > MAX_MESSAGE) return -1; /* protocol broken: give up */
     char *buf = malloc(length + 1);
     if (!buf || read_exact(buf, length) != 0) return -1;
@@ -109,7 +121,7 @@ static int serve_one(void) {
     uint64_t id = h[0], nargs = h[7], nenv = h[8];
     int err = 0;
     char **args = NULL, **env = NULL, *cwd = NULL;
-    if (fds[0] < 0 || fds[1] < 0 || fds[2] < 0 || fds[3] < 0 || (msg.msg_flags & MSG_CTRUNC)) err = EPROTO;
+    if (nfds < MIN_FDS || (msg.msg_flags & MSG_CTRUNC)) err = EPROTO;
     if (!err && (nargs < 1 || nargs > length || nenv > length)) err = EPROTO;
     if (!err) {
         args = calloc(nargs + 1, sizeof(char *));
@@ -140,11 +152,16 @@ static int serve_one(void) {
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         prctl(PR_SET_NAME, "execbox-exec");
-        int sync = fds[3];
         for (int i = 0; i < 3; i++)
-            if (dup2(fds[i], i) != i) _exit(127);
-        if (sync < 3) _exit(127); /* never: descriptors 0-2 are always open in the agent (bubblewrap's) */
-        /* the program inherits 0, 1 and 2 only */
+            if (dup2(fds[i], i) != i) _exit(126);
+        /* into the exec's cgroup before the program runs (exit 126: the supervisor reports a sandbox error) */
+        for (int i = 3; i < nfds; i++)
+            if (write(fds[i], "0", 1) != 1) {
+                dprintf(2, "execbox: joining the exec's cgroup: %s\n", strerror(errno));
+                _exit(126);
+            }
+        /* the program inherits 0, 1 and 2 only (the received descriptors are above 2: 0-2 are always open
+         * in the agent, on /dev/null) */
         if (syscall(SYS_close_range, 3u, ~0u, 4u /* CLOSE_RANGE_CLOEXEC */) != 0)
             for (int fd = 3; fd < 65536; fd++) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
         child_limit(RLIMIT_CPU, h[1], h[2], "RLIMIT_CPU");
@@ -154,20 +171,11 @@ static int serve_one(void) {
         child_limit(RLIMIT_CORE, 0, 0, "RLIMIT_CORE");
         if (h[6]) child_limit(RLIMIT_AS, h[6], h[6], "RLIMIT_AS");
         if (chdir(cwd) != 0) child_fail(cwd, errno);
-        /* 'P': the supervisor learns our host pid from the kernel and moves us into the exec's cgroup */
-        char c = 'P';
-        if (write(sync, &c, 1) != 1) _exit(127);
-        ssize_t n;
-        do n = read(sync, &c, 1);
-        while (n < 0 && errno == EINTR);
-        if (n != 1 || c != 'G') _exit(127);
-        close(sync);
         environ = env;
         execvp(args[0], args);
         child_fail(args[0], errno);
     }
-    for (int i = 0; i < NFDS; i++)
-        if (fds[i] >= 0) close(fds[i]);
+    for (int i = 0; i < nfds; i++) close(fds[i]);
     free(args);
     free(env);
     free(buf);

@@ -2,9 +2,9 @@
 
 The sandbox is the one-shot sandbox (same namespaces, mounts, seccomp, dedicated uid, size-capped tmpfs
 workdir), started once with execbox's agent (agent.c) as its pid 1. Each exec is a message to the agent,
-which forks a child inside the sandbox; the child reports itself on a per-exec socket, and the supervisor
-learns its host pid from the kernel (SCM_CREDENTIALS, translated into our pid namespace), moves it into the
-exec's own cgroup (a child of the sandbox's cgroup) and only then lets it execute the program. So:
+with the exec's stdin, stdout and stderr and the exec's own cgroup (a child of the sandbox's cgroup) as
+descriptors of its cgroup.procs files, opened here; the agent forks a child inside the sandbox, which joins
+that cgroup before it executes the program. So:
 
 - files and background processes persist between execs (same namespaces, same workdir);
 - every exec has its own wall/CPU/memory/pids limits and output cap; a runaway exec's whole process tree
@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from execbox.errors import IsolationError, RequestError, SandboxError
 from execbox.providers.base import (
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from execbox.providers.local.provider import LocalProvider, _Workdir
 
 READY_TIMEOUT_S = 10.0
-SYNC_TIMEOUT_S = 10.0
+REPORT_TIMEOUT_S = 10.0  # after a kill, the agent's report of the exec's end
 REPORT_SIZE = 13  # kind (1), exec id (u64), wait status or errno (i32)
 AGENT_PIDS = 4  # the launcher, bubblewrap and the agent, in the sandbox's cgroup besides the programs
 PRESTART_CPU_S = 1 << 40
@@ -143,7 +143,8 @@ class PersistentInstance(Instance):
         self._ids = itertools.count(1)
         self._send = threading.Lock()
         self._closed = False
-        self._exec_groups: set[str] = set()  # exec groups that may still hold background processes
+        # groups of finished execs that still held (background) processes: removed once empty
+        self._exec_groups: set[str] = set()
 
     # ------------------------------------------------------------------ life
     @classmethod
@@ -297,7 +298,8 @@ class PersistentInstance(Instance):
                     await task
 
     def _sweep_groups(self) -> None:
-        """Remove exec groups whose background processes have all ended (never kills anything)."""
+        """Remove finished execs' groups whose background processes have all ended (never kills anything;
+        never touches a running exec's group, which is empty until its child joins it)."""
         assert self.cgroup is not None
         for name in list(self._exec_groups):
             if all(_rmdir(d / name) for d in self.cgroup.dirs.values()):
@@ -320,97 +322,47 @@ class PersistentInstance(Instance):
                                 pids=min(spec.pids, self.spec.pids))
         except OSError as e:
             raise IsolationError(f"cannot create the exec's cgroup: {e}") from e
-        self._exec_groups.add(group)
         loop = asyncio.get_running_loop()
         fds: list[int] = []  # ours to close once the agent has its copies
         out_r = err_r = -1
-        sync = theirs = None
         try:
             fds.append(stdin_fd(spec.stdin))
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             fds.append(out_w)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             fds.append(err_w)
-            sync, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            sync.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            for procs in cg.procs_files:
+                fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
             report = self.reports.expect(exec_id)
             with self._send:
-                socket.send_fds(self.control, [message[:8]], [*fds, theirs.fileno()])
+                start = time.monotonic()
+                socket.send_fds(self.control, [message[:8]], fds)
                 self.control.sendall(message[8:])
         except BaseException:
             for fd in (out_r, err_r):
                 if fd >= 0:
                     os.close(fd)
-            if sync is not None:
-                sync.close()
             cg.remove()
-            self._exec_groups.discard(group)
             raise
         finally:
             for fd in fds:
                 os.close(fd)
-            if theirs is not None:
-                theirs.close()
         try:
-            return await self._supervise(spec, cg, sync, report, out_r, err_r, on_chunk, loop)
+            return await self._supervise(spec, cg, start, report, out_r, err_r, on_chunk, loop)
         finally:
-            sync.close()
             os.close(out_r)
             os.close(err_r)
-            if not cg.pids():  # nothing left in the background: the group goes now
-                with contextlib.suppress(OSError):
-                    if cg.remove():
-                        self._exec_groups.discard(group)
+            # nothing left in the background: the group goes now; else once its processes have ended
+            if cg.pids() or not cg.remove():
+                self._exec_groups.add(group)
 
-    async def _supervise(self, spec: ExecSpec, cg: cgroups.Cgroup, sync: socket.socket,
+    async def _supervise(self, spec: ExecSpec, cg: cgroups.Cgroup, start: float,
                          report: concurrent.futures.Future[tuple[str, int]], out_r: int, err_r: int,
                          on_chunk: Callable[[OutputChunk], None] | None,
                          loop: asyncio.AbstractEventLoop) -> ProcessOutcome:
         assert self.cgroup is not None
         ended = asyncio.wrap_future(report)
-        # 1. the child says it exists; the kernel tells us its host pid; it joins the exec's cgroup
-        sync.setblocking(False)
-        readable: asyncio.Future[None] = loop.create_future()
-
-        def on_sync() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(sync.fileno(), on_sync)
-        try:
-            waits: set[asyncio.Future[Any]] = {readable, ended}
-            await asyncio.wait(waits, timeout=SYNC_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            loop.remove_reader(sync.fileno())
-        pid = None
-        if readable.done():
-            with contextlib.suppress(OSError):
-                data, anc, _, _ = sync.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("iII")))
-                for level, kind, raw in anc:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and data == b"P":
-                        cpid, cuid, _ = struct.unpack("iII", raw[:12])
-                        if cuid == self.uid:
-                            pid = cpid
-        if pid is None:
-            if ended.done() and ended.result()[0] == "E":
-                err = ended.result()[1]
-                raise SandboxError(f"the sandbox could not start the exec: {os.strerror(err)}")
-            if ended.done() and ended.result()[0] == "X":  # it failed before it could report (chdir, ...)
-                pass
-            else:
-                raise SandboxError("the sandbox did not start the exec (its agent is gone or hung)")
-        elif not all(_write(f, str(pid)) for f in cg.procs_files):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            raise IsolationError("cannot move the exec into its cgroup")
-        cg.reset_peak()
         sandbox_ooms = _oom_count(self.cgroup)
-        start = time.monotonic()
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                sync.setblocking(True)
-                sync.send(b"G")
-
         # 2. its output, its limits, its end
         stopped_by: StopReason | None = None
         streams: dict[int, tuple[str, bytearray, list[bool], asyncio.Event]] = {
@@ -463,7 +415,7 @@ class PersistentInstance(Instance):
                 await asyncio.wait_for(asyncio.shield(ended), spec.wall_time_s)
             except TimeoutError:
                 kill(StopReason.WALL_TIME)
-                await asyncio.wait_for(asyncio.shield(ended), SYNC_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.shield(ended), REPORT_TIMEOUT_S)
             wall = time.monotonic() - start
             # what it wrote is in the pipes; background processes may hold them open: a short grace
             with contextlib.suppress(TimeoutError):
@@ -487,6 +439,9 @@ class PersistentInstance(Instance):
             raise SandboxError("the sandbox died during the exec")
         if end == "E":
             raise SandboxError(f"the sandbox could not start the exec: {os.strerror(status)}")
+        so, se = streams[out_r], streams[err_r]
+        if status == 126 << 8 and se[1].startswith(b"execbox: joining the exec's cgroup"):
+            raise IsolationError(f"the exec could not join its cgroup: {bytes(se[1]).decode(errors='replace')}")
         cpu = cg.cpu_time_s()
         peak = cg.peak_memory_mb()
         if stopped_by is None and (cg.oom_killed() or _oom_count(self.cgroup) > sandbox_ooms):
@@ -495,7 +450,6 @@ class PersistentInstance(Instance):
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         if sig == signal.SIGXCPU and stopped_by is None:
             stopped_by = StopReason.CPU_TIME
-        so, se = streams[out_r], streams[err_r]
         return ProcessOutcome(exit_code=exit_code, signal=sig, stdout=bytes(so[1]), stderr=bytes(se[1]),
                               stdout_truncated=so[2][0], stderr_truncated=se[2][0], wall_time_s=wall,
                               cpu_time_s=cpu, max_rss_mb=peak, stopped_by=stopped_by)

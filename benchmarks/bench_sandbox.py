@@ -1,0 +1,126 @@
+"""Persistent sandboxes on the local provider: time to create one and run its first command, and the memory
+an idle one holds; writes its section of docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/bench_sandbox.py [--runs 100] [--idle 20] [--out docs/benchmarks.md]
+
+Latency: ``AsyncSandbox``-style create (uid, tmpfs workdir, cgroup, launcher, bubblewrap, seccomp, the agent
+up and ready) + ``exec("echo hi")`` (a shell, as the issue's figure is defined: the figure E2B, Daytona and
+Modal are compared on), through the library's SandboxManager; destroy() is untimed, run between creates.
+Memory: ``--idle`` sandboxes created and left idle at once; per sandbox, the sandbox cgroup's charged memory
+(the agent, bubblewrap and the launcher, page tables and kernel memory it accounts, its tmpfs pages) and the
+proportional set size (PSS) of its processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from rich.progress import Progress
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPORT, machine, pct, write_section
+
+from execbox import Limits
+from execbox.engine import Engine
+from execbox.providers.local import LocalProvider, LocalSettings
+from execbox.providers.registry import ProviderRegistry
+from execbox.sandbox import AsyncSandbox, SandboxManager
+
+SECTION = "## Persistent sandboxes: create + first command (local)"
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _memory(sb: AsyncSandbox) -> tuple[float, float]:
+    """(cgroup-charged MiB, PSS MiB) of one sandbox."""
+    cg = sb._instance.cgroup  # type: ignore[attr-defined]
+    usage = int((cg.dirs["memory"] / "memory.usage_in_bytes").read_text()) if cg.version == 1 else int(
+        (cg.dirs[""] / "memory.current").read_text())
+    pss = sum(_pss_kb(pid) for pid in cg.pids())
+    return usage / 2**20, pss / 1024
+
+
+async def main(runs: int, idle: int, out: Path) -> None:
+    provider = LocalProvider(LocalSettings(warm_pool=0))
+    manager = SandboxManager(Engine(providers=ProviderRegistry(instances={"local": provider}, default="local")),
+                             max_sandboxes=max(idle, 4) + 1)
+    limits = Limits()
+    # warm-up: the agent is compiled once per version of its source, and the first runs fill caches
+    for _ in range(3):
+        sb = await manager.create("bash", limits=limits)
+        await sb.exec("echo hi")
+        await sb.destroy()
+    times: list[float] = []
+    firsts: list[float] = []
+    with Progress() as progress:
+        task = progress.add_task("create + echo hi", total=runs)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sb = await manager.create("bash", limits=limits)
+            t1 = time.perf_counter()
+            r = await sb.exec("echo hi")
+            t2 = time.perf_counter()
+            assert r.ok and r.stdout == "hi\n", r
+            times.append((t2 - t0) * 1000)
+            firsts.append((t2 - t1) * 1000)
+            await sb.destroy()
+            progress.advance(task)
+        task = progress.add_task(f"{idle} idle sandboxes", total=idle)
+        live = []
+        for _ in range(idle):
+            live.append(await manager.create("bash", limits=limits))
+            progress.advance(task)
+    await asyncio.sleep(1)
+    mems = [_memory(sb) for sb in live]
+    await manager.aclose()
+
+    p50, p95 = pct(times, 50), pct(times, 95)
+    cg_mb = statistics.mean(m[0] for m in mems)
+    pss_mb = statistics.mean(m[1] for m in mems)
+    load = Path("/proc/loadavg").read_text().split()[0]
+    section = f"""{SECTION}
+
+{datetime.date.today()}, {machine()}, load average {load} at the end (other test runs share the machine);
+`benchmarks/bench_sandbox.py --runs {runs} --idle {idle}`.
+
+| | p50 (ms) | p95 (ms) | mean (ms) |
+|---|---|---|---|
+| create + `exec("echo hi")` | {p50:.2f} | {p95:.2f} | {statistics.mean(times):.2f} |
+| of which the first exec (`/bin/sh -c 'echo hi'`) | {pct(firsts, 50):.2f} | {pct(firsts, 95):.2f} | \
+{statistics.mean(firsts):.2f} |
+
+Memory per idle sandbox ({idle} alive at once): **{cg_mb:.2f} MiB** charged to its cgroup (the agent, bubblewrap,
+the launcher and the kernel memory their cgroup accounts), **{pss_mb:.2f} MiB** PSS of its processes.
+Target (issue 5): local create + first command <= 50 ms p50: **{p50:.2f} ms** ({"met" if p50 <= 50 else "not met"}).
+
+A create is: a uid slot, the tmpfs workdir mounted, the sandbox's cgroup, the launcher, bubblewrap (namespaces,
+mounts, seccomp) and the agent's ready byte. An exec is: the exec's cgroup, pipes and a memfd for stdin, one
+message to the agent (with them and the cgroup's `cgroup.procs` descriptors), its fork, the child joining the
+cgroup, then the program (`/bin/sh`, then `echo`). No warm pool of persistent sandboxes exists yet (the
+one-shot pool's pre-started sandboxes serve one request each and are never reused for a persistent sandbox).
+"""
+    write_section(out, SECTION, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--idle", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=REPORT)
+    args = ap.parse_args()
+    asyncio.run(main(args.runs, args.idle, args.out))
