@@ -271,3 +271,34 @@ def test_sync_facade(manager: SandboxManager) -> None:
         assert [s.id for s in Sandbox.list({"sync": "1"})] == [sb.id]
         assert execbox.run_many(["echo x"], limits=LIMITS)[0].stdout == "x\n"
     assert not sb.alive and Sandbox.find({"sync": "1"}) is None
+
+
+async def test_the_sandbox_pool_hands_out_prestarted_sandboxes_once() -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    runtime = Path("/run/execbox-sandbox-tests") / f"pool-{worker}"
+    p = LocalProvider(LocalSettings(first_uid=65000 + 8 * index, uid_count=8, runtime_dir=runtime, warm_pool=0,
+                                    sandbox_pool=2, sandbox_pool_disk_mb=64))
+    pool = p.sandbox_pool
+    assert pool is not None
+    m = SandboxManager(Engine(providers=ProviderRegistry(instances={"local": p}, default="local")))
+    try:
+        assert await asyncio.to_thread(pool.fill, 30)
+        a = await m.create("bash", limits=Limits(disk_mb=64, memory_mb=200, pids=40))
+        b = await m.create("bash", limits=Limits(disk_mb=64, memory_mb=100))
+        cold = await m.create("bash", limits=Limits(disk_mb=32))  # another disk size: started on demand
+        assert pool.taken == 2
+        cg = a._instance.cgroup  # type: ignore[attr-defined]
+        assert (cg.dirs["memory"] / "memory.limit_in_bytes").read_text().strip() == str(200 * 1024 * 1024)
+        assert (cg.dirs["pids"] / "pids.max").read_text().strip() == "44"  # + the launcher, bwrap, agent
+        assert (await a.exec("echo a > f; cat f")).stdout == "a\n"
+        assert (await b.exec("ls")).stdout == ""  # never the same sandbox twice
+        r = await b.exec(["python3", "-c", "b = bytearray(150 * 1024 * 1024)"])
+        assert r.status is Status.MEMORY_LIMIT, r
+        assert (await cold.exec("echo cold")).ok
+        await m.aclose()
+    finally:
+        await p.aclose()
+        assert not list((runtime / "instances").iterdir())
+        assert p.slots is not None and not p.slots.held
+        shutil.rmtree(runtime, ignore_errors=True)

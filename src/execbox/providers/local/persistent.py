@@ -58,6 +58,8 @@ READY_TIMEOUT_S = 10.0
 REPORT_TIMEOUT_S = 10.0  # after a kill, the agent's report of the exec's end
 REPORT_SIZE = 13  # kind (1), exec id (u64), wait status or errno (i32)
 AGENT_PIDS = 4  # the launcher, bubblewrap and the agent, in the sandbox's cgroup besides the programs
+IDLE_MEMORY_MB = 64  # a pre-started sandbox's caps until it is handed out
+IDLE_PIDS = 8
 PRESTART_CPU_S = 1 << 40
 PRESTART_NPROC = 1 << 16
 RLIM_INFINITY = (1 << 64) - 1
@@ -154,16 +156,75 @@ class PersistentInstance(Instance):
                                  "cgroup); refusing to run them weaker")
         if problem := files.available():
             raise IsolationError(f"persistent local sandboxes need {problem}")
+        pool = p.sandbox_pool
+        if pool is not None and not spec.network and spec.disk_mb == p.settings.sandbox_pool_disk_mb:
+            while (inst := pool.take()) is not None:  # a pre-started one: the request's caps, then it is its
+                assert inst.cgroup is not None
+                if inst.proc is not None and inst.proc.poll() is None and inst.cgroup.set_limits(
+                        spec.memory_mb, spec.pids + AGENT_PIDS):
+                    inst.spec = spec
+                    inst.reports = _Reports(inst.control)  # type: ignore[arg-type]
+                    return inst
+                pool.defer(inst._teardown)  # it died, or its usage is above the caps: never handed out
         uid = await p.slots.acquire()
         inst = cls(p, spec, p._workdir(uid, spec.disk_mb))
         try:
-            await inst._boot()
+            inst._spawn()
+            assert inst.control is not None
+            loop = asyncio.get_running_loop()
+            inst.control.setblocking(False)
+            try:
+                ready = await asyncio.wait_for(loop.sock_recv(inst.control, 1), READY_TIMEOUT_S)
+            except (TimeoutError, OSError):
+                ready = b""
+            inst.control.setblocking(True)
+            if ready != b"R":
+                await asyncio.to_thread(inst._failed_to_start)
+            inst.reports = _Reports(inst.control)
         except BaseException:
             await asyncio.shield(inst.close())
             raise
         return inst
 
-    async def _boot(self) -> None:
+    @classmethod
+    def prestart(cls, p: LocalProvider) -> PersistentInstance | None:
+        """A sandbox started before it is asked for (the provider's sandbox pool, on its worker thread): up,
+        its agent ready, idle under tight caps (IDLE_MEMORY_MB, IDLE_PIDS) until ``start`` hands it out.
+        None when every uid is busy."""
+        assert p.slots is not None
+        uid = p.slots.try_acquire()
+        if uid is None:
+            return None
+        disk = p.settings.sandbox_pool_disk_mb
+        inst = cls(p, InstanceSpec(disk_mb=disk, persistent=True, memory_mb=IDLE_MEMORY_MB, pids=IDLE_PIDS),
+                   p._workdir(uid, disk))
+        try:
+            inst._spawn()
+            assert inst.control is not None
+            inst.control.settimeout(READY_TIMEOUT_S)
+            try:
+                ready = inst.control.recv(1)
+            except (TimeoutError, OSError):
+                ready = b""
+            inst.control.settimeout(None)
+            if ready != b"R":
+                inst._failed_to_start()
+        except BaseException:
+            inst._closed = True
+            inst._teardown()
+            raise
+        return inst
+
+    def _failed_to_start(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        err = self.proc.stderr.read().decode(errors="replace").strip()
+        raise SandboxError(f"the persistent sandbox did not come up (exit {self.proc.returncode}): {err}")
+
+    def _spawn(self) -> None:
+        """The sandbox's cgroup, then launcher -> bubblewrap -> agent; the agent's 'R' is read by the caller."""
         from execbox.providers.local.provider import _WRITE_OR_SPAWN, _build_binary
 
         p = self.provider
@@ -177,6 +238,7 @@ class PersistentInstance(Instance):
         seccomp_fd = os.open(p.seccomp_path, os.O_RDONLY | os.O_CLOEXEC)
         agent_fd = os.open(agent, os.O_RDONLY | os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.control = ours
         try:
             sandbox = bwrap.with_waiter(p._sandbox_spec(self.wd, self.spec.network, seccomp_fd, (), {}, "."),
                                         agent_fd, theirs.fileno())
@@ -192,22 +254,6 @@ class PersistentInstance(Instance):
             theirs.close()
             os.close(seccomp_fd)
             os.close(agent_fd)
-        self.control = ours
-        loop = asyncio.get_running_loop()
-        ours.setblocking(False)
-        try:
-            ready = await asyncio.wait_for(loop.sock_recv(ours, 1), READY_TIMEOUT_S)
-        except (TimeoutError, OSError):
-            ready = b""
-        if ready != b"R":
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(self.proc.wait)
-            assert self.proc.stderr is not None
-            err = self.proc.stderr.read().decode(errors="replace").strip()
-            raise SandboxError(f"the persistent sandbox did not come up (exit {self.proc.returncode}): {err}")
-        ours.setblocking(True)
-        self.reports = _Reports(ours)
 
     async def close(self) -> None:
         """Kill every process of the sandbox and remove every trace (cgroups, workdir, uid). Idempotent."""

@@ -30,12 +30,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from execbox.errors import IsolationError, ProviderUnavailable, RequestError, SandboxError
 from execbox.pool import WarmPool
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
 from execbox.providers.local import bwrap, cgroups, seccomp
 from execbox.providers.local.supervise import Launch, Waiter, stdin_fd, supervise, watch
+
+if TYPE_CHECKING:
+    from execbox.providers.local.persistent import PersistentInstance
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Far from every distribution's and systemd's ranges (DynamicUser is 61184-65519), below 2**31.
@@ -181,13 +185,21 @@ class LocalSettings:
     # without network and with warm_pool_disk_mb of disk; others take the cold path.
     warm_pool: int = 2
     warm_pool_disk_mb: int = WARM_POOL_DISK_MB
+    # Persistent sandboxes (persistent.py) kept started and idle, ready to be handed out by
+    # start(InstanceSpec(persistent=True)) when it asks for no network and sandbox_pool_disk_mb of disk
+    # (0: none, the default; EXECBOX_LOCAL_SANDBOX_POOL). Each is handed out once, never shared.
+    sandbox_pool: int = 0
+    sandbox_pool_disk_mb: int = WARM_POOL_DISK_MB
 
     @classmethod
     def from_env(cls) -> LocalSettings:
         """Defaults, with ``EXECBOX_LOCAL_WARM_POOL`` (pre-started sandboxes; 0 for one-shot processes such
         as the CLI, which would pay for sandboxes it never uses)."""
         pool = os.environ.get("EXECBOX_LOCAL_WARM_POOL", "").strip()
-        return cls(warm_pool=int(pool)) if pool.isdigit() else cls()
+        sandboxes = os.environ.get("EXECBOX_LOCAL_SANDBOX_POOL", "").strip()
+        default = cls()
+        return cls(warm_pool=int(pool) if pool.isdigit() else default.warm_pool,
+                   sandbox_pool=int(sandboxes) if sandboxes.isdigit() else default.sandbox_pool)
 
 
 @dataclass
@@ -243,7 +255,7 @@ def _exec_message(spec: ExecSpec, env: Mapping[str, str], cwd: str, nproc: int) 
     return struct.pack("<Q", len(body)) + body
 
 
-def _close_pool(ref: weakref.ref[WarmPool[_Workdir]]) -> None:
+def _close_pool(ref: weakref.ref[WarmPool[Any]]) -> None:
     if (pool := ref()) is not None:
         pool.close(timeout=10)
 
@@ -297,6 +309,13 @@ class LocalProvider(Provider):
             self.warm_pool = WarmPool(self.settings.warm_pool, self._prepare, self._destroy,
                                       name="execbox-local-pool")
             atexit.register(_close_pool, weakref.ref(self.warm_pool))
+        self.sandbox_pool: WarmPool[PersistentInstance] | None = None
+        if self.settings.sandbox_pool > 0 and self.supports_persistent:
+            from execbox.providers.local.persistent import PersistentInstance
+
+            self.sandbox_pool = WarmPool(self.settings.sandbox_pool, lambda: PersistentInstance.prestart(self),
+                                         lambda inst: inst._teardown(), name="execbox-local-sandbox-pool")
+            atexit.register(_close_pool, weakref.ref(self.sandbox_pool))
 
     def _cleanup_stale(self) -> None:
         """Remove workdirs and cgroups left by an execbox process that died (its pid is in their name)."""
@@ -323,6 +342,8 @@ class LocalProvider(Provider):
         """Destroy the idle pre-started sandboxes and wait for every instance's teardown."""
         if self.warm_pool is not None:
             await asyncio.to_thread(self.warm_pool.close)
+        if self.sandbox_pool is not None:
+            await asyncio.to_thread(self.sandbox_pool.close)
 
     def _workdir(self, uid: int, disk_mb: int) -> _Workdir:
         name = f"{os.getpid()}-{secrets.token_hex(6)}"
