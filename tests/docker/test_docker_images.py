@@ -18,9 +18,9 @@ def test_every_image_has_a_dockerfile_and_binaries() -> None:
 def test_binaries_pick_images() -> None:
     catalog = Catalog.load()
     picks = {b: getattr(catalog.for_binary(b), "name", None) for b in ("python3", "/usr/bin/python3", "node",
-                                                                       "gcc", "g++", "javac", "java", "bash", "ruby")}
+                                                                       "gcc", "g++", "javac", "java", "bash", "go")}
     assert picks == {"python3": "python", "/usr/bin/python3": "python", "node": "node", "gcc": "gcc",
-                     "g++": "gcc", "javac": "java", "java": "java", "bash": "shell", "ruby": None}
+                     "g++": "gcc", "javac": "java", "java": "java", "bash": "shell", "go": None}
 
 
 def test_tags_are_content_hashes(tmp_path: Path) -> None:
