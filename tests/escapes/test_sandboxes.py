@@ -202,3 +202,16 @@ async def test_after_destroy_nothing_is_left_on_the_host(sandbox: Sandbox, manag
         await asyncio.sleep(0.05)
     assert not left, left
     assert isinstance(sb, AsyncSandbox)
+
+
+async def test_a_persistent_sandbox_has_no_network_and_no_server_secrets(manager: SandboxManager) -> None:
+    sb = await manager.create("python", limits=LIMITS)
+    r = await sb.exec(["python3", "-c", "import socket, os\n"
+                       "print(sorted(os.listdir('/sys/class/net')) if os.path.exists('/sys/class/net') else 'no sys')\n"
+                       "s = socket.socket(); s.settimeout(2)\n"
+                       "try:\n    s.connect(('1.1.1.1', 80)); print('connected')\n"
+                       "except OSError as e:\n    print('refused', e.errno)\n"
+                       "print(open('/proc/self/environ', 'rb').read())\n"
+                       "print(open('/proc/1/cmdline', 'rb').read())"])
+    assert r.ok and "connected" not in r.stdout and "refused" in r.stdout, r
+    assert SECRET not in r.stdout and "EXECBOX" not in r.stdout, r
