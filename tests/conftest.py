@@ -38,4 +38,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         parts = [f"{c.pop('pass', 0)} passed", f"{c.pop('known', 0)} known failures (allow-listed)"]
         parts += [f"{n} {what}" for what, n in sorted(c.items())]
         terminalreporter.write_line(f"{lang:>10}: {total} tasks: " + ", ".join(parts))
-    terminalreporter.write_line("        go: not run (its tests need testify, which cannot be downloaded)")

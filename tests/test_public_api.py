@@ -160,6 +160,7 @@ def test_run_signature_is_pinned() -> None:
         "version",
         "arguments",
         "provider",
+        "command",
         "check",
     ]
     assert [p.name for p in params.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD] == [

@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
@@ -44,6 +44,7 @@ async def arun(
     version: str | None = None,
     arguments: Mapping[str, Any] | None = None,
     provider: str | None = None,
+    command: Literal["run", "test"] = "run",
     check: bool = False,
 ) -> ExecutionResult:
     """Run ``code`` (and/or ``files``) in a sandbox and return the result.
@@ -55,7 +56,7 @@ async def arun(
         request = ExecutionRequest(
             language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
             args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
-            limits=limits, provider=provider,
+            limits=limits, provider=provider, command=command,
         )
     except ValidationError as e:  # one error root: a client's mistake is a RequestError (still a ValueError)
         raise RequestError(f"invalid request: {e}") from e

@@ -155,7 +155,7 @@ class Engine:
         await instance.write_files(files)
         sources = lang.sources(files) or [entry]
         compiled: StepResult | None = None
-        if lang.compile is not None:
+        if lang.compile is not None and request.command == "run":  # a test runner builds what it tests
             spec = self._spec(lang, lang.compile, limits, lang.expand(lang.compile, entry, sources, ()),
                               compile=True)
             compiled = step_result(await instance.exec(spec), spec)

@@ -149,8 +149,8 @@ class ExecutionRequest(_Model):
     limits: Limits | None = Field(None, description="Limits; unset fields take the operator's defaults.")
     provider: str | None = Field(None, description="Provider to run on (default: the configured default).")
     command: Literal["run", "test"] = Field(
-        "run", description="Which of the language's commands runs after the compile step: 'run' (the program) "
-        "or 'test' (the language's test runner over the files, where the language defines one).")
+        "run", description="'run': the compile step (if any), then the program; 'test': the language's test "
+        "runner over the files, where the language defines one (it builds what it tests: no compile step).")
 
     @field_validator("files")
     @classmethod
