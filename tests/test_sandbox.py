@@ -302,3 +302,16 @@ async def test_the_sandbox_pool_hands_out_prestarted_sandboxes_once() -> None:
         assert not list((runtime / "instances").iterdir())
         assert p.slots is not None and not p.slots.held
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+async def test_sync_facade_inside_a_running_loop(manager: SandboxManager) -> None:
+    """As in a notebook: the blocking facade runs on its own loop thread, not the caller's loop."""
+    asyncio.get_running_loop()
+    sb = Sandbox.create("bash", limits=LIMITS)
+    try:
+        assert sb.exec("echo in-loop").stdout == "in-loop\n"
+        same = await AsyncSandbox.get(sb.id)  # the same registry, from the async side
+        assert (await same.exec("echo async")).stdout == "async\n"
+    finally:
+        sb.destroy()
+    assert not sb.alive
