@@ -12,6 +12,7 @@ import pytest
 # worker in the escape suite's host checks. The pool is tested where it is configured explicitly
 # (tests/escapes/test_pool.py, tests/test_local_pool.py), and the server's subprocesses keep the default.
 os.environ.setdefault("EXECBOX_LOCAL_WARM_POOL", "0")
+os.environ.setdefault("EXECBOX_LOCAL_SANDBOX_POOL", "0")  # the same for pre-started persistent sandboxes
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

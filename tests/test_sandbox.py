@@ -42,7 +42,8 @@ def provider() -> Iterator[LocalProvider]:
     index = int(worker[2:]) if worker[2:].isdigit() else 0
     runtime = Path("/run/execbox-sandbox-tests") / worker
     runtime.parent.mkdir(mode=0o711, exist_ok=True)
-    p = LocalProvider(LocalSettings(first_uid=FIRST_UID + 8 * index, uid_count=8, runtime_dir=runtime, warm_pool=0))
+    p = LocalProvider(LocalSettings(first_uid=FIRST_UID + 8 * index, uid_count=8, runtime_dir=runtime, warm_pool=0,
+                                    sandbox_pool=0))  # the cold path; the pool: test_the_sandbox_pool_...
     yield p
     shutil.rmtree(runtime, ignore_errors=True)
 

@@ -88,11 +88,14 @@ def sandbox() -> Iterator[Sandbox]:
     # Every run goes through the warm pool (pre-started sandboxes) when its limits allow it (no network,
     # the suite's disk size), as it does in production; tests/test_local_pool.py covers the cold path too.
     provider = LocalProvider(LocalSettings(first_uid=FIRST_UID, uid_count=UID_COUNT, runtime_dir=runtime,
-                                           warm_pool=2, warm_pool_disk_mb=DEFAULT_LIMITS["disk_mb"]))
+                                           warm_pool=2, warm_pool_disk_mb=DEFAULT_LIMITS["disk_mb"],
+                                           sandbox_pool=1, sandbox_pool_disk_mb=DEFAULT_LIMITS["disk_mb"]))
     assert provider.root and provider.cgroups.usable, provider.cgroups.problem
     assert provider.warm_pool is not None
     yield Sandbox(provider, Engine(providers=ProviderRegistry(instances={"local": provider})))
     provider.warm_pool.close(timeout=30)
+    if provider.sandbox_pool is not None:
+        provider.sandbox_pool.close(timeout=30)
     shutil.rmtree(runtime, ignore_errors=True)
 
 
@@ -165,6 +168,8 @@ def host_is_clean(sandbox: Sandbox) -> Iterator[None]:
     # The pool's idle sandboxes were never used: destroy them, and wait for the used instances' teardown
     # (it runs after their results are returned), so that every trace checked below is a run's.
     pool.drain(timeout=30)
+    if sandbox.provider.sandbox_pool is not None:  # pre-started persistent sandboxes (test_sandboxes.py)
+        sandbox.provider.sandbox_pool.drain(timeout=30)
     # Killed processes can take a moment to be reaped; anything still there after 3 s survived the run.
     deadline = time.monotonic() + 3
     while (left := leftovers(sandbox)) and time.monotonic() < deadline:

@@ -187,8 +187,10 @@ class LocalSettings:
     warm_pool_disk_mb: int = WARM_POOL_DISK_MB
     # Persistent sandboxes (persistent.py) kept started and idle, ready to be handed out by
     # start(InstanceSpec(persistent=True)) when it asks for no network and sandbox_pool_disk_mb of disk
-    # (0: none, the default; EXECBOX_LOCAL_SANDBOX_POOL). Each is handed out once, never shared.
-    sandbox_pool: int = 0
+    # (0: none; EXECBOX_LOCAL_SANDBOX_POOL). Each is handed out once, never shared. Nothing is started before
+    # the first persistent sandbox is asked for. The sandboxes it hands out die with the pool's worker thread
+    # (their launcher's parent-death signal): when the provider is closed.
+    sandbox_pool: int = 2
     sandbox_pool_disk_mb: int = WARM_POOL_DISK_MB
 
     @classmethod
