@@ -501,15 +501,6 @@ class PersistentInstance(Instance):
                               cpu_time_s=cpu, max_rss_mb=peak, stopped_by=stopped_by)
 
 
-def _write(path: str, value: str) -> bool:
-    try:
-        with open(path, "w") as f:
-            f.write(value)
-        return True
-    except OSError:
-        return False
-
-
 def _rmdir(path: Path) -> bool:
     try:
         path.rmdir()
