@@ -23,9 +23,16 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbox import __version__
-from execbox.errors import ExecboxError, ProviderUnavailable, RequestError, UnknownLanguageError
+from execbox.errors import (
+    CapacityError,
+    ExecboxError,
+    NotFoundError,
+    ProviderUnavailable,
+    RequestError,
+    UnknownLanguageError,
+)
 from execbox.server.limits import Refused
-from execbox.server.routes import codapi, native, piston
+from execbox.server.routes import codapi, native, piston, sandboxes
 from execbox.server.service import Service
 from execbox.server.settings import ServerSettings
 
@@ -33,9 +40,15 @@ log = logging.getLogger("execbox.server")
 
 # exception -> HTTP status, first match wins
 ERROR_STATUS: list[tuple[type[Exception], int]] = [
+    (NotFoundError, 404),  # no such sandbox (or another key's) or file
     (RequestError, 400),
+    (CapacityError, 429),  # too many live sandboxes (the key's or the server's): destroy one or wait for a TTL
     (ProviderUnavailable, 503),  # the provider is down: retrying (or another provider) may help
     (ExecboxError, 500),
+]
+# exception -> Retry-After seconds, first match wins
+RETRY_AFTER_S: list[tuple[type[Exception], int]] = [
+    (CapacityError, 5),
 ]
 
 # Each API's error shape, by path prefix; the native shape is the default.
@@ -148,7 +161,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                   description="Run untrusted code in many languages with hard limits. Authenticate with "
                               "`X-API-Key: KEY` or `Authorization: Bearer KEY` (everything but /health).")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    for module in (native, piston, codapi):
+    for module in (native, piston, codapi, sandboxes):
         app.include_router(module.router)
 
     @app.exception_handler(ExecboxError)
@@ -157,7 +170,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         extra = {"supported": exc.supported} if isinstance(exc, UnknownLanguageError) else None
         if status >= 500:
             log.error("sandbox failure", extra={"fields": {"path": request.url.path, "error": str(exc)}})
-        return error_response(request, status, str(exc), extra)
+        retry = next((str(s) for cls, s in RETRY_AFTER_S if isinstance(exc, cls)), None)
+        return error_response(request, status, str(exc), extra, headers={"Retry-After": retry} if retry else None)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:

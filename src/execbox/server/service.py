@@ -9,13 +9,15 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from execbox.engine import Engine
 from execbox.errors import ProviderUnavailable, RequestError, SandboxError
 from execbox.languages import default_registry
-from execbox.models import ExecutionRequest, ExecutionResult, Status
+from execbox.models import ExecutionRequest, ExecutionResult, Limits, Status
 from execbox.providers.registry import ProviderRegistry, available_names
+from execbox.sandbox import AsyncSandbox, SandboxManager
 from execbox.server.auth import KeyRing, Principal
 from execbox.server.limits import Capacity, RateLimiter, Refused
 from execbox.server.metrics import Metrics
@@ -48,6 +50,7 @@ class Service:
         self.metrics = Metrics()
         self._jobs: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._sandboxes: SandboxManager | None = None
 
     # --- lifecycle
     async def start(self) -> None:
@@ -56,6 +59,10 @@ class Service:
         self.metrics.pending_jobs.set(self._jobs.qsize())
         self._tasks = [asyncio.create_task(self._job_worker()) for _ in range(self.settings.max_concurrency)]
         self._tasks.append(asyncio.create_task(self._expire_loop()))
+        s = self.settings
+        self._sandboxes = SandboxManager(self.engine, max_sandboxes=s.max_sandboxes,
+                                         max_per_owner=s.max_sandboxes_per_key, default_ttl_s=s.sandbox_ttl_s,
+                                         max_lifetime_s=s.sandbox_max_lifetime_s)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -63,6 +70,8 @@ class Service:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self._sandboxes is not None:  # live sandboxes die with the server
+            await self._sandboxes.aclose()
         await self.providers.aclose()
         self.store.close()
 
@@ -122,6 +131,28 @@ class Service:
         log.log(level, "execution failed", extra={"fields": {
             "key": principal.name, **labels, "status": status, "error": str(e),
             "duration_ms": round((time.monotonic() - start) * 1000, 2)}})
+
+    # --- persistent sandboxes: one manager, each key an owner (another key's sandbox is a NotFoundError)
+    @property
+    def sandboxes(self) -> SandboxManager:
+        if self._sandboxes is None:
+            raise SandboxError("the service is not started")
+        return self._sandboxes
+
+    async def create_sandbox(self, principal: Principal, language: str, *, labels: Mapping[str, str],
+                             ttl_s: float | None, limits: Limits | None, provider: str | None,
+                             env: Mapping[str, str]) -> AsyncSandbox:
+        """A sandbox owned by ``principal``: its limits capped by the key's policy as executions' are, its
+        idle TTL by ``sandbox_max_ttl_s``."""
+        if provider is not None and provider not in self.provider_names():
+            raise RequestError(f"unknown provider {provider!r}; known: {', '.join(self.provider_names())}")
+        applied = self.engine.policy.capped(principal.caps).apply(limits)
+        ttl = None if ttl_s is None else min(ttl_s, self.settings.sandbox_max_ttl_s)
+        sb = await self.sandboxes.create(language, labels=labels, ttl_s=ttl, limits=applied, provider=provider,
+                                         env=env, owner=principal.name)
+        log.info("sandbox created", extra={"fields": {"sandbox_id": sb.id, "key": principal.name,
+                                                      "language": sb.language, "labels": sb.labels}})
+        return sb
 
     # --- async jobs: the store is the queue, so a restarted server runs what was queued
     def submit(self, principal: Principal, body: ExecuteBody) -> str:

@@ -53,6 +53,16 @@ class ServerSettings(BaseSettings):
                              description="Limits a request starts from.")
     maxima: Limits = Field(default_factory=lambda: Policy().maxima,
                            description="Limits no request can exceed.")
+    max_sandboxes: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        32, description="Persistent sandboxes live at once, in all; beyond it: 429 with Retry-After.")
+    max_sandboxes_per_key: Annotated[int, Field(ge=0, le=100_000)] | None = Field(
+        8, description="Persistent sandboxes live at once per API key; none: only max_sandboxes applies.")
+    sandbox_ttl_s: Annotated[float, Field(gt=0)] = Field(
+        600, description="Idle seconds before a sandbox is destroyed, when its create request sets no ttl_s.")
+    sandbox_max_ttl_s: Annotated[float, Field(gt=0)] = Field(
+        3600, description="Largest idle TTL a create request may ask for (a larger one is lowered to it).")
+    sandbox_max_lifetime_s: Annotated[float, Field(gt=0)] = Field(
+        24 * 3600, description="Hard maximum age of a sandbox, busy or not.")
     log_level: str = Field("info", description="debug, info, warning or error.")
 
     @field_validator("defaults", "maxima", mode="before")

@@ -1,0 +1,325 @@
+"""Persistent sandboxes over HTTP: /api/v1/sandboxes/...
+
+A sandbox belongs to the key that created it; to any other key it does not exist (404 on every route).
+Each key is an owner of the service's one ``SandboxManager``; limits are capped by the key's policy once, at
+create, and each exec may only tighten them. A sandbox idle longer than its TTL is destroyed (404 afterwards);
+the server stopping destroys every live sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException
+
+from execbox.errors import ExecboxError, RequestError
+from execbox.models import FileInfo, Limits, check_file_name
+from execbox.sandbox import AsyncSandbox
+from execbox.server.auth import Principal
+from execbox.server.deps import PrincipalDep, ServiceDep
+from execbox.server.limits import Refused
+from execbox.server.routes.native import ERRORS
+from execbox.server.schemas import ErrorBody, ExecuteResponse, execute_response
+from execbox.server.service import Service
+
+log = logging.getLogger("execbox.server")
+PREFIX = "/api/v1/sandboxes"
+MAX_LABELS = 32
+LabelKey = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+LabelValue = Annotated[str, Field(max_length=256)]
+LABEL_HELP = "A label filter `key:value` (repeat for several; a sandbox matches when it has them all)."
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such sandbox (destroyed, expired or another key's) or file."}}
+router = APIRouter(prefix=PREFIX, tags=["sandboxes"], responses={**ERRORS, **NOT_FOUND})
+
+
+def _text(v: str, what: str) -> str:
+    """UTF-8 text without NUL (what argv, environments and paths can carry)."""
+    try:
+        v.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text (lone surrogate)") from None
+    if "\0" in v:
+        raise ValueError(f"{what} contains NUL")
+    return v
+
+
+def _check_env(v: dict[str, str]) -> dict[str, str]:
+    for k, val in v.items():
+        if not k or "=" in k:
+            raise ValueError(f"invalid environment variable name {k!r}")
+        _text(k, "an environment variable name")
+        _text(val, f"environment variable {k!r}")
+    return v
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CreateBody(_Body):
+    """A new sandbox. Its limits are each exec's defaults and the sandbox's caps (memory and pids of everything
+    alive in it at once, disk of its workdir), capped by the server's maxima and the key's caps."""
+
+    language: str = Field("python", max_length=64, description="Language (its environment and runtime).")
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS,
+                                               description="Labels to find it again: GET ?label=key:value.")
+    ttl_s: Annotated[float, Field(gt=0, le=365 * 86400)] | None = Field(
+        None, description="Idle seconds before it is destroyed (default and maximum: the server's settings).")
+    limits: Limits | None = Field(None, description="Limits of every exec and caps of the sandbox.")
+    provider: str | None = Field(None, max_length=64, description="Provider (GET /api/v1/providers).")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of every exec.")
+
+    _env = field_validator("env")(_check_env)
+
+
+class SandboxInfo(_Body):
+    id: str
+    language: str
+    provider: str
+    labels: dict[str, str]
+    created_at: float = Field(description="Unix time of creation, seconds.")
+    last_used_at: float = Field(description="Unix time of the last operation's start or end, seconds.")
+    ttl_s: float = Field(description="Idle seconds before it is destroyed.")
+    idle_expires_at: float = Field(description="Unix time it is destroyed if nothing uses it before.")
+    max_lifetime_s: float = Field(description="Hard maximum age, seconds.")
+    expires_at: float = Field(description="Unix time it is destroyed at the latest, used or not.")
+    limits: Limits = Field(description="Each exec's defaults and the sandbox's caps.")
+
+
+class SandboxList(_Body):
+    sandboxes: list[SandboxInfo]
+
+
+Command = (Annotated[str, Field(min_length=1, max_length=1 << 20)]
+           | Annotated[list[Annotated[str, Field(max_length=1 << 20)]], Field(min_length=1, max_length=4096)])
+
+
+class ExecBody(_Body):
+    """One command in the sandbox. `timeout` is a shorthand for `limits.wall_time_s` and `cpu_time_s`."""
+
+    command: Command = Field(description="A shell command (run by /bin/sh -c) or an argv list.")
+    stdin: str = Field("", description="Standard input of the command.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    cwd: str = Field(".", max_length=4096, description="Working directory, relative to the workdir.")
+    timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
+        None, description="Wall and CPU time limit of this command, seconds (capped by the sandbox's).")
+    limits: Limits | None = Field(None, description="Limits of this command; they can only tighten the sandbox's.")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("empty command")
+            return _text(v, "command")
+        return [_text(a, "an argument") for a in v]
+
+    @field_validator("stdin")
+    @classmethod
+    def _stdin(cls, v: str) -> str:
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            raise ValueError("stdin is not valid UTF-8 text (lone surrogate)") from None
+        return v
+
+    _env = field_validator("env")(_check_env)
+
+    def exec_limits(self) -> Limits | None:
+        values: dict[str, Any] = self.limits.model_dump(include=self.limits.model_fields_set) if self.limits else {}
+        if self.timeout is not None:
+            values.update(wall_time_s=self.timeout, cpu_time_s=self.timeout)
+        return Limits(**values) if values else None
+
+    def check_cwd(self) -> None:
+        if self.cwd not in ("", "."):
+            check_file_name(self.cwd)
+
+
+class Written(_Body):
+    path: str
+    size_bytes: int
+
+
+class Listing(_Body):
+    dir: str
+    entries: list[FileInfo]
+
+
+def _info(sb: AsyncSandbox) -> SandboxInfo:
+    now_wall, now_mono = time.time(), time.monotonic()
+    last_used = now_wall - (now_mono - sb.last_used_at)
+    return SandboxInfo(id=sb.id, language=sb.language, provider=sb._provider.name, labels=sb.labels,
+                       created_at=sb.created_at, last_used_at=last_used, ttl_s=sb.ttl_s,
+                       idle_expires_at=last_used + sb.ttl_s, max_lifetime_s=sb.max_lifetime_s,
+                       expires_at=sb.created_at + sb.max_lifetime_s, limits=sb.limits)
+
+
+def _get(service: Service, principal: Principal, sandbox_id: str) -> AsyncSandbox:
+    service.admit(principal)
+    return service.sandboxes.get(sandbox_id, owner=principal.name)
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``["k:v", ...]`` -> ``{"k": "v"}``; RequestError naming the first bad one."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise RequestError(f"label filter {item[:80]!r} is not key:value")
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------- lifecycle
+
+@router.post("", response_model=SandboxInfo, status_code=201)
+async def create(body: CreateBody, service: ServiceDep, principal: PrincipalDep) -> SandboxInfo:
+    """Create a sandbox owned by your key. 429 (with Retry-After) when your key or the server has as many
+    live sandboxes as allowed: destroy one, or wait for one to idle out."""
+    service.admit(principal)
+    sb = await service.create_sandbox(principal, body.language, labels=body.labels, ttl_s=body.ttl_s,
+                                      limits=body.limits, provider=body.provider, env=body.env)
+    return _info(sb)
+
+
+@router.get("", response_model=SandboxList)
+async def list_sandboxes(service: ServiceDep, principal: PrincipalDep,
+                         label: Annotated[list[str], Query(description=LABEL_HELP, max_length=MAX_LABELS)] = [],  # noqa: B006
+                         ) -> SandboxList:
+    """Your live sandboxes, most recently used first, filtered by labels."""
+    service.admit(principal)
+    found = service.sandboxes.list(parse_labels(label), owner=principal.name)
+    return SandboxList(sandboxes=[_info(sb) for sb in found])
+
+
+@router.get("/{sandbox_id}", response_model=SandboxInfo)
+async def get(sandbox_id: str, service: ServiceDep, principal: PrincipalDep) -> SandboxInfo:
+    """One of your sandboxes."""
+    return _info(_get(service, principal, sandbox_id))
+
+
+@router.delete("/{sandbox_id}", status_code=204, response_class=Response)
+async def destroy(sandbox_id: str, service: ServiceDep, principal: PrincipalDep) -> Response:
+    """Kill everything in the sandbox and remove it."""
+    sb = _get(service, principal, sandbox_id)
+    await sb.destroy()
+    log.info("sandbox destroyed", extra={"fields": {"sandbox_id": sandbox_id, "key": principal.name}})
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------------------------- running
+
+@router.post("/{sandbox_id}/exec", response_model=ExecuteResponse)
+async def exec_(sandbox_id: str, body: ExecBody, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Run a command and wait for its result (the shape of POST /api/v1/execute). Files and background
+    processes persist between commands; a command running over its limits is killed, the sandbox lives on."""
+    sb = _get(service, principal, sandbox_id)
+    body.check_cwd()
+    async with service.capacity.slot():
+        result = await sb.exec(body.command, stdin=body.stdin, env=body.env, cwd=body.cwd,
+                               limits=body.exec_limits())
+    return execute_response(result)
+
+
+def _event(name: str, data: Any) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+SSE_DOC = ("Server-Sent Events: `stdout` and `stderr` events (data `{\"data\": text}`) as the output comes, then "
+           "one `exit` event whose data is the result (the shape of POST /api/v1/execute), or one `error` event "
+           "(data `{\"detail\": why}`) when the sandbox failed or went away meanwhile.")
+
+
+SSE = {"text/event-stream": {"schema": {  # one event (Open API 3.1: the schema of a stream describes its events)
+    "type": "object", "required": ["event", "data"],
+    "properties": {"event": {"type": "string", "enum": ["stdout", "stderr", "exit", "error"]},
+                   "data": {"type": "string", "contentMediaType": "application/json"}}}}}
+
+
+@router.post("/{sandbox_id}/exec/stream", response_class=StreamingResponse,
+             responses={200: {"description": SSE_DOC, "content": SSE}})
+async def exec_stream(sandbox_id: str, body: ExecBody, service: ServiceDep,
+                      principal: PrincipalDep) -> StreamingResponse:
+    """Run a command, streaming its output as Server-Sent Events. Closing the connection kills the command."""
+    sb = _get(service, principal, sandbox_id)
+    body.check_cwd()
+    service.capacity.admit()
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async with service.capacity.slot(admitted=True):
+                async for ev in sb.stream(body.command, stdin=body.stdin, env=body.env, cwd=body.cwd,
+                                          limits=body.exec_limits()):
+                    if ev.type == "exit" and ev.result is not None:
+                        yield _event("exit", execute_response(ev.result))
+                    else:
+                        yield _event(ev.type, {"data": ev.data})
+        except (ExecboxError, Refused) as e:  # the headers are sent: the failure is the stream's last event
+            yield _event("error", {"detail": str(e)})
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# --------------------------------------------------------------------------------------------- files
+
+BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@router.get("/{sandbox_id}/files", response_model=Listing)
+async def list_files(sandbox_id: str, service: ServiceDep, principal: PrincipalDep,
+                     directory: Annotated[str, Query(alias="dir", max_length=4096,
+                                                     description="Directory, relative to the workdir.")] = ".",
+                     ) -> Listing:
+    """The entries of a workdir directory, sorted by name (symlinks reported, never followed)."""
+    sb = _get(service, principal, sandbox_id)
+    return Listing(dir=directory or ".", entries=await sb.files.list(directory or "."))
+
+
+@router.put("/{sandbox_id}/files/{path:path}", response_model=Written,
+            openapi_extra={"requestBody": {"required": True, "content": BINARY,
+                                           "description": "The file's bytes, as they are."}})
+async def write_file(sandbox_id: str, path: str, request: Request, service: ServiceDep,
+                     principal: PrincipalDep) -> Written:
+    """Create or replace a file with the raw body (parent directories are made). At most the server's
+    max_body_bytes and the sandbox's disk (413)."""
+    sb = _get(service, principal, sandbox_id)
+    name = check_file_name(path)
+    disk = sb.limits.disk_mb * 1024 * 1024
+    if int(request.headers.get("content-length") or 0) > disk:
+        raise HTTPException(413, f"file over the sandbox's disk of {sb.limits.disk_mb} MiB")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > disk:
+            raise HTTPException(413, f"file over the sandbox's disk of {sb.limits.disk_mb} MiB")
+    await sb.files.write(name, bytes(data))
+    return Written(path=posixpath.normpath(name), size_bytes=len(data))
+
+
+@router.get("/{sandbox_id}/files/{path:path}", response_class=Response,
+            responses={200: {"description": "The file's bytes.", "content": BINARY}})
+async def read_file(sandbox_id: str, path: str, service: ServiceDep, principal: PrincipalDep) -> Response:
+    """A file's bytes (404 when it does not exist or is not a regular file)."""
+    sb = _get(service, principal, sandbox_id)
+    return Response(await sb.files.read(path), media_type="application/octet-stream")
+
+
+@router.delete("/{sandbox_id}/files/{path:path}", status_code=204, response_class=Response)
+async def remove_file(sandbox_id: str, path: str, service: ServiceDep, principal: PrincipalDep) -> Response:
+    """Remove a file, symlink or directory tree (404 when nothing was there)."""
+    sb = _get(service, principal, sandbox_id)
+    if not await sb.files.remove(path):
+        raise HTTPException(404, f"no file {path!r} in sandbox {sandbox_id}")
+    return Response(status_code=204)
