@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from execbox.errors import ExecboxError, RequestError
-from execbox.models import FileInfo, Limits, check_file_name
+from execbox.models import ExecutionResult, FileInfo, Limits, check_file_name
 from execbox.sandbox import AsyncSandbox
 from execbox.server.auth import Principal
 from execbox.server.deps import PrincipalDep, ServiceDep
@@ -165,6 +165,12 @@ def _info(sb: AsyncSandbox) -> SandboxInfo:
                        expires_at=sb.created_at + sb.max_lifetime_s, limits=sb.limits)
 
 
+def _log_exec(principal: Principal, sb: AsyncSandbox, result: ExecutionResult, streamed: bool) -> None:
+    log.info("sandbox exec", extra={"fields": {
+        "sandbox_id": sb.id, "execution_id": result.execution_id, "key": principal.name, "status": result.status.value,
+        "exit_code": result.exit_code, "wall_time_s": result.wall_time_s, "streamed": streamed}})
+
+
 def _get(service: Service, principal: Principal, sandbox_id: str) -> AsyncSandbox:
     service.admit(principal)
     return service.sandboxes.get(sandbox_id, owner=principal.name)
@@ -229,6 +235,7 @@ async def exec_(sandbox_id: str, body: ExecBody, service: ServiceDep, principal:
     async with service.capacity.slot():
         result = await sb.exec(body.command, stdin=body.stdin, env=body.env, cwd=body.cwd,
                                limits=body.exec_limits())
+    _log_exec(principal, sb, result, streamed=False)
     return execute_response(result)
 
 
@@ -262,6 +269,7 @@ async def exec_stream(sandbox_id: str, body: ExecBody, service: ServiceDep,
                 async for ev in sb.stream(body.command, stdin=body.stdin, env=body.env, cwd=body.cwd,
                                           limits=body.exec_limits()):
                     if ev.type == "exit" and ev.result is not None:
+                        _log_exec(principal, sb, ev.result, streamed=True)
                         yield _event("exit", execute_response(ev.result))
                     else:
                         yield _event(ev.type, {"data": ev.data})
