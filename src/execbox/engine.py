@@ -14,6 +14,7 @@ from execbox.providers.registry import ProviderRegistry
 ARGS_FILE = ".execbox_args.json"
 RETURN_FILE = ".execbox_return.json"
 MAX_RETURN_BYTES = 16 * 1024 * 1024
+MAX_RETURN_DEPTH = 64
 MAX_ARGV_ENV_BYTES = 1024 * 1024  # well under the kernel's ARG_MAX, leaving room for the sandbox's own argv
 
 _STOP_STATUS = {
@@ -54,9 +55,13 @@ class Engine:
         self.languages = languages or default_registry()
         self.policy = policy or Policy()
 
-    def check(self, request: ExecutionRequest) -> Language:
+    def check(self, request: ExecutionRequest, policy: Policy | None = None) -> Language:
         """The request's language, or the RequestError that ``execute`` would raise before running anything
-        (unknown language or version, arguments it cannot take, a missing test command)."""
+        (unknown language or version, arguments it cannot take, a missing test command, unusable files)."""
+        return self._prepare(request, policy)[0]
+
+    def _prepare(self, request: ExecutionRequest, policy: Policy | None
+                 ) -> tuple[Language, Limits, dict[str, bytes], str]:
         lang = self.languages.get(request.language)
         self.check_version(lang, request.version)
         if request.command == "test" and lang.test is None:
@@ -68,20 +73,20 @@ class Engine:
         if argv_env > MAX_ARGV_ENV_BYTES:
             raise RequestError(f"arguments and environment take {argv_env} bytes; the maximum is "
                                f"{MAX_ARGV_ENV_BYTES} (pass large data through stdin or files)")
-        return lang
+        limits = (policy or self.policy).apply(request.limits)
+        return (lang, limits, *self._files(request, lang, limits))
 
     @staticmethod
     def _main_step(lang: Language, request: ExecutionRequest) -> Step:
         return lang.test if request.command == "test" and lang.test is not None else lang.run
 
-    async def execute(self, request: ExecutionRequest, policy: Policy | None = None) -> ExecutionResult:
+    async def execute(self, request: ExecutionRequest, policy: Policy | None = None,
+                      execution_id: str | None = None) -> ExecutionResult:
         """Run ``request``. ``policy`` (default: the engine's) sets the limits' defaults and maxima, so a
-        server can cap each API key differently."""
-        lang = self.check(request)
-        limits = (policy or self.policy).apply(request.limits)
-        files, entry = self._files(request, lang, limits)
+        server can cap each API key differently; ``execution_id`` names the run (default: a new uuid)."""
+        lang, limits, files, entry = self._prepare(request, policy)
         provider = self.providers.get(request.provider)
-        execution_id = uuid.uuid4().hex
+        execution_id = execution_id or uuid.uuid4().hex
         try:
             instance = await provider.start(InstanceSpec(disk_mb=limits.disk_mb, network=limits.network))
         except ExecboxError:
@@ -176,7 +181,24 @@ class Engine:
                 out.update(status=Status.RUNTIME_ERROR, message="main() did not return (no return value written)")
             else:
                 try:
-                    out["return_value"] = json.loads(raw)
+                    value = json.loads(raw)
                 except (ValueError, RecursionError):  # the program wrote it: its fault, a result
                     out.update(status=Status.RUNTIME_ERROR, message="main()'s return value is not valid JSON")
+                else:
+                    if _depth(value) > MAX_RETURN_DEPTH:  # deeper than any client (or pydantic) serializes
+                        out.update(status=Status.RUNTIME_ERROR,
+                                   message=f"main()'s return value nests deeper than {MAX_RETURN_DEPTH} levels")
+                    else:
+                        out["return_value"] = value
         return out
+
+
+def _depth(value: object) -> int:
+    """How deeply JSON containers nest in ``value`` (iterative: the value is the program's, any depth)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest

@@ -310,13 +310,87 @@ def test_metrics_count_executions_by_language_provider_status(make_server) -> No
         c.post("/api/v1/execute", json={**PY, "code": "print(1)"})
         c.post("/api/v1/execute", json={**PY, "code": "raise SystemExit(1)"})
         c.post("/api/v1/execute", json={"language": "cobol", "code": "x"})
+        c.post("/api/v1/execute", json={**PY, "code": "x", "provider": "mock"})
         text = c.get("/metrics").text
     assert 'sandbox_executions_total{language="python",provider="local",status="ok"} 1.0' in text
     assert 'sandbox_executions_total{language="python",provider="local",status="runtime_error"} 1.0' in text
     assert 'sandbox_execution_duration_seconds_count{language="python",provider="local",status="ok"} 1.0' in text
     assert 'sandbox_active_containers{provider="local"} 0.0' in text
-    assert "# TYPE sandbox_errors_total counter" in text
+    assert 'sandbox_errors_total{language="cobol",provider="local",status="bad_request"} 1.0' in text
+    assert 'sandbox_errors_total{language="python",provider="mock",status="bad_request"} 1.0' in text
     lines = [json.loads(line) for line in s.log().splitlines() if line.startswith("{")]
     ran = [x for x in lines if x.get("msg") == "execution"]
     assert len(ran) == 2 and {"execution_id", "key", "language", "status", "duration_ms"} <= ran[0].keys()
     assert KEY not in s.log()
+
+
+# --- found in review: each of these was a 5xx, a hang, a leak or a bypass
+
+def test_the_mock_provider_cannot_be_chosen_by_a_client(client: httpx.Client) -> None:
+    r = client.post("/api/v1/execute", json={**PY, "code": "print(1)", "provider": "mock"})
+    assert r.status_code == 400 and "unknown provider 'mock'" in r.json()["detail"]
+    assert "mock" not in [p["name"] for p in client.get("/api/v1/providers").json()["providers"]]
+
+
+def test_a_deep_return_value_is_the_programs_error_not_a_500(client: httpx.Client) -> None:
+    code = "def main():\n    v = []\n    for _ in range(300):\n        v = [v]\n    return v"
+    r = client.post("/api/v1/execute", json={**PY, "code": code, "arguments": {}})
+    assert r.status_code == 200 and r.json()["status"] == "runtime_error" and "deeper" in r.json()["message"]
+    job = client.post("/api/v1/execute/async", json={**PY, "code": code, "arguments": {}}).json()
+    assert wait_completed(client, job["execution_id"])["result"]["status"] == "runtime_error"
+
+
+def test_file_errors_are_400_before_queueing_not_an_internal_error_later(client: httpx.Client) -> None:
+    body = {**PY, "code": "print(1)", "files": [{"name": "main.py", "content": "print(2)"}]}
+    for path in ("/api/v1/execute", "/api/v1/execute/async"):
+        r = client.post(path, json=body)
+        assert r.status_code == 400 and "given twice" in r.json()["detail"], (path, r.text)
+    r = client.post("/api/v1/execute/batch", json=[{**PY, "code": "print(1)"},
+                                                   {"language": "bash", "code": "x", "arguments": {}}])
+    assert r.status_code == 400 and r.json()["detail"].startswith("request 1:")
+
+
+def test_stored_keys_cannot_take_a_static_keys_name(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert _cli(tmp_path, "create", "env:1").returncode == 2  # static keys' names have a colon; stored ones never
+    assert _cli(tmp_path, "create", "zero", "--rate-limit", "0").returncode == 2
+    key = json.loads(_cli(tmp_path, "create", "env", "--json").stdout)["key"]
+    s = make_server(data_dir=tmp_path)
+    with s.client() as static, s.client(key=key) as stored:
+        job = static.post("/api/v1/execute/async", json={**PY, "code": "print('secret')", "session_id": "s"}).json()
+        wait_completed(static, job["execution_id"])
+        assert stored.get(f"/api/v1/execute/status/{job['execution_id']}").status_code == 404
+        assert stored.get("/api/v1/sessions/s/executions").json()["executions"] == []
+
+
+def test_a_batch_larger_than_the_keys_burst_is_a_clear_400(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_RATE_LIMIT_PER_MIN": "60"})  # bursts of 6
+    with s.client() as c:
+        r = c.post("/api/v1/execute/batch", json=[{**PY, "code": "print(1)"}] * 7)
+        assert r.status_code == 400 and "burst of 6" in r.json()["detail"] and "Retry-After" not in r.headers
+
+
+def test_batch_items_wait_their_turn_instead_of_failing_the_batch(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_MAX_CONCURRENCY": "1", "EXECBOX_QUEUE_TIMEOUT_S": "1"})
+    with s.client() as c:
+        bodies = [{**PY, "code": f"import time; time.sleep(0.7); print({i})"} for i in range(3)]
+        r = c.post("/api/v1/execute/batch", json=bodies)  # 2.1 s of work through one slot, 1 s queue timeout
+        assert r.status_code == 200 and [x["output"] for x in r.json()] == ["0\n", "1\n", "2\n"]
+
+
+def test_a_batch_shares_one_output_budget(make_server) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_BATCH_OUTPUT_BYTES": "20000"})
+    with s.client() as c:
+        r = c.post("/api/v1/execute/batch", json=[{**PY, "code": "print('x' * 50000)"}] * 2).json()
+        assert [(x["status"], len(x["stdout"])) for x in r] == [("output_limit", 10000)] * 2
+
+
+def test_a_quadratic_piston_input_does_not_stall_the_server(client: httpx.Client, server: Server) -> None:
+    t = time.monotonic()
+    r = client.post("/api/v2/execute", json={"language": "java", "files": [{"content": "\n" * 2_000_000}]})
+    assert r.status_code == 200 and time.monotonic() - t < 20  # it compiles (and fails): no regex blow-up
+
+
+def test_the_store_is_readable_by_its_owner_only(server: Server) -> None:
+    for f in server.data_dir.glob("execbox.db*"):
+        assert f.stat().st_mode & 0o077 == 0, f
+

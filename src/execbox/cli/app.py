@@ -74,7 +74,8 @@ def run(
     Examples: `execbox run hello.py`, `execbox run --lang go - < main.go`,
     `execbox run -c 'print(input())' -l python --stdin hi`, `execbox run prog.c -- -v arg2`.
     """
-    os.environ.setdefault("EXECBOX_LOCAL_WARM_POOL", "0")  # one execution: pre-starting sandboxes only costs
+    for pool in ("EXECBOX_LOCAL_WARM_POOL", "EXECBOX_DOCKER_POOL_SIZE"):  # one execution: pre-starting only costs
+        os.environ.setdefault(pool, "0")
     positional = list(target or [])
     file = positional.pop(0) if code is None and positional else None
     if file is None and code is None:

@@ -43,14 +43,14 @@ def create(
     except ValidationError as e:
         err.print(f"[red]execbox:[/red] invalid cap: {e}", highlight=False)
         raise typer.Exit(2) from None
-    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
-        err.print("[red]execbox:[/red] a key name is 1-64 letters, digits, '-' or '_'", highlight=False)
-        raise typer.Exit(2)
     try:
         key, record = create_key(_store(), name, rate_limit, caps)
     except NameTaken as e:
         err.print(f"[red]execbox:[/red] {e}", highlight=False)
         raise typer.Exit(1) from None
+    except ValueError as e:
+        err.print(f"[red]execbox:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
     if as_json:
         print(json.dumps({"name": record.name, "key": key, "rate_limit_per_min": record.rate_limit_per_min,
                           "caps": record.caps}))

@@ -156,5 +156,10 @@ class Provider(abc.ABC):
     async def start(self, spec: InstanceSpec) -> Instance:
         """A fresh instance. Raises SandboxError subclasses when the provider cannot run."""
 
+    def active_sandboxes(self) -> int | None:
+        """Sandboxes that exist now, for providers that keep some between executions (pools); None for the
+        others (their sandboxes are the executions in progress)."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release provider-wide resources (pools, connections)."""

@@ -55,6 +55,10 @@ class ProviderRegistry:
         self._instances[name] = provider
         return provider
 
+    def loaded(self) -> dict[str, Provider]:
+        """The providers created so far (never creates one)."""
+        return dict(self._instances)
+
     async def aclose(self) -> None:
         for p in self._instances.values():
             await p.aclose()

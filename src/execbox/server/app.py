@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -161,6 +162,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                   description="Run untrusted code in many languages with hard limits. Authenticate with "
                               "`X-API-Key: KEY` or `Authorization: Bearer KEY` (everything but /health).")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
     for module in (native, piston, codapi, sandboxes):
         app.include_router(module.router)
 
@@ -175,7 +179,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
-        return error_response(request, exc.status, exc.message, headers={"Retry-After": str(exc.retry_after_s)})
+        return error_response(request, exc.status, exc.message, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

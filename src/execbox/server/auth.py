@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ from execbox.models import Limits
 from execbox.store import KeyRecord, SQLiteStore
 
 KEY_PREFIX = "ebx_"
+# Stored keys' names. Static keys (the environment's, the dev key) are named `env:N` and `dev:1`, with a colon
+# no stored name can have, so a stored key can never share their executions.
+KEY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,11 @@ def hash_key(key: str) -> str:
 
 def create_key(store: SQLiteStore, name: str, rate_limit_per_min: float | None = None,
                caps: Limits | None = None) -> tuple[str, KeyRecord]:
-    """A new key (returned once, never stored in clear) and its record."""
+    """A new key (returned once, never stored in clear) and its record. ValueError for a bad name or rate."""
+    if not KEY_NAME.fullmatch(name):
+        raise ValueError("a key name is 1-64 letters, digits, '-' or '_'")
+    if rate_limit_per_min is not None and not rate_limit_per_min > 0:
+        raise ValueError("a rate limit is a positive number of requests per minute")
     key = new_key()
     caps_json = caps.model_dump(include=caps.model_fields_set) if caps is not None else None
     return key, store.add_key(name, hash_key(key), key[:8], rate_limit_per_min, caps_json or None)
@@ -53,8 +61,8 @@ class KeyRing:
 
     @staticmethod
     def static_names(keys: list[str]) -> dict[str, str]:
-        """Names for keys given in the environment: stable across restarts, revealing nothing of the key."""
-        return {k: f"env-{hash_key(k)[:8]}" for k in keys}
+        """Names for keys given in the environment, by position (a hash of a weak key would leak it)."""
+        return {k: f"env:{i}" for i, k in enumerate(keys, 1)}
 
     def principal_named(self, name: str) -> Principal:
         """The principal a job was submitted by (its key may have been revoked since: the job still runs,

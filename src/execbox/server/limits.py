@@ -18,6 +18,10 @@ class Refused(Exception):
         self.status, self.message = status, message
         self.retry_after_s = max(1, math.ceil(retry_after_s))
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)} if self.status in (429, 503) else {}
+
 
 class RateLimiter:
     """Token buckets, one per key: ``per_min`` requests a minute, bursts of up to a tenth of that (at least 1)."""
@@ -29,6 +33,9 @@ class RateLimiter:
         if per_min is None:
             return
         rate, burst = per_min / 60, max(1.0, per_min / 10)
+        if cost > burst:  # would wait forever: say so instead of a 429 that never clears
+            raise Refused(400, f"{cost:g} requests at once exceed this key's burst of {burst:g} (a tenth of its "
+                          f"rate limit of {per_min:g} per minute): send fewer at once", 0)
         now = time.monotonic()
         tokens, last = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + (now - last) * rate)
@@ -56,8 +63,9 @@ class Capacity:
 
     @contextlib.asynccontextmanager
     async def slot(self, bounded: bool = True, admitted: bool = False) -> AsyncIterator[None]:
-        """A running slot. ``bounded``: admitted against the wait queue (unless ``admitted`` already, as a
-        batch is, whole) and given up after ``wait_s`` (503); async jobs pass False (the store is their queue)."""
+        """A running slot. ``bounded``: admitted against the wait queue and given up after ``wait_s`` (503),
+        unless ``admitted`` already (a batch is, whole: its items then wait their turn); async jobs pass False
+        (the store is their queue)."""
         if not bounded:
             await self._sem.acquire()
         else:
@@ -65,7 +73,7 @@ class Capacity:
                 self.admit()
             self.waiting += 1
             try:
-                await asyncio.wait_for(self._sem.acquire(), self.wait_s)
+                await asyncio.wait_for(self._sem.acquire(), None if admitted else self.wait_s)
             except TimeoutError:
                 raise Refused(503, f"no execution slot became free within {self.wait_s:g}s", 5) from None
             finally:

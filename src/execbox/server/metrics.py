@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -15,8 +18,10 @@ class Metrics:
         self.duration = Histogram("sandbox_execution_duration_seconds",
                                   "Time from admission to result, including compile and queueing in the provider.",
                                   ["language", "provider", "status"], buckets=BUCKETS, registry=self.registry)
-        self.active = Gauge("sandbox_active_containers", "Sandboxes alive now (executions running).",
-                            ["provider"], registry=self.registry)
+        self.active = Gauge("sandbox_active_containers", "Sandboxes alive now: executions running, or for "
+                            "pooling providers (docker) the containers of the pool.", ["provider"],
+                            registry=self.registry)
+        self.pooled: set[str] = set()  # providers whose gauge is the pool's size, set at scrape time
         self.errors = Counter("sandbox_errors_total",
                               "Executions that produced no result: bad_request (the client's), unavailable "
                               "or internal_error (the sandbox's).", ["language", "provider", "status"],
@@ -24,3 +29,12 @@ class Metrics:
         self.queued = Gauge("sandbox_queued_requests", "Synchronous requests waiting for a slot.",
                             registry=self.registry)
         self.pending_jobs = Gauge("sandbox_pending_jobs", "Async jobs queued or running.", registry=self.registry)
+
+    @contextlib.contextmanager
+    def in_progress(self, provider: str) -> Iterator[None]:
+        """Count a running execution in sandbox_active_containers, unless the provider's pool is counted."""
+        if provider in self.pooled:
+            yield
+            return
+        with self.active.labels(provider).track_inprogress():
+            yield

@@ -41,19 +41,23 @@ class Service:
         self.store = SQLiteStore(settings.db_path)
         static = KeyRing.static_names(settings.env_keys)
         if dev_key:
-            static[dev_key] = "dev"
+            static[dev_key] = "dev:1"
         self.keys = KeyRing(self.store, static, settings.rate_limit_per_min)
         self.providers = ProviderRegistry(default=settings.default_provider)
         self.engine = Engine(providers=self.providers, languages=default_registry(), policy=settings.policy)
         self.rates = RateLimiter()
         self.capacity = Capacity(settings.max_concurrency, settings.max_queue, settings.queue_timeout_s)
         self.metrics = Metrics()
+        self._provider_names = sorted(n for n in available_names() if n != "mock" or settings.default_provider
+                                      == "mock")
         self._jobs: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._sandboxes: SandboxManager | None = None
 
     # --- lifecycle
     async def start(self) -> None:
+        # version probes run a compiler each: once, now, off the event loop, not in a request
+        await asyncio.to_thread(lambda: [lang.version() for lang in self.engine.languages])
         for record in self.store.unfinished():  # jobs of a server that stopped: they run again, oldest first
             self._jobs.put_nowait(record.id)
         self.metrics.pending_jobs.set(self._jobs.qsize())
@@ -79,17 +83,26 @@ class Service:
     def admit(self, principal: Principal, cost: int = 1) -> None:
         self.rates.take(principal.name, principal.rate_limit_per_min, cost)
 
-    def check(self, request: ExecutionRequest) -> None:
-        """RequestError for what would fail before running (unknown language, version, provider, ...)."""
-        self.engine.check(request)
-        if request.provider is not None and request.provider not in available_names():
-            raise RequestError(f"unknown provider {request.provider!r}; known: {', '.join(self.provider_names())}")
+    def check(self, request: ExecutionRequest, principal: Principal | None = None) -> None:
+        """RequestError for what would fail before running (unknown language, version, provider, files...),
+        counted in sandbox_errors_total as bad_request."""
+        try:
+            if request.provider is not None and request.provider not in self.provider_names():
+                raise RequestError(f"unknown provider {request.provider!r}; known: "
+                                   f"{', '.join(self.provider_names())}")
+            self.engine.check(request, self.engine.policy.capped(principal.caps if principal else None))
+        except RequestError:
+            self.metrics.errors.labels(language=request.language, provider=request.provider or
+                                       self.providers.default, status="bad_request").inc()
+            raise
 
     def provider_names(self) -> list[str]:
-        return sorted(n for n in available_names() if n != "mock" or self.settings.default_provider == "mock")
+        """The providers a request may name: the mock (which runs nothing) only when it is the default."""
+        return self._provider_names
 
     async def execute(self, principal: Principal, request: ExecutionRequest, *, session_id: str | None = None,
-                      bounded: bool = True, admitted: bool = False) -> ExecutionResult:
+                      bounded: bool = True, admitted: bool = False, execution_id: str | None = None,
+                      ) -> ExecutionResult:
         """Run one request under the caller's caps, within the server's capacity; record and count it."""
         policy = self.engine.policy.capped(principal.caps)
         provider = request.provider or self.providers.default
@@ -98,8 +111,8 @@ class Service:
         try:
             async with self.capacity.slot(bounded=bounded, admitted=admitted):
                 self.metrics.queued.set(self.capacity.waiting)
-                with self.metrics.active.labels(provider).track_inprogress():
-                    result = await self.engine.execute(request, policy)
+                with self.metrics.in_progress(provider):
+                    result = await self.engine.execute(request, policy, execution_id)
         except RequestError as e:
             self._log_failure(principal, labels, "bad_request", e, start)
             raise
@@ -123,6 +136,13 @@ class Service:
             self.store.add_execution(result.execution_id, principal.name, session_id, COMPLETED,
                                      result=result.model_dump(mode="json"), ttl_s=self.settings.job_ttl_s)
         return result
+
+    def refresh_gauges(self) -> None:
+        """sandbox_active_containers of providers that keep sandboxes (the docker pool): what exists now."""
+        for name, provider in self.providers.loaded().items():
+            if (n := provider.active_sandboxes()) is not None:
+                self.metrics.pooled.add(name)
+                self.metrics.active.labels(name).set(n)
 
     def _log_failure(self, principal: Principal, labels: dict[str, str], status: str, e: Exception,
                      start: float) -> None:
@@ -156,7 +176,7 @@ class Service:
 
     # --- async jobs: the store is the queue, so a restarted server runs what was queued
     def submit(self, principal: Principal, body: ExecuteBody) -> str:
-        self.check(body.to_request())
+        self.check(body.to_request(), principal)
         if self.store.count_unfinished() >= self.settings.max_pending_jobs:
             raise Refused(503, f"{self.settings.max_pending_jobs} jobs are pending already", 5)
         job_id = uuid.uuid4().hex
@@ -186,8 +206,10 @@ class Service:
         self.store.mark_running(job_id)
         request = body.to_request()
         try:
-            result = await self.execute(principal, request, bounded=False)
-        except (RequestError, SandboxError) as e:  # reported as data: the client is polling for a result
+            result = await self.execute(principal, request, bounded=False, session_id=None, execution_id=job_id)
+        except asyncio.CancelledError:
+            raise  # the server is stopping: the job stays unfinished and runs after the restart
+        except Exception as e:  # reported as data (the client polls for a result); never a job stuck running
             result = internal_error(request, request.provider or self.providers.default, str(e))
         result = result.model_copy(update={"execution_id": job_id})
         self.store.complete(job_id, result.model_dump(mode="json"), self.settings.job_ttl_s)

@@ -15,6 +15,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from execbox.models import Limits, Policy
 
+# The library's maxima, with output kept per stream lowered: a response carries it (twice: `output` and
+# `stdout`), and a server answers many at once.
+SERVER_MAXIMA = Policy().maxima.model_copy(update={"output_bytes": 8 * 1024 * 1024})
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -44,6 +48,8 @@ class ServerSettings(BaseSettings):
     max_pending_jobs: Annotated[int, Field(ge=1)] = Field(
         10_000, description="Async jobs queued at once; beyond it: 503 with Retry-After.")
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = Field(64, description="Requests in one batch.")
+    batch_output_bytes: Annotated[int, Field(ge=1024)] = Field(
+        16 * 1024 * 1024, description="Output kept per stream for a whole batch, shared by its requests.")
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(10 * 1024 * 1024,
                                                            description="Largest request body (413 beyond).")
     job_ttl_s: Annotated[float, Field(gt=0)] = Field(3600, description="How long finished results are kept.")
@@ -51,8 +57,7 @@ class ServerSettings(BaseSettings):
         None, description="Default rate limit of keys that set none (requests per minute); none: unlimited.")
     defaults: Limits = Field(default_factory=lambda: Policy().defaults,
                              description="Limits a request starts from.")
-    maxima: Limits = Field(default_factory=lambda: Policy().maxima,
-                           description="Limits no request can exceed.")
+    maxima: Limits = Field(default_factory=lambda: SERVER_MAXIMA, description="Limits no request can exceed.")
     max_sandboxes: Annotated[int, Field(ge=0, le=100_000)] = Field(
         32, description="Persistent sandboxes live at once, in all; beyond it: 429 with Retry-After.")
     max_sandboxes_per_key: Annotated[int, Field(ge=0, le=100_000)] | None = Field(
@@ -63,6 +68,8 @@ class ServerSettings(BaseSettings):
         3600, description="Largest idle TTL a create request may ask for (a larger one is lowered to it).")
     sandbox_max_lifetime_s: Annotated[float, Field(gt=0)] = Field(
         24 * 3600, description="Hard maximum age of a sandbox, busy or not.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins browsers may call from (e.g. "
+                                    "a page with the codapi-js widget); '*' for any. None by default.")
     log_level: str = Field("info", description="debug, info, warning or error.")
 
     @field_validator("defaults", "maxima", mode="before")
@@ -70,7 +77,7 @@ class ServerSettings(BaseSettings):
     def _over_builtin(cls, v: Any, info: Any) -> Any:
         """A partial table (e.g. only maxima.wall_time_s) keeps the built-in values of the other fields."""
         if isinstance(v, dict):
-            base = Policy().defaults if info.field_name == "defaults" else Policy().maxima
+            base = Policy().defaults if info.field_name == "defaults" else SERVER_MAXIMA
             return {**base.model_dump(), **v}
         return v
 

@@ -8,6 +8,7 @@ on the event loop rather than paying a thread hop per call.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -74,12 +75,14 @@ class SQLiteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            os.close(os.open(f, os.O_WRONLY | os.O_CREAT, 0o600))  # results and key hashes: owner only
+            f.chmod(0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         self._lock = threading.Lock()  # the CLI and tests may share a store across threads
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         self._db.executescript(SCHEMA)
-        path.chmod(0o600)
 
     def close(self) -> None:
         with self._lock:

@@ -325,6 +325,9 @@ class DockerProvider(Provider):
         """Containers that exist now (any state but TERMINATING): for the service's metrics."""
         return self.pool.count(State.CREATING, State.WARM, State.BUSY, State.RESETTING)
 
+    def active_sandboxes(self) -> int | None:
+        return self.active_containers()
+
     def image_for(self, binary: str) -> str:
         image = self.catalog.for_binary(binary)
         if image is None:

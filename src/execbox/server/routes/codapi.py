@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
 
-from execbox.errors import RequestError
+from execbox.errors import RequestError, UnknownLanguageError
 from execbox.models import MAX_FILES, ExecutionRequest, File
 from execbox.server.deps import PrincipalDep, ServiceDep
 
@@ -51,7 +52,10 @@ class CodapiExec(BaseModel):
 async def exec_(body: CodapiExec, service: ServiceDep, principal: PrincipalDep) -> CodapiResult:
     """Run a sandbox's command over the files."""
     service.admit(principal)
-    lang = service.engine.languages.get(body.sandbox)
+    try:
+        lang = service.engine.languages.get(body.sandbox)
+    except UnknownLanguageError as e:  # Codapi answers an unknown sandbox with 404
+        raise HTTPException(404, str(e)) from None
     code = body.files.get("")
     try:
         files = [File(name=n, content=c) for n, c in body.files.items() if n != ""]
@@ -59,7 +63,7 @@ async def exec_(body: CodapiExec, service: ServiceDep, principal: PrincipalDep) 
                                    stdin=body.stdin, command=body.command)
     except ValidationError as e:
         raise RequestError("; ".join(err["msg"] for err in e.errors(include_url=False))) from None
-    service.check(request)
+    service.check(request, principal)
     result = await service.execute(principal, request)
     stderr = result.stderr
     if not result.ok and result.message and result.message not in stderr:

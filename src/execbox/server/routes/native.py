@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Response
@@ -10,7 +11,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from execbox.errors import RequestError, SandboxError
+from execbox.errors import RequestError
+from execbox.models import Limits
 from execbox.server.deps import PrincipalDep, ServiceDep, get_principal
 from execbox.server.schemas import (
     ErrorBody,
@@ -47,7 +49,7 @@ async def execute(body: ExecuteBody, service: ServiceDep, principal: PrincipalDe
     """Run code and wait for the result. The program failing is a result (`status`), never an HTTP error."""
     service.admit(principal)
     request = body.to_request()
-    service.check(request)
+    service.check(request, principal)
     result = await service.execute(principal, request, session_id=body.session_id)
     return execute_response(result)
 
@@ -94,17 +96,22 @@ async def execute_batch(service: ServiceDep, principal: PrincipalDep,
     for i, body in enumerate(bodies):
         try:
             request = body.to_request()
-            service.check(request)
+            service.check(request, principal)
         except RequestError as e:
             raise RequestError(f"request {i}: {e}") from e
         requests.append(request)
     service.admit(principal, cost=len(bodies))
     service.capacity.admit(len(bodies))
+    # the whole batch's output is bounded, not each item's: every item gets its share of the budget
+    share = max(1024, service.settings.batch_output_bytes // len(bodies))
+    caps = {**(principal.caps.model_dump(include=principal.caps.model_fields_set) if principal.caps else {})}
+    caps["output_bytes"] = min(caps.get("output_bytes", share), share)
+    batch_principal = dataclasses.replace(principal, caps=Limits(**caps))
 
     async def one(body: ExecuteBody, request: Any) -> dict[str, Any]:
         try:
-            result = await service.execute(principal, request, session_id=body.session_id, admitted=True)
-        except (RequestError, SandboxError) as e:  # one failure does not lose the others' results
+            result = await service.execute(batch_principal, request, session_id=body.session_id, admitted=True)
+        except Exception as e:  # one failure does not lose the others' results
             result = internal_error(request, request.provider or service.providers.default, str(e))
         return execute_response(result)
 
@@ -171,4 +178,5 @@ async def health(service: ServiceDep) -> JSONResponse:
             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus metrics (needs a key, like everything but /health)."""
+    service.refresh_gauges()
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -155,7 +155,7 @@ def _limits(body: PistonExecute) -> Limits | None:
 
 
 _JAVA_PUBLIC = re.compile(
-    r"^\s*public\s+(?:(?:final|abstract|sealed|non-sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+"
+    r"^[ \t]*public\s+(?:(?:final|abstract|sealed|non-sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+"
     r"([A-Za-z_$][\w$]*)", re.M)
 _JAVA_TYPE = re.compile(r"\b(?:class|interface|enum|record)\s+([A-Za-z_$][\w$]*)")
 _JAVA_MAIN = re.compile(r"\bvoid\s+main\s*\(")
@@ -204,7 +204,7 @@ async def execute(body: PistonExecute, service: ServiceDep, principal: Principal
         request = _request(body, lang)
     except ValidationError as e:  # e.g. a file name Piston would take but that is unsafe here
         raise RequestError("; ".join(err["msg"] for err in e.errors(include_url=False))) from None
-    service.check(request)
+    service.check(request, principal)
     result = await service.execute(principal, request)
     out = PistonResult(language=lang.name, version=result.version or "", run=_stage(result),
                        compile=_stage(result.compile) if result.compile else None)
