@@ -112,6 +112,27 @@ def test_stream_delivers_the_first_event_before_the_command_ends(client: httpx.C
     assert events[0][2] < at - 1.5, events  # the first event came before the sleep ended, not with the exit
 
 
+def test_closing_the_stream_kills_the_command(client: httpx.Client) -> None:
+    sid = create(client, limits={"wall_time_s": 120})["id"]
+    marker = f"{time.time_ns() % 10**9}.25"
+    try:
+        body = {"command": f"echo started; sleep {marker}; echo never"}
+        with client.stream("POST", f"{API}/{sid}/exec/stream", json=body) as r:
+            events = sse(r.iter_lines())  # kept: dropping it would close the response at once
+            assert next(events)[0] == "stdout"
+            deadline = time.monotonic() + 10
+            while not host_has_process(f"sleep\0{marker}"):
+                assert time.monotonic() < deadline, "the command did not start"
+                time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while host_has_process(f"sleep\0{marker}"):
+            assert time.monotonic() < deadline, "the command outlived its stream"
+            time.sleep(0.2)
+        assert run(client, sid, "echo alive")["output"] == "alive\n"  # the sandbox did not die with it
+    finally:
+        client.delete(f"{API}/{sid}")
+
+
 def test_stream_of_a_gone_sandbox_is_a_404(client: httpx.Client) -> None:
     r = client.post(f"{API}/sb_nope/exec/stream", json={"command": "echo a"})
     assert r.status_code == 404

@@ -8,6 +8,7 @@ the server stopping destroys every live sandbox.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import posixpath
@@ -239,13 +240,18 @@ async def exec_(sandbox_id: str, body: ExecBody, service: ServiceDep, principal:
     return execute_response(result)
 
 
+HEARTBEAT_S = 15.0
+_streams: set[asyncio.Task[None]] = set()  # running streamed commands (a reference, so none is collected)
+
+
 def _event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 SSE_DOC = ("Server-Sent Events: `stdout` and `stderr` events (data `{\"data\": text}`) as the output comes, then "
            "one `exit` event whose data is the result (the shape of POST /api/v1/execute), or one `error` event "
-           "(data `{\"detail\": why}`) when the sandbox failed or went away meanwhile.")
+           "(data `{\"detail\": why}`) when the sandbox failed or went away meanwhile; a `: keep-alive` comment "
+           "after 15 s without output.")
 
 
 SSE = {"text/event-stream": {"schema": {  # one event (Open API 3.1: the schema of a stream describes its events)
@@ -263,18 +269,41 @@ async def exec_stream(sandbox_id: str, body: ExecBody, service: ServiceDep,
     body.check_cwd()
     service.capacity.admit()
 
-    async def events() -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # bounded by the output cap
+
+    async def produce() -> None:
         try:
             async with service.capacity.slot(admitted=True):
                 async for ev in sb.stream(body.command, stdin=body.stdin, env=body.env, cwd=body.cwd,
                                           limits=body.exec_limits()):
                     if ev.type == "exit" and ev.result is not None:
                         _log_exec(principal, sb, ev.result, streamed=True)
-                        yield _event("exit", execute_response(ev.result))
+                        queue.put_nowait(_event("exit", execute_response(ev.result)))
                     else:
-                        yield _event(ev.type, {"data": ev.data})
+                        queue.put_nowait(_event(ev.type, {"data": ev.data}))
         except (ExecboxError, Refused) as e:  # the headers are sent: the failure is the stream's last event
-            yield _event("error", {"detail": str(e)})
+            queue.put_nowait(_event("error", {"detail": str(e)}))
+        finally:
+            queue.put_nowait(None)
+
+    async def events() -> AsyncIterator[bytes]:
+        # The command runs in a task of its own: the response being cancelled (the client went away) cancels
+        # it once, and its cleanup (killing the command) runs to the end outside the response's cancel scope.
+        task = asyncio.create_task(produce())
+        _streams.add(task)
+        task.add_done_callback(_streams.discard)
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"  # a comment: keeps proxies and read timeouts from closing it
+                    continue
+                if item is None:
+                    return
+                yield item
+        finally:
+            task.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
