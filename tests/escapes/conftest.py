@@ -1,26 +1,43 @@
 """Fixtures for the hostile-program suite.
 
+Every test that takes ``sandbox`` runs once per provider: ``[local]`` and ``[docker]`` (the same hostile
+program through the same ``Engine.execute``). A test that asserts something only the local provider does (its
+uid range, its pid 1, its cgroups, its pools, bubblewrap) is marked ``@pytest.mark.local_only("why")`` and runs
+on the local provider only; ``EXECBOX_ESCAPE_PROVIDERS=local`` (or ``docker``) narrows the whole suite.
+
 Each pytest(-xdist) worker gets its own LocalProvider: its own range of instance uids and its own runtime dir,
 so the host checks after every test (no process, mount, cgroup, instance dir or IPC object left behind) only
-look at what this worker could have created, even with other workers running at the same time.
+look at what this worker could have created, even with other workers running at the same time. It also gets
+one DockerProvider (one warm container per image and disk size); after every docker test no container of the
+test is left beyond the pool's, every pooled container is running and healthy, and every container the test
+used is probed by a next execution in it (through the prepared agent, as the next request would be) that
+must find nothing of the test: no file in /work, /tmp, /dev/shm, /dev/mqueue, no process of the sandbox uid,
+no SysV IPC object.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import re
 import secrets
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from execbox import Engine, ExecutionRequest, ExecutionResult, File, Limits
+from execbox.errors import ProviderUnavailable
+from execbox.providers.base import ExecSpec, InstanceSpec
+from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings, State
+from execbox.providers.docker import images as docker_images
+from execbox.providers.docker.provider import PID_LABEL, DockerInstance
 from execbox.providers.local import LocalProvider, LocalSettings
 from execbox.providers.local.cgroups import Cgroup
 from execbox.providers.local.provider import _kill_uid, _umount
@@ -43,6 +60,35 @@ DEFAULT_LIMITS: dict[str, Any] = dict(
 )
 
 
+PROVIDERS = [p for p in os.environ.get("EXECBOX_ESCAPE_PROVIDERS", "local,docker").split(",") if p]
+DOCKER_IMAGES = ("python", "node", "gcc", "shell")  # the suite's languages: python, javascript, c, bash
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "local_only(reason): asserts what only the local provider does; "
+                                       "the escape suite runs it on the local provider only")
+    config.addinivalue_line("markers", "docker_gap(reason, strict=True): a security property the docker "
+                                       "provider fails; its docker case is xfail with the reason")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``sandbox`` is parametrized over the providers; a test that does not take it itself (request
+    validation only) and a ``local_only`` test run on the local provider only."""
+    if "sandbox" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("local_only")
+    if marker is not None:
+        assert marker.args or marker.kwargs.get("reason"), f"{metafunc.definition.nodeid}: local_only needs a reason"
+    own = "sandbox" in inspect.signature(metafunc.function).parameters
+    providers: list[Any] = PROVIDERS if own and marker is None else [p for p in PROVIDERS if p == "local"]
+    gap = metafunc.definition.get_closest_marker("docker_gap")
+    if gap is not None:  # a security property the docker provider fails today: reported, never hidden
+        # strict unless the gap shows only some of the time (strict=False, said so in the reason)
+        xfail = pytest.mark.xfail(strict=gap.kwargs.get("strict", True), reason=f"docker provider gap: {gap.args[0]}")
+        providers = [pytest.param(p, marks=xfail) if p == "docker" else p for p in providers]
+    metafunc.parametrize("sandbox", providers, indirect=True, scope="session")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:
         skip = pytest.mark.skip(reason="the escape suite needs root (uid slots, tmpfs workdirs, cgroups)")
@@ -54,8 +100,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 class Sandbox:
     """The worker's provider and engine, and a helper to run hostile code through the whole stack."""
 
-    provider: LocalProvider
+    provider: Any  # LocalProvider for kind "local", DockerProvider for kind "docker"
     engine: Engine
+    kind: str = "local"
+    used: list[Any] = field(default_factory=list)  # docker: the pool items the test's runs got
+
+    @property
+    def local(self) -> bool:
+        return self.kind == "local"
+
+    @property
+    def docker(self) -> bool:
+        return self.kind == "docker"
 
     @property
     def uids(self) -> range:
@@ -81,7 +137,11 @@ class Sandbox:
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> Iterator[Sandbox]:
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    if request.param == "docker":
+        yield from _docker_sandbox()
+        return
+    assert request.param == "local", request.param
     runtime = RUNTIME_ROOT / WORKER
     RUNTIME_ROOT.mkdir(mode=0o711, exist_ok=True)
     os.chmod(RUNTIME_ROOT, 0o711)  # the instance uids traverse it to reach their workdirs
@@ -92,11 +152,42 @@ def sandbox() -> Iterator[Sandbox]:
                                            sandbox_pool=1, sandbox_pool_disk_mb=DEFAULT_LIMITS["disk_mb"]))
     assert provider.root and provider.cgroups.usable, provider.cgroups.problem
     assert provider.warm_pool is not None
-    yield Sandbox(provider, Engine(providers=ProviderRegistry(instances={"local": provider})))
+    yield Sandbox(provider, Engine(providers=ProviderRegistry(instances={"local": provider})), "local")
     provider.warm_pool.close(timeout=30)
     if provider.sandbox_pool is not None:
         provider.sandbox_pool.close(timeout=30)
     shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _docker_sandbox() -> Iterator[Sandbox]:
+    """The worker's DockerProvider: one container per image (and disk size) kept warm and reused, as in
+    production; a few more are created for concurrent runs. Skipped with the reason when dockerd or the
+    suite's images are not there (CI and the dev machines have both: `make test` builds the images)."""
+    if os.environ.get("EXECBOX_NO_DOCKER") == "1":
+        pytest.skip("EXECBOX_NO_DOCKER=1")
+    pool = PoolSettings(size=1, max_items=6, ttl_s=3600, max_idle_s=600, health_interval_s=30, wait_s=60)
+    try:
+        provider = DockerProvider(DockerSettings(pool=pool))
+    except ProviderUnavailable as e:
+        pytest.skip(f"dockerd is not available: {e}")
+    missing = [n for n in DOCKER_IMAGES if not docker_images.image_exists(provider.api, provider.catalog.tag(n))]
+    if missing:
+        provider.close()
+        pytest.skip(f"docker images not built: {', '.join(missing)} (`execbox images build`)")
+    box = Sandbox(provider, Engine(providers=ProviderRegistry(default="docker", instances={"docker": provider})),
+                  "docker")
+    original = provider.pool.acquire
+
+    async def recording(key: Any) -> Any:  # every container a run gets is probed after the test
+        item = await original(key)
+        box.used.append(item)
+        return item
+
+    provider.pool.acquire = recording  # type: ignore[method-assign]
+    try:
+        yield box
+    finally:
+        provider.close()
 
 
 # ---------------------------------------------------------------------------------------------- host checks
@@ -159,6 +250,9 @@ def leftovers(box: Sandbox) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def host_is_clean(sandbox: Sandbox) -> Iterator[None]:
+    if sandbox.docker:
+        yield from _docker_is_clean(sandbox)
+        return
     before = leftovers(sandbox)
     assert not before, f"host not clean before the test: {before}"
     pool = sandbox.provider.warm_pool
@@ -199,3 +293,84 @@ def _scrub(box: Sandbox) -> None:
     if box.provider.slots is not None:
         for uid in list(box.provider.slots.held):
             box.provider.slots.release(uid)
+
+
+# ---------------------------------------------------------------------------------------------- docker checks
+
+# What a next execution in a used container finds (run as it, through the agent prepared after the reset):
+# every line it prints but the last is a trace of the previous run.
+DOCKER_PROBE = r"""
+shopt -s nullglob dotglob
+me=$$; anc=" $me "; p=$me
+while :; do
+  pp=; while read -r k v _; do [ "$k" = PPid: ] && pp=$v; done < "/proc/$p/status"
+  [ -n "$pp" ] && [ "$pp" != 0 ] || break
+  anc+="$pp "; p=$pp
+done
+for d in /proc/[0-9]*; do
+  n=${d#/proc/}; [[ $anc == *" $n "* ]] && continue
+  uid=; st=; pp=
+  while read -r k v _; do case $k in Uid:) uid=$v;; State:) st=$v;; PPid:) pp=$v;; esac; done 2>/dev/null < "$d/status"
+  [ "$uid" = 1000 ] && [ -n "$st" ] && [ "$st" != Z ] && [ "$pp" != "$me" ] || continue
+  echo "process $n left: $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)"
+done
+for f in /work/* /tmp/* /dev/shm/* /dev/mqueue/*; do echo "file left: $f"; done
+for k in shm sem msg; do
+  n=0; while read -r _; do n=$((n + 1)); done < "/proc/sysvipc/$k"; [ "$n" -le 1 ] || echo "SysV $k objects left"
+done
+echo probed
+"""
+
+
+def _docker_containers(box: Sandbox) -> dict[str, str]:
+    """This worker's execbox containers (id -> state), as dockerd sees them."""
+    found = box.provider.api.containers(all=True, filters={"label": [f"{PID_LABEL}={os.getpid()}"]})
+    return {c["Id"]: c["State"] for c in found}
+
+
+def _docker_settled(box: Sandbox) -> None:
+    pool = box.provider.pool
+    busy = (State.CREATING, State.BUSY, State.RESETTING, State.TERMINATING)
+    assert pool.wait_until(lambda: pool.count(*busy) == 0, 60), f"the pool did not settle: {pool.states()}"
+
+
+async def _docker_probe(box: Sandbox, item: Any) -> str:
+    """Run the probe in this very pooled container, as the next execution would be. A container no longer
+    WARM was destroyed (e.g. after a failed reset, or as a broken one): nothing of it can reach a next run."""
+    pool = box.provider.pool
+    with pool._cond:
+        if item.state is not State.WARM:
+            return "probed\n"
+        item.state, item.uses = State.BUSY, item.uses + 1
+    instance = DockerInstance(box.provider, InstanceSpec(disk_mb=DEFAULT_LIMITS["disk_mb"]))
+    instance.item = item
+    try:
+        outcome = await instance.exec(ExecSpec(argv=("bash", "-c", DOCKER_PROBE), wall_time_s=10, cpu_time_s=10,
+                                               memory_mb=128, pids=32, output_bytes=64 * 1024, file_size_mb=8,
+                                               open_files=64))
+    finally:
+        await instance.close()
+    return outcome.stdout.decode(errors="replace") + outcome.stderr.decode(errors="replace")
+
+
+def _docker_is_clean(box: Sandbox) -> Iterator[None]:
+    _docker_settled(box)
+    before = _docker_containers(box)
+    box.used.clear()
+    yield
+    _docker_settled(box)
+    found: list[str] = []
+    for item in dict.fromkeys(box.used):  # each container the test's runs got, once
+        out = asyncio.run(_docker_probe(box, item))
+        if out != "probed\n":
+            found.append(f"container {item.handle.id[:12]} after the test: {out.strip()!r}")
+    box.used.clear()
+    _docker_settled(box)
+    pooled = {i.handle.id: i for i in box.provider.pool.items() if i.handle is not None}
+    for cid, state in _docker_containers(box).items():
+        if cid in pooled:
+            if state != "running" or not box.provider._healthy(pooled[cid].handle):
+                found.append(f"pooled container {cid[:12]} is not healthy ({state})")
+        elif cid not in before:
+            found.append(f"container {cid[:12]} ({state}) left beyond the pool's")
+    assert not found, f"the run left traces: {found}"

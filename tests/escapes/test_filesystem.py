@@ -29,6 +29,12 @@ for p in ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh/ssh_host_ed25
 """
     r = await sandbox.run("python", code)
     assert r.status.value == "ok", r
+    if sandbox.docker:  # the image's own (empty) shadow files and root-only /root: there, but unreadable
+        assert r.stdout == ("/etc/shadow Permission denied\n/etc/gshadow Permission denied\n"
+                            "/etc/sudoers No such file or directory\n"
+                            "/etc/ssh/ssh_host_ed25519_key No such file or directory\n"
+                            "/root/.ssh Permission denied\n")
+        return
     assert r.stdout == ("/etc/shadow No such file or directory\n/etc/gshadow No such file or directory\n"
                         "/etc/sudoers No such file or directory\n"
                         "/etc/ssh/ssh_host_ed25519_key No such file or directory\n"
@@ -38,6 +44,10 @@ for p in ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh/ssh_host_ed25
 async def test_etc_shadow_bash(sandbox: Sandbox) -> None:
     r = await sandbox.run("bash", "cat /etc/shadow; echo rc=$?; ls /etc")
     assert r.status.value == "ok", r
+    if sandbox.docker:  # the image's own /etc/shadow: listed, but unreadable by the sandbox uid
+        assert "cat: /etc/shadow: Permission denied" in r.stderr
+        assert "rc=1" in r.stdout and "root:" not in r.stdout
+        return
     assert "cat: /etc/shadow: No such file or directory" in r.stderr
     assert "rc=1" in r.stdout and "shadow" not in r.stdout
 
@@ -46,6 +56,11 @@ async def test_etc_passwd_is_execboxs_own(sandbox: Sandbox) -> None:
     r = await sandbox.run("bash", "cat /etc/passwd; echo ---; cat /etc/group; echo ---; hostname; id")
     assert r.status.value == "ok", r
     passwd, group, rest = r.stdout.split("---\n")
+    if sandbox.docker:  # the image's own files (Debian's, with the sandbox user), never the host's
+        assert passwd != Path("/etc/passwd").read_text() and group != Path("/etc/group").read_text()
+        assert "sandbox:x:1000:1000:" in passwd, passwd
+        assert rest.startswith("sandbox\nuid=1000(") and "gid=1000(" in rest, rest
+        return
     assert passwd == bwrap.ETC_FILES["passwd"]
     assert group == bwrap.ETC_FILES["group"]
     assert rest == "execbox\nuid=1000(sandbox) gid=1000(sandbox) groups=1000(sandbox)\n"
@@ -56,10 +71,12 @@ async def test_host_paths_are_invisible(sandbox: Sandbox, tmp_path: Path) -> Non
     secret_file = tmp_path / "host-secret.txt"
     secret_file.write_text("HOST-FILE-SECRET")
     os.chmod(tmp_path, 0o755)
-    paths = ["/root", "/home", "/work/main", "/run", "/run/execbox", str(sandbox.runtime), "/var", "/opt",
-             "/srv", "/mnt", "/media", "/boot", "/sys", "/sys/fs/cgroup", "/var/run/docker.sock",
-             "/run/systemd", str(secret_file), str(Path.home()), os.getcwd(),
-             "/usr/local/share/../../../root"]
+    host_only = ["/work/main", "/run/execbox", "/run/execbox-escapes", "/var/run/docker.sock", "/run/systemd",
+                 str(secret_file), os.getcwd()]
+    # the image's own directories, empty or root-only: a docker container has them (never the host's)
+    image_dirs = ["/root", "/home", "/run", "/var", "/opt", "/srv", "/mnt", "/media", "/boot", "/sys",
+                  "/sys/fs/cgroup", str(Path.home()), "/usr/local/share/../../../root"]
+    paths = host_only + image_dirs
     code = f"""
 import json, os
 paths = {json.dumps(paths)}
@@ -70,9 +87,12 @@ print(json.dumps(sorted(os.listdir("/work"))))
     r = await sandbox.run("python", code)
     assert r.status.value == "ok", r
     seen, root, work = (json.loads(line) for line in r.stdout.splitlines())
-    assert {p for p, exists in seen.items() if exists} == set(), seen
-    assert set(root) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr",
-                         "work"}, root
+    allowed = set(image_dirs) if sandbox.docker else set()
+    assert {p for p, exists in seen.items() if exists} <= allowed, seen
+    fhs = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "work"}
+    if sandbox.docker:  # Debian's root directories, from the image
+        fhs |= {"boot", "home", "media", "mnt", "opt", "root", "run", "srv", "sys", "var", ".dockerenv"}
+    assert set(root) <= fhs, root
     assert work == ["main.py"]
 
 
@@ -86,6 +106,10 @@ for (const p of ["/root/.bashrc", "/work/main/pyproject.toml", "/etc/hostname", 
 """
     r = await sandbox.run("javascript", code)
     assert r.status.value == "ok", r
+    if sandbox.docker:  # the image's /root is root-only; pid 1 is docker-init (uid 0): its root is closed
+        assert r.stdout == ('/root/.bashrc EACCES\n/work/main/pyproject.toml ENOENT\n/etc/hostname "sandbox\\n"\n'
+                            "/proc/1/root/root EACCES\n"), r.stdout
+        return
     # (/proc/1/root is the sandbox's own root: pid 1 is bubblewrap's init inside the sandbox, or, in a
     # pre-started sandbox, execbox's waiter, which is not dumpable: its /proc/1/root is closed to all)
     assert r.stdout in (
@@ -166,17 +190,43 @@ int main(void) {
 
 
 async def test_cgroupfs_release_agent_is_unreachable(sandbox: Sandbox) -> None:
-    # CVE-2022-0492 wrote a cgroup v1 release_agent; there is no cgroupfs to write to, nor any to mount
+    # CVE-2022-0492 wrote a cgroup v1 release_agent; there is no cgroupfs to write to (docker: a read-only
+    # one), nor any to mount
     code = r"""
-import os
+import glob, os
 print(os.path.exists("/sys"), os.path.exists("/sys/fs/cgroup"))
-print([l.split(":", 2)[2] for l in open("/proc/self/cgroup").read().splitlines()])
+targets = ["/sys/fs/cgroup/release_agent"] + sorted(glob.glob("/sys/fs/cgroup/*/release_agent"))
+targets += sorted(glob.glob("/sys/fs/cgroup/*/notify_on_release"))[:2] + ["/sys/fs/cgroup/x"]
+for p in targets:
+    try:
+        with open(p, "w") as f:
+            f.write("/work/pwn")
+        print(p, "WROTE")
+    except OSError as e:
+        print(p, os.strerror(e.errno))
+try:
+    os.mkdir("/sys/fs/cgroup/execbox-escape"); print("mkdir WROTE")
+except OSError as e:
+    print("mkdir", os.strerror(e.errno))
 """
     r = await sandbox.run("python", code)
     assert r.status.value == "ok", r
-    exists, paths = r.stdout.splitlines()
-    assert exists == "False False"
-    assert "execbox" not in paths  # the cgroup namespace hides where on the host the run lives
+    exists, *writes = r.stdout.splitlines()
+    assert exists == ("True True" if sandbox.docker else "False False")
+    assert writes and not any("WROTE" in w for w in writes), writes
+    denied = ("Read-only file system", "Permission denied", "No such file or directory")
+    assert all(w.endswith(denied) for w in writes), writes
+
+
+@pytest.mark.docker_gap(
+    "on this cgroup v1 host dockerd (20.10) gives containers the host's cgroup namespace, so /proc/self/cgroup "
+    "shows /docker/<container id>: the host-side location of the run; the provider does not ask for "
+    "cgroupns=private (CgroupnsMode in the create call)")
+async def test_cgroup_namespace_hides_the_host_location(sandbox: Sandbox) -> None:
+    code = 'print([l.split(":", 2)[2] for l in open("/proc/self/cgroup").read().splitlines()])'
+    r = await sandbox.run("python", code)
+    assert r.status.value == "ok", r
+    assert "execbox" not in r.stdout and "docker" not in r.stdout, r.stdout
 
 
 # ------------------------------------------------------------------------- submitted file names (the models)
@@ -317,4 +367,9 @@ for src in ("/usr/bin/python3", "/etc/ssl/certs/ca-certificates.crt", "/etc/pass
     r = await sandbox.run("python", code)
     assert r.status.value == "ok", r
     assert "LINKED" not in r.stdout
+    if sandbox.docker:  # the python image has no CA bundle; the others are on the image's read-only layer
+        assert r.stdout == ("/usr/bin/python3 Invalid cross-device link\n"
+                            "/etc/ssl/certs/ca-certificates.crt No such file or directory\n"
+                            "/etc/passwd Invalid cross-device link\n"), r.stdout
+        return
     assert r.stdout.count("Invalid cross-device link") == 3, r.stdout

@@ -15,10 +15,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from execbox import ExecutionResult
 
 if TYPE_CHECKING:
     from conftest import Sandbox
+
+pytestmark = pytest.mark.local_only("the local provider's pool of pre-started bwrap sandboxes "
+                                    "(the docker pool: tests/docker/test_docker_pool.py)")
 
 
 @contextlib.asynccontextmanager

@@ -79,6 +79,19 @@ async def test_kill_minus_one_reaches_only_the_sandbox(sandbox: Sandbox) -> None
     # uid the instance gets (this worker's first uid, the only one free in a one-uid provider view below)
     # must survive it. We drive the provider directly here to check the host process between the
     # program's exec and the instance's close (close kills every process of the uid, by design).
+    if sandbox.docker:
+        # the sandbox uid is the host's uid 1000 (no userns-remap): a host process of that uid survives
+        victim = subprocess.Popen(["sleep", "30"], user=1000, group=1000, extra_groups=[])
+        try:
+            r = await sandbox.run("bash", "sleep 30 &\nkill -9 -1; echo rc=$?\nwait; echo waited\n")
+            # kill(-1) also hits the exec's own agent shell (uid 1000, the program's parent): the run ends
+            # at once, as killed, and its whole tree with it
+            assert r.status.value in ("ok", "runtime_error") and r.wall_time_s < 2, r
+            assert victim.poll() is None, "kill -9 -1 inside the container killed a host process"
+        finally:
+            victim.kill()
+            victim.wait()
+        return
     provider = sandbox.provider
     instance = await provider.start(InstanceSpec(disk_mb=16))
     victim = subprocess.Popen(["sleep", "30"], user=instance.uid, group=instance.uid, extra_groups=[])
@@ -116,6 +129,11 @@ int main(void) {
 """
     victim, killer = await asyncio.gather(sandbox.run("python", victim_code),
                                           sandbox.run("c", killer_code))
+    if sandbox.docker:  # the only other process it can signal is its own exec's agent (its parent): the
+        # run ends as killed; the concurrent run, in another container, is untouched
+        assert killer.status.value == "runtime_error" and killer.stdout.startswith("kill(-1): 0"), killer
+        assert victim.status.value == "ok" and victim.stdout == "survived\n", victim
+        return
     assert killer.status.value == "ok", killer
     assert "kill(-1): -1 No such process" in killer.stdout  # nothing else it can signal exists
     assert victim.status.value == "ok" and victim.stdout == "survived\n", victim
@@ -149,6 +167,13 @@ int main(void) {
 """
     r = await sandbox.run("c", code)
     assert r.status.value == "ok", r
+    if sandbox.docker:
+        # docker's default profile allows ptrace (kernel >= 4.8 keeps seccomp under it), so a program may
+        # trace its own children: same uid, same container, same confinement. Crossing to anything else
+        # (pid 1, docker-init as uid 0) is refused.
+        assert r.stdout == ("attach child: ESCAPED\nattach init: Operation not permitted\n"
+                            "traceme: ESCAPED\nprocess_vm_readv: Operation not permitted\n"), r.stdout
+        return
     assert r.stdout == ("attach child: Operation not permitted\nattach init: Operation not permitted\n"
                         "traceme: Operation not permitted\nprocess_vm_readv: Operation not permitted\n")
 
@@ -169,6 +194,10 @@ for pid in ("1", "self"):
     r = await sandbox.run("python", code)
     assert r.status.value == "ok", r
     zero = "0000000000000000"
+    if sandbox.docker:  # pid 1 is docker-init: uid 0, but no capability, no_new_privs, the same filter
+        assert r.stdout == (f"1 docker-init {zero} {zero} {zero} 1 2 0\n"
+                            f"self python3 {zero} {zero} {zero} 1 2 1000\n"), r.stdout
+        return
     # pid 1: bubblewrap's init, or in a pre-started sandbox execbox's waiter (see waiter.c)
     assert r.stdout in (f"1 {init} {zero} {zero} {zero} 1 2 1000\nself python3 {zero} {zero} {zero} 1 2 1000\n"
                         for init in ("bwrap", "execbox-waiter")), r.stdout
@@ -181,7 +210,13 @@ async def test_huge_argv_is_a_clean_error(sandbox: Sandbox) -> None:
     with pytest.raises(execbox.RequestError, match="arguments and environment take 16781312 bytes"):
         await sandbox.run("python", "import sys\nprint(len(sys.argv))", args=["A" * 4096] * 4096)
     # Under the engine's cap but over what execve takes once the page-size strings limit bites: a single
-    # argument over 128 KiB (MAX_ARG_STRLEN) is refused by the kernel, reported as the request's fault.
+    # argument over 128 KiB (MAX_ARG_STRLEN) is refused by the kernel, reported as the request's fault
+    # (docker: reported as the run's runtime error with the kernel's message; see the report in the commit).
+    if sandbox.docker:
+        r = await sandbox.run("python", "import sys\nprint(len(sys.argv))", args=["A" * 200_000])
+        assert r.status.value == "runtime_error" and "Argument list too long" in r.stderr, r
+        assert time.monotonic() - start < 5
+        return
     with pytest.raises(execbox.RequestError, match="Argument list too long"):
         await sandbox.run("python", "import sys\nprint(len(sys.argv))", args=["A" * 200_000])
     assert time.monotonic() - start < 5
@@ -259,5 +294,8 @@ async def test_signals_to_the_server_are_impossible(sandbox: Sandbox) -> None:
     assert r.status.value == "ok", r
     lines = r.stdout.splitlines()
     assert lines[0] == "No such process"
+    if sandbox.docker:  # the container's own: docker-init, its sleep, the exec's agent shell, the program
+        assert len(eval(lines[1])) == 4, lines
+        return
     # only the sandbox's own processes exist: bubblewrap's init (1) and the program
     assert eval(lines[1]) == [1, 2]

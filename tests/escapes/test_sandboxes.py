@@ -23,6 +23,8 @@ from execbox.sandbox import AsyncSandbox, SandboxManager
 if TYPE_CHECKING:
     from conftest import Sandbox
 
+pytestmark = pytest.mark.local_only("persistent sandboxes are a local-provider feature (the docker provider has none)")
+
 SECRET = os.environ["EXECBOX_TEST_SECRET"]  # set by conftest.py
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "master")
 LIMITS = Limits(wall_time_s=3, cpu_time_s=3, memory_mb=128, pids=32, output_bytes=64 * 1024, file_size_mb=8,
