@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from tests.docker.conftest import settings
 
-from conftest import settings
 from execbox import Engine, ExecutionRequest, ExecutionResult, File, Limits, Status
 from execbox.providers.docker import DockerProvider, State
 from execbox.providers.registry import ProviderRegistry

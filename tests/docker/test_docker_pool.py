@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.docker.conftest import settings
 
 import execbox
-from conftest import settings
 from execbox import Engine, ExecutionRequest, Limits, Status
 from execbox.errors import ProviderUnavailable
 from execbox.providers.base import ExecSpec, InstanceSpec

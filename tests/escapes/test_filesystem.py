@@ -218,10 +218,6 @@ except OSError as e:
     assert all(w.endswith(denied) for w in writes), writes
 
 
-@pytest.mark.docker_gap(
-    "on this cgroup v1 host dockerd (20.10) gives containers the host's cgroup namespace, so /proc/self/cgroup "
-    "shows /docker/<container id>: the host-side location of the run; the provider does not ask for "
-    "cgroupns=private (CgroupnsMode in the create call)")
 async def test_cgroup_namespace_hides_the_host_location(sandbox: Sandbox) -> None:
     code = 'print([l.split(":", 2)[2] for l in open("/proc/self/cgroup").read().splitlines()])'
     r = await sandbox.run("python", code)

@@ -52,9 +52,6 @@ async def test_loader_variables_reach_only_the_sandboxed_program(sandbox: Sandbo
     assert r.stdout == "ran\n" or r.status.value == "runtime_error", r
 
 
-@pytest.mark.docker_gap(
-    "socket(AF_VSOCK) succeeds: docker's default seccomp profile allows every socket family, and --network "
-    "none does not cover vsock (not scoped to the network namespace)")
 async def test_vsock_is_denied(sandbox: Sandbox) -> None:
     # AF_VSOCK is not scoped to the network namespace: it would reach the hypervisor and other guests.
     code = """

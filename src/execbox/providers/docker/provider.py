@@ -41,6 +41,7 @@ from execbox.errors import ExecboxError, IsolationError, ProviderUnavailable, Re
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider, StopReason
 from execbox.providers.docker import images
 from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
+from execbox.providers.local import seccomp
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -383,7 +384,8 @@ class DockerProvider(Provider):
         tmpfs_opts = "nosuid,nodev,exec"
         host_config = self.api.create_host_config(
             network_mode="bridge" if network else "none",
-            read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,
+            read_only=True, cap_drop=["ALL"], init=True, cgroupns="private",
+            security_opt=["no-new-privileges", f"seccomp={seccomp.docker_profile()}"],
             pids_limit=s.pids, mem_limit=f"{s.memory_mb}m", memswap_limit=f"{s.memory_mb}m",
             nano_cpus=int(s.cpus * 1e9), ipc_mode="private", shm_size=f"{disk_mb}m",
             tmpfs={WORKDIR: f"size={disk_mb}m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,{tmpfs_opts}",

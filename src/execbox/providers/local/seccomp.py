@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
 
 # Each entry: a syscall untrusted code never needs. Grouped by why.
@@ -66,6 +67,32 @@ def filter_bpf() -> bytes:
         f.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+# the machine's own ABI in Docker's naming; syscalls of any other ABI are killed, as in filter_bpf
+_DOCKER_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+
+
+@functools.cache
+def docker_profile() -> str:
+    """The same filter as filter_bpf, as a Docker seccomp profile (JSON), so that containers deny exactly
+    what local sandboxes deny (Docker's own default profile allows io_uring and AF_VSOCK on some versions)."""
+    eperm = {"action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM}
+
+    def arg(index: int, value: int, op: str, mask: int | None = None) -> dict[str, object]:
+        return {"index": index, "value": mask if mask is not None else value,
+                "valueTwo": value if mask is not None else 0, "op": op}
+
+    rules: list[dict[str, object]] = [{"names": list(DENIED_SYSCALLS), **eperm}]
+    rules += [{"names": ["clone"], **eperm, "args": [arg(0, flag, "SCMP_CMP_MASKED_EQ", flag)]}
+              for flag in CLONE_NEW_FLAGS]
+    rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS})
+    rules += [{"names": [call], **eperm, "args": [arg(0, AF_VSOCK, "SCMP_CMP_EQ")]}
+              for call in ("socket", "socketpair")]
+    rules.append({"names": ["ioctl"], **eperm, "args": [arg(1, TIOCSTI, "SCMP_CMP_MASKED_EQ", 0xFFFFFFFF)]})
+    arch = _DOCKER_ARCH.get(os.uname().machine)
+    return json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch] if arch else [],
+                       "syscalls": rules})
 
 
 def available() -> str | None:

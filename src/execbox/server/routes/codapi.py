@@ -35,7 +35,7 @@ def error_shape(message: str, extra: Any) -> dict[str, Any]:
 
 router = APIRouter(tags=["codapi"], responses={
     code: {"model": CodapiResult, "description": "Codapi's result with ok=false and the reason in stderr."}
-    for code in (400, 401, 413, 429, 500, 503)})
+    for code in (400, 401, 404, 413, 429, 500, 503)})
 
 
 class CodapiExec(BaseModel):
