@@ -20,6 +20,9 @@ demo: bootstrap
 
 bench: bootstrap
 	$(VENV)/python benchmarks/bench_local.py
+	$(VENV)/python benchmarks/bench_server.py
+	$(VENV)/python benchmarks/bench_docker.py
+	$(VENV)/python benchmarks/bench_sandbox.py
 
 lint: bootstrap
 	$(VENV)/ruff check src tests benchmarks
