@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +23,9 @@ import time
 from pathlib import Path
 
 from rich.progress import Progress
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, pct, write_section
 
 import execbox
 from execbox.engine import Engine
@@ -37,11 +38,6 @@ PYTHON = "/usr/bin/python3"  # the interpreter the sandbox runs, so both sides r
 SPEC = dict(wall_time_s=10, cpu_time_s=10, memory_mb=256, pids=64, output_bytes=65536, file_size_mb=16,
             open_files=256)
 SECTION = "## Local provider: sandbox vs bare process"
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def bare(argv: list[str]) -> float:
@@ -129,14 +125,6 @@ async def throughput(total: int, progress: Progress) -> list[tuple[int, float, f
     return rows
 
 
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
-    mem = int(next(ln.split()[1] for ln in meminfo if ln.startswith("MemTotal"))) // 1024 // 1024
-    return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem} GiB, Linux {platform.release()}"
-
-
 def render(lat: dict[str, dict[str, list[float]]], thr: list[tuple[int, float, float]], runs: int,
            total: int) -> str:
     ms = 1000
@@ -175,18 +163,6 @@ def render(lat: dict[str, dict[str, list[float]]], thr: list[tuple[int, float, f
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section in docs/benchmarks.md, keeping the other benchmarks' sections."""
-    text = path.read_text() if path.exists() else "# execbox benchmarks\n\nWritten by the scripts in `benchmarks/`.\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end < 0 else text[end + 1:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=200)
@@ -198,7 +174,7 @@ def main() -> None:
         thr = asyncio.run(throughput(a.throughput_count, progress))
     section = render(lat, thr, a.runs, a.throughput_count)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    write_section(a.out, section)
+    write_section(a.out, SECTION, section)
     print(section)
 
 

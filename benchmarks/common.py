@@ -27,6 +27,7 @@ def machine() -> str:
 def write_section(path: Path, heading: str, section: str) -> None:
     """Replace the section starting with ``heading`` in ``path``, keeping the other benchmarks' sections."""
     text = path.read_text() if path.exists() else "# execbox benchmarks\n\nWritten by the scripts in `benchmarks/`.\n"
+    section = section.rstrip("\n") + "\n\n"
     start = text.find(heading)
     if start >= 0:
         end = text.find("\n## ", start + len(heading))
