@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import socket
 import statistics
@@ -57,12 +58,45 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit(f"the server did not start: {(data_dir / 'server.log').read_text()}")
 
 
-async def http_once(client: httpx.AsyncClient) -> tuple[float, bool]:
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client: the load generator shares the server's two cores, and a full
+    client library (httpx: ~10 ms of CPU a request here) would take a fifth of them and measure itself."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.addr = (host, int(port))
+        body = json.dumps(BODY).encode()
+        self.request = (f"POST /api/v1/execute HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {KEY}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self) -> tuple[int, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(*self.addr)
+        reader, writer = self.streams
+        writer.write(self.request)
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        return status, await reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+async def http_once(conn: Connection) -> tuple[float, bool]:
     t = time.perf_counter()
     try:
-        r = await client.post("/api/v1/execute", json=BODY)
-        ok = r.status_code == 200 and r.json()["output"] == "1\n"
-    except httpx.HTTPError:
+        status, payload = await conn.post()
+        ok = status == 200 and json.loads(payload)["output"] == "1\n"
+    except (OSError, ValueError, asyncio.IncompleteReadError):
+        await conn.close()
         ok = False
     return time.perf_counter() - t, ok
 
@@ -78,40 +112,41 @@ async def latency(url: str, runs: int, progress: Progress) -> tuple[list[float],
     engine = Engine()
     http, inproc = [], []
     task = progress.add_task("latency, concurrency 1", total=runs)
-    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": KEY}, timeout=60) as client:
-        for _ in range(10):  # warm both
-            await http_once(client), await inproc_once(engine)
-        for _ in range(runs):
-            dt, ok = await http_once(client)
-            assert ok
-            http.append(dt)
-            inproc.append(await inproc_once(engine))
-            progress.advance(task)
+    conn = Connection(url)
+    for _ in range(10):  # warm both
+        await http_once(conn), await inproc_once(engine)
+    for _ in range(runs):
+        dt, ok = await http_once(conn)
+        assert ok
+        http.append(dt)
+        inproc.append(await inproc_once(engine))
+        progress.advance(task)
+    await conn.close()
     return http, inproc
 
 
 async def load(url: str, concurrency: int, count: int, progress: Progress) -> dict[str, float]:
     task = progress.add_task(f"load, concurrency {concurrency}", total=count)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     lat: list[float] = []
     errors = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(count):
         queue.put_nowait(i)
-    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": KEY}, timeout=120, limits=limits) as client:
 
-        async def worker() -> None:
-            nonlocal errors
-            while not queue.empty():
-                queue.get_nowait()
-                dt, ok = await http_once(client)
-                lat.append(dt)
-                errors += not ok
-                progress.advance(task)
+    async def worker() -> None:  # one keep-alive connection each
+        nonlocal errors
+        conn = Connection(url)
+        while not queue.empty():
+            queue.get_nowait()
+            dt, ok = await http_once(conn)
+            lat.append(dt)
+            errors += not ok
+            progress.advance(task)
+        await conn.close()
 
-        t = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t
     return {"p50": statistics.median(lat), "p95": pct(lat, 95), "p99": pct(lat, 99), "rate": count / elapsed,
             "errors": errors}
 

@@ -1,5 +1,6 @@
 """Persistent sandboxes (issue 5) on the real local provider: state across execs, per-exec limits, streaming,
-files, TTL, labels, count limits, the sync facade. Hostile programs against them: tests/escapes/test_sandboxes.py."""
+files, TTL, labels, count limits, the sync facade.
+Hostile programs against them: tests/escapes/test_sandbox_isolation.py."""
 
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ def host_is_clean(sandbox: Sandbox) -> Iterator[None]:
     # The pool's idle sandboxes were never used: destroy them, and wait for the used instances' teardown
     # (it runs after their results are returned), so that every trace checked below is a run's.
     pool.drain(timeout=30)
-    if sandbox.provider.sandbox_pool is not None:  # pre-started persistent sandboxes (test_sandboxes.py)
+    if sandbox.provider.sandbox_pool is not None:  # pre-started persistent sandboxes (test_sandbox_isolation.py)
         sandbox.provider.sandbox_pool.drain(timeout=30)
     # Killed processes can take a moment to be reaped; anything still there after 3 s survived the run.
     deadline = time.monotonic() + 3
