@@ -42,6 +42,7 @@ from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutc
 from execbox.providers.docker import images
 from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
 from execbox.providers.local import seccomp
+from execbox.providers.stall import MemoryStall
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -737,13 +738,18 @@ class _Session:
                     self.data[kind] += payload
 
     async def _watch_cpu(self) -> None:
-        if self.cpu0 is None:
-            return
-        while True:
+        c = self.c
+        stall = None
+        if c.oom_file is not None and c.cpu_file is not None:
+            stall = MemoryStall(c.oom_file.parent, c.cpu_file.parent, 2 if c.cpu_file.name == "cpu.stat" else 1)
+        while self.cpu0 is not None or stall is not None:
             await asyncio.sleep(CPU_POLL_S)
-            now = _cpu_seconds(self.c)
-            if now is not None and now - self.cpu0 > self.spec.cpu_time_s:
+            now = _cpu_seconds(c)
+            if self.cpu0 is not None and now is not None and now - self.cpu0 > self.spec.cpu_time_s:
                 self.kill(StopReason.CPU_TIME)
+                return
+            if stall is not None and stall.stalled():
+                self.kill(StopReason.MEMORY)
                 return
 
     async def run(self) -> ProcessOutcome:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from execbox.providers.stall import MemoryStall
+
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 
@@ -171,6 +173,12 @@ class Cgroup:
         f = ("memory", "memory.max_usage_in_bytes") if self.version == 1 else ("", "memory.peak")
         raw = _read(self.dirs[f[0]] / f[1]).strip()
         return int(raw) / (1024 * 1024) if raw else None
+
+    def memory_stall(self) -> MemoryStall:
+        """A watch for this group stuck at its memory limit without an OOM kill (see stall.py)."""
+        if self.version == 1:
+            return MemoryStall(self.dirs["memory"], self.dirs["cpuacct"], 1)
+        return MemoryStall(self.dirs[""], self.dirs[""], 2)
 
     def oom_killed(self) -> bool:
         f = ("memory", "memory.oom_control") if self.version == 1 else ("", "memory.events")

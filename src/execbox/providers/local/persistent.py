@@ -447,12 +447,16 @@ class PersistentInstance(Instance):
             os.set_blocking(fd, False)
             loop.add_reader(fd, on_readable, fd)
 
-        async def watch_cpu() -> None:
+        async def watch_cpu() -> None:  # and memory: a group stuck at its limit is out of memory (stall.py)
+            stall = cg.memory_stall()
             while True:
                 await asyncio.sleep(CPU_POLL_S)
                 used = cg.cpu_time_s()
                 if used is not None and used > spec.cpu_time_s:
                     kill(StopReason.CPU_TIME)
+                    return
+                if stall.stalled():
+                    kill(StopReason.MEMORY)
                     return
 
         cpu_task = asyncio.create_task(watch_cpu())

@@ -172,12 +172,16 @@ async def watch(pid: int, stdout: int, stderr: int, cgroup: Cgroup | None, start
         waiter.control.setblocking(False)
         loop.add_reader(waiter.control.fileno(), on_report)
 
-    async def watch_cpu() -> None:
-        while cgroup is not None:
+    async def watch_cpu() -> None:  # and memory: a group stuck at its limit is out of memory (stall.py)
+        stall = cgroup.memory_stall() if cgroup is not None else None
+        while cgroup is not None and stall is not None:
             await asyncio.sleep(CPU_POLL_S)
             used = cgroup.cpu_time_s()
             if used is not None and used - cpu_base_s > cpu_time_s:
                 kill(StopReason.CPU_TIME)
+                return
+            if stall.stalled():
+                kill(StopReason.MEMORY)
                 return
 
     cpu_task = asyncio.create_task(watch_cpu())
