@@ -6,8 +6,10 @@
 """
 
 from execbox.api import aexecute_code, arun, execute_code, run
+from execbox.client import aconnect, connect
 from execbox.engine import Engine
 from execbox.errors import (
+    AuthenticationError,
     CapacityError,
     ExecboxError,
     ExecutionFailed,
@@ -17,6 +19,7 @@ from execbox.errors import (
     ProviderUnavailable,
     RequestError,
     SandboxError,
+    ServerUnreachable,
     UnknownLanguageError,
 )
 from execbox.languages import Language, LanguageRegistry
@@ -37,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncSandbox",
+    "AuthenticationError",
     "CapacityError",
     "Engine",
     "ExecEvent",
@@ -57,13 +61,16 @@ __all__ = [
     "RequestError",
     "Sandbox",
     "SandboxError",
+    "ServerUnreachable",
     "Status",
     "StepResult",
     "UnknownLanguageError",
     "__version__",
+    "aconnect",
     "aexecute_code",
     "arun",
     "arun_many",
+    "connect",
     "execute_code",
     "run",
     "run_many",

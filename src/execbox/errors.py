@@ -7,11 +7,13 @@ request is unusable or when the sandbox itself fails.
     ├── RequestError            the request cannot be run as given (a client's mistake)
     │   ├── UnknownLanguageError
     │   ├── InvalidFileError    a submitted file name or content is unsafe or too large
-    │   └── NotFoundError       no such sandbox (destroyed, expired, another owner's) or no such file
+    │   ├── NotFoundError       no such sandbox (destroyed, expired, another owner's) or no such file
+    │   └── AuthenticationError an execbox server refused the API key (remote client)
     ├── CapacityError           too many live sandboxes (per owner or in all); retry after destroying one
     ├── ExecutionFailed         raised by ``check=True``; carries the ``ExecutionResult``
     └── SandboxError            the sandbox failed; not the program's fault
         ├── ProviderUnavailable the provider cannot run here (missing bwrap, engine down, ...)
+        │   └── ServerUnreachable   no execbox server answers at the client's URL (remote client)
         └── IsolationError      a requested restriction cannot be enforced; we refuse rather than run weaker
 """
 
@@ -46,6 +48,10 @@ class NotFoundError(RequestError):
     """No such sandbox (destroyed, expired, or another owner's), or no such file in it."""
 
 
+class AuthenticationError(RequestError):
+    """An execbox server refused the API key: missing, unknown or revoked (HTTP 401/403)."""
+
+
 class CapacityError(ExecboxError):
     """A maximum is reached (live sandboxes per owner or in all); nothing was started."""
 
@@ -65,6 +71,10 @@ class SandboxError(ExecboxError):
 
 class ProviderUnavailable(SandboxError):
     """The provider cannot run on this host or is not reachable."""
+
+
+class ServerUnreachable(ProviderUnavailable):
+    """No execbox server answers at the client's URL (connection refused, unknown host, connect timeout)."""
 
 
 class IsolationError(SandboxError):

@@ -159,19 +159,36 @@ class Service:
             raise SandboxError("the service is not started")
         return self._sandboxes
 
-    async def create_sandbox(self, principal: Principal, language: str, *, labels: Mapping[str, str],
-                             ttl_s: float | None, limits: Limits | None, provider: str | None,
-                             env: Mapping[str, str]) -> AsyncSandbox:
-        """A sandbox owned by ``principal``: its limits capped by the key's policy as executions' are, its
-        idle TTL by ``sandbox_max_ttl_s``."""
+    def _sandbox_options(self, principal: Principal, *, ttl_s: float | None, limits: Limits | None,
+                         provider: str | None) -> dict[str, Any]:
+        """A create's options as the key may have them: limits capped by the key's policy as executions'
+        are, the idle TTL by ``sandbox_max_ttl_s``."""
         if provider is not None and provider not in self.provider_names():
             raise RequestError(f"unknown provider {provider!r}; known: {', '.join(self.provider_names())}")
-        applied = self.engine.policy.capped(principal.caps).apply(limits)
-        ttl = None if ttl_s is None else min(ttl_s, self.settings.sandbox_max_ttl_s)
-        sb = await self.sandboxes.create(language, labels=labels, ttl_s=ttl, limits=applied, provider=provider,
-                                         env=env, owner=principal.name)
+        return {"limits": self.engine.policy.capped(principal.caps).apply(limits), "provider": provider,
+                "ttl_s": None if ttl_s is None else min(ttl_s, self.settings.sandbox_max_ttl_s)}
+
+    async def create_sandbox(self, principal: Principal, language: str, *, labels: Mapping[str, str],
+                             ttl_s: float | None, limits: Limits | None, provider: str | None,
+                             env: Mapping[str, str], max_lifetime_s: float | None = None) -> AsyncSandbox:
+        """A sandbox owned by ``principal`` (see ``_sandbox_options``)."""
+        options = self._sandbox_options(principal, ttl_s=ttl_s, limits=limits, provider=provider)
+        sb = await self.sandboxes.create(language, labels=labels, env=env, max_lifetime_s=max_lifetime_s,
+                                         owner=principal.name, **options)
         log.info("sandbox created", extra={"fields": {"sandbox_id": sb.id, "key": principal.name,
                                                       "language": sb.language, "labels": sb.labels}})
+        return sb
+
+    async def get_or_create_sandbox(self, principal: Principal, language: str, *, labels: Mapping[str, str],
+                                    ttl_s: float | None, limits: Limits | None, provider: str | None,
+                                    env: Mapping[str, str], max_lifetime_s: float | None = None) -> AsyncSandbox:
+        """``principal``'s live sandbox whose labels include ``labels``, or a new one (concurrent calls with
+        the same labels create one: SandboxManager.get_or_create)."""
+        options = self._sandbox_options(principal, ttl_s=ttl_s, limits=limits, provider=provider)
+        sb = await self.sandboxes.get_or_create(labels, language=language, env=env, max_lifetime_s=max_lifetime_s,
+                                                owner=principal.name, **options)
+        log.info("sandbox get_or_create", extra={"fields": {"sandbox_id": sb.id, "key": principal.name,
+                                                             "language": sb.language, "labels": sb.labels}})
         return sb
 
     # --- async jobs: the store is the queue, so a restarted server runs what was queued

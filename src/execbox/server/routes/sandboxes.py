@@ -76,6 +76,9 @@ class CreateBody(_Body):
                                                description="Labels to find it again: GET ?label=key:value.")
     ttl_s: Annotated[float, Field(gt=0, le=365 * 86400)] | None = Field(
         None, description="Idle seconds before it is destroyed (default and maximum: the server's settings).")
+    max_lifetime_s: Annotated[float, Field(gt=0, le=365 * 86400)] | None = Field(
+        None, description="Hard maximum age, seconds, used or not (default and maximum: the server's "
+                          "sandbox_max_lifetime_s).")
     limits: Limits | None = Field(None, description="Limits of every exec and caps of the sandbox.")
     provider: str | None = Field(None, max_length=64, description="Provider (GET /api/v1/providers).")
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables of every exec.")
@@ -196,7 +199,20 @@ async def create(body: CreateBody, service: ServiceDep, principal: PrincipalDep)
     live sandboxes as allowed: destroy one, or wait for one to idle out."""
     service.admit(principal)
     sb = await service.create_sandbox(principal, body.language, labels=body.labels, ttl_s=body.ttl_s,
-                                      limits=body.limits, provider=body.provider, env=body.env)
+                                      limits=body.limits, provider=body.provider, env=body.env,
+                                      max_lifetime_s=body.max_lifetime_s)
+    return _info(sb)
+
+
+@router.post("/get_or_create", response_model=SandboxInfo)
+async def get_or_create(body: CreateBody, service: ServiceDep, principal: PrincipalDep) -> SandboxInfo:
+    """Your live sandbox whose labels include `labels` (the most recently used), or else a new one made from
+    this body as by POST /api/v1/sandboxes. Concurrent calls with the same labels create only one sandbox;
+    the others get it. A sandbox found is returned as it is (its language and limits are not the body's)."""
+    service.admit(principal)
+    sb = await service.get_or_create_sandbox(principal, body.language, labels=body.labels, ttl_s=body.ttl_s,
+                                             limits=body.limits, provider=body.provider, env=body.env,
+                                             max_lifetime_s=body.max_lifetime_s)
     return _info(sb)
 
 
