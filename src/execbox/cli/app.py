@@ -56,8 +56,9 @@ def run(
         help="FILE [ARGS...]: the source file ('-' for stdin) and the program's arguments (with --code: "
              "only arguments). Put `--` before arguments that start with '-'.", show_default=False)] = None,
     code: Annotated[str | None, typer.Option("--code", "-c", help="Source code given inline.")] = None,
-    lang: Annotated[str | None, typer.Option("--lang", "-l", help="Language (default: from the file's "
-                                             "extension). See `execbox languages`.")] = None,
+    lang_opts: Annotated[list[str] | None, typer.Option(
+        "--lang", "-l", help="Language (default: from the file's extension; see `execbox languages`). With "
+        "--keep/--reuse, a KEY=VAL value is a label instead.")] = None,
     stdin: Annotated[str | None, typer.Option("--stdin", help="Text given to the program's stdin.")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VAL environment variable "
                                                   "(repeatable).")] = None,
@@ -68,12 +69,37 @@ def run(
     network: Annotated[bool, typer.Option("--network", help="Give the program the host's network.")] = False,
     provider: Annotated[str | None, typer.Option("--provider", help="Isolation provider.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ExecutionResult as JSON.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Run in a new persistent sandbox on the server and leave it "
+                                       "alive (its id is printed).")] = False,
+    reuse: Annotated[bool, typer.Option("--reuse", help="Run in the server's live sandbox with these labels, "
+                                        "made if there is none.")] = False,
+    label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VAL label of the sandbox, with "
+                                                    "--keep/--reuse (repeatable; also -l KEY=VAL).")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="With --keep/--reuse: the execbox server (default: "
+                                            "EXECBOX_URL, else http://127.0.0.1:8002).", show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="With --keep/--reuse: its API key (default: "
+                                                "EXECBOX_API_KEY, else a local server's dev key).",
+                                                show_default=False)] = None,
 ) -> None:
     """Run a program in a sandbox; exit with its exit code (or 121-125, see `execbox --help`).
 
     Examples: `execbox run hello.py`, `execbox run --lang go - < main.go`,
     `execbox run -c 'print(input())' -l python --stdin hi`, `execbox run prog.c -- -v arg2`.
+    In a persistent sandbox on a server (`make serve`): `execbox run --keep -l project=x main.py`,
+    `execbox run --reuse -l project=x main.py`.
     """
+    remote = keep or reuse
+    labels = [v for v in lang_opts or [] if "=" in v] + list(label or [])
+    langs = [v for v in lang_opts or [] if "=" not in v]
+    if keep and reuse:
+        raise _fail("give --keep (a new sandbox) or --reuse (the one with these labels), not both")
+    if not remote and (labels or url or api_key):
+        raise _fail("labels, --url and --api-key go with --keep or --reuse")
+    if reuse and not labels:
+        raise _fail("--reuse finds the sandbox by its labels: give -l KEY=VAL")
+    if len(langs) > 1:
+        raise _fail(f"give one language, not {', '.join(langs)}")
+    lang = langs[0] if langs else None
     for pool in ("EXECBOX_LOCAL_WARM_POOL", "EXECBOX_DOCKER_POOL_SIZE"):  # one execution: pre-starting only costs
         os.environ.setdefault(pool, "0")
     positional = list(target or [])
@@ -112,6 +138,14 @@ def run(
         if entry is not None and not entry.endswith(tuple(f".{e}" for e in language.extensions)):
             entry = None
         limits = Limits(**{k: v for k, v in limit_fields.items() if v is not None})
+        if remote:
+            from execbox.cli.sandboxes import parse_labels, run_in_sandbox
+
+            raise typer.Exit(run_in_sandbox(
+                url=url, api_key=api_key, keep=keep, labels=parse_labels(labels), lang=language, source=source,
+                entry=entry, files=files, args=positional, stdin=stdin or "", env=variables,
+                limits=limits if limits.model_fields_set else None, provider=provider,
+                as_json=as_json))
         result = execbox.run(source, lang, stdin=stdin or "", files=files, entry=entry, args=positional,
                              env=variables, limits=limits, provider=provider)
     except (ExecboxError, ValueError, OSError) as e:
@@ -167,9 +201,12 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 def _register() -> None:
     """The service's commands live in their own modules (imported lazily: `run` needs no web stack)."""
-    from execbox.cli import images, keys, serve
+    from execbox.cli import images, keys, sandboxes, serve
 
     app.command()(serve.serve)
+    app.command("list")(sandboxes.list_)
+    app.command("exec")(sandboxes.exec_)
+    app.command()(sandboxes.destroy)
     app.add_typer(keys.app, name="keys")
     app.add_typer(images.app, name="images")
 

@@ -1,0 +1,205 @@
+"""`execbox list`, `execbox exec`, `execbox destroy` and `execbox run --keep/--reuse`: persistent sandboxes.
+
+A sandbox must outlive the command that made it, so these go through an execbox server with the remote
+client: `--url` (EXECBOX_URL, default http://127.0.0.1:8002) and `--api-key` (EXECBOX_API_KEY, default the
+dev key of a server started on this machine). `execbox run` without --keep/--reuse still runs in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from execbox.cli.app import EXIT_EXECBOX, err, exit_code
+from execbox.client import Client, RemoteSandbox, default_url
+from execbox.errors import AuthenticationError, ExecboxError, NotFoundError, RequestError, ServerUnreachable
+from execbox.languages import Language
+from execbox.models import ExecutionResult, Limits, Status, StepResult
+
+Url = Annotated[str | None, typer.Option("--url", help="The execbox server (default: EXECBOX_URL, else "
+                                         "http://127.0.0.1:8002).", show_default=False)]
+ApiKey = Annotated[str | None, typer.Option("--api-key", help="Its API key (default: EXECBOX_API_KEY, else the "
+                                            "dev key of a server started here).", show_default=False)]
+
+
+def _fail(message: str) -> typer.Exit:
+    """As `run`'s, unwrapped: these messages carry URLs and commands to copy."""
+    err.print(f"[red]execbox:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_EXECBOX)
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"a label is KEY=VAL, got {item!r}")
+        labels[key] = value
+    return labels
+
+
+@contextlib.contextmanager
+def connected(url: str | None, api_key: str | None) -> Iterator[Client]:
+    """A client; execbox's errors become a message and exit code 125 (with how to start a server)."""
+    where = url or default_url()
+    try:
+        with Client(url, api_key) as client:
+            yield client
+    except ServerUnreachable as e:
+        raise _fail(f"{e}\n  start a server with `make serve` (or `execbox serve`), or point --url / EXECBOX_URL "
+                    "at one") from None
+    except AuthenticationError as e:
+        raise _fail(f"the server at {where} refused the API key: {e}; `execbox serve` prints its dev key") from None
+    except NotFoundError as e:
+        raise _fail(str(e)) from None
+    except ExecboxError as e:
+        kind = "bad request" if isinstance(e, RequestError) else "failure"
+        raise _fail(f"{kind}: {e}") from None
+
+
+def _report(result: ExecutionResult) -> None:
+    if result.status is not Status.OK:
+        err.print(f"[yellow]execbox:[/yellow] {result.status.value}"
+                  + (f": {result.message}" if result.message else ""), highlight=False)
+
+
+def _stream(sb: RemoteSandbox, argv: list[str] | str, *, stdin: str, env: Mapping[str, str],
+            limits: Limits | None) -> ExecutionResult:
+    """Run, writing the output as it comes; the result."""
+    for ev in sb.stream(argv, stdin=stdin, env=env, limits=limits):
+        if ev.type == "exit" and ev.result is not None:
+            return ev.result
+        out = sys.stdout if ev.type == "stdout" else sys.stderr
+        out.write(ev.data)
+        out.flush()
+    raise ExecboxError("the command ended without a result")  # _stream's stream always ends with exit
+
+
+def run_in_sandbox(*, url: str | None, api_key: str | None, keep: bool, labels: dict[str, str], lang: Language,
+                   source: str, entry: str | None, files: dict[str, bytes], args: list[str], stdin: str,
+                   env: dict[str, str], limits: Limits | None, provider: str | None, as_json: bool) -> int:
+    """`execbox run --keep` (a new sandbox, left alive) or `--reuse` (the live sandbox with these labels, or a
+    new one): write the files, compile as the language says, run; the exit code as `run`'s."""
+    entry = entry or lang.entry
+    all_files: dict[str, str | bytes] = {**files, entry: source}
+    env = {**lang.env, **env}
+    with connected(url, api_key) as client:
+        if keep:
+            sb = client.Sandbox.create(lang.name, labels=labels, limits=limits, provider=provider)
+        else:
+            sb = client.Sandbox.get_or_create(labels, language=lang.name, limits=limits, provider=provider)
+        # first, so that the id is known even if what follows fails or is interrupted
+        err.print(f"execbox: sandbox {sb.id}" + (" (kept)" if keep else ""), highlight=False, soft_wrap=True)
+        for name, data in all_files.items():
+            sb.files.write(name, data)
+        sources = lang.sources(all_files)
+        argv = list(lang.expand(lang.run, entry, sources, args))
+        result: ExecutionResult | None = None
+        if lang.compile is not None:
+            built = sb.exec(list(lang.expand(lang.compile, entry, sources, ())), env=env, limits=limits)
+            if not built.ok:  # reported as a one-shot run reports it: status compile_error, the step in `compile`
+                result = ExecutionResult(
+                    execution_id=built.execution_id, language=lang.name, provider=built.provider,
+                    status=Status.COMPILE_ERROR if built.status is Status.RUNTIME_ERROR else built.status,
+                    compile=StepResult.model_validate(built.model_dump(include=set(StepResult.model_fields))),
+                    message=built.message or "the compile step failed")
+                if not as_json:
+                    sys.stderr.write(built.stdout + built.stderr)
+        if result is None and as_json:
+            result = sb.exec(argv, stdin=stdin, env=env, limits=limits)
+        elif result is None:
+            result = _stream(sb, argv, stdin=stdin, env=env, limits=limits)
+    if as_json:
+        print(json.dumps({"sandbox_id": sb.id, **result.model_dump(mode="json")}, indent=2))
+    else:
+        _report(result)
+    return exit_code(result)
+
+
+def list_(
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="Only sandboxes with this label, "
+                                                    "KEY=VAL (repeatable: all of them).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """List your live sandboxes on the server, most recently used first."""
+    labels = parse_labels(label)
+    with connected(url, api_key) as client:
+        found = client.Sandbox.list(labels)
+    if as_json:
+        print(json.dumps([{"id": sb.id, "language": sb.language, "provider": sb.provider, "labels": sb.labels,
+                           "created_at": sb.created_at, "ttl_s": sb.ttl_s, "idle_expires_at": sb.idle_expires_at,
+                           "expires_at": sb.expires_at, "limits": sb.limits.model_dump(mode="json")}
+                          for sb in found], indent=2))
+        return
+    now = time.time()
+    table = Table("id", "language", "labels", "age", "idle expiry in", "provider")
+    for sb in found:
+        table.add_row(sb.id, sb.language, ", ".join(f"{k}={v}" for k, v in sb.labels.items()) or "-",
+                      _duration(now - sb.created_at), _duration(sb.idle_expires_at - now), sb.provider)
+    Console().print(table)
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def exec_(
+    sandbox_id: Annotated[str, typer.Argument(help="The sandbox (see `execbox list`).", show_default=False)],
+    command: Annotated[list[str], typer.Argument(
+        help="One argument runs under /bin/sh -c (`execbox exec ID 'ls | wc -l'`); several are the argv "
+             "(`execbox exec ID -- ls -la`).", show_default=False)],
+    stdin: Annotated[str | None, typer.Option("--stdin", help="Text given to the command's stdin.")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VAL environment variable "
+                                                  "(repeatable).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Wall-time limit, seconds (at most "
+                                                  "the sandbox's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ExecutionResult as JSON.")] = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Run a command in a live sandbox, printing its output as it comes; exit with its exit code (or
+    121-125, as `run`)."""
+    variables = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(f"--env wants KEY=VAL, got {item!r}")
+        variables[key] = value
+    try:
+        limits = None if timeout is None else Limits(wall_time_s=timeout)
+    except ValueError as e:
+        raise _fail(f"bad request: --timeout: {e}") from None
+    cmd: str | list[str] = command[0] if len(command) == 1 else command
+    with connected(url, api_key) as client:
+        sb = client.Sandbox.get(sandbox_id)
+        if as_json:
+            result = sb.exec(cmd, stdin=stdin or "", env=variables, limits=limits)
+            print(result.model_dump_json(indent=2))
+        else:
+            result = _stream(sb, cmd, stdin=stdin or "", env=variables, limits=limits)
+            _report(result)
+    raise typer.Exit(exit_code(result))
+
+
+def destroy(
+    sandbox_ids: Annotated[list[str], typer.Argument(help="The sandboxes (see `execbox list`).",
+                                                     show_default=False)],
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Kill everything in the sandboxes and remove them."""
+    with connected(url, api_key) as client:
+        for sandbox_id in sandbox_ids:
+            client.Sandbox.get(sandbox_id).destroy()
+            err.print(f"execbox: destroyed {sandbox_id}", highlight=False, soft_wrap=True)

@@ -1,0 +1,122 @@
+"""The real `execbox` command's sandbox commands (run --keep/--reuse, list, exec, destroy) against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from tests.server.conftest import KEY, Server, free_port
+
+EXECBOX = [sys.executable, "-m", "execbox.cli"]
+
+
+def execbox(server: Server | None, *args: str, stdin: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EXECBOX_")}
+    if server is not None:
+        base.update(EXECBOX_URL=server.url, EXECBOX_API_KEY=KEY)
+    return subprocess.run([*EXECBOX, *args], input=stdin, capture_output=True, text=True, timeout=120,
+                          env={**base, **(env or {})})
+
+
+def sandbox_id(p: subprocess.CompletedProcess[str]) -> str:
+    found = re.search(r"sandbox (sb_[0-9a-f]+)", p.stderr)
+    assert found, p.stderr
+    return found.group(1)
+
+
+@pytest.fixture
+def label() -> str:
+    return f"project={uuid.uuid4().hex[:10]}"
+
+
+def test_keep_then_reuse_exec_list_and_destroy(server: Server, tmp_path: Path, label: str) -> None:
+    first = tmp_path / "first.py"
+    first.write_text("import sys\nopen('state.txt', 'w').write('41')\nprint('kept', sys.argv[1:])\n")
+    p = execbox(server, "run", "--keep", "-l", label, str(first), "a")
+    assert (p.returncode, p.stdout) == (0, "kept ['a']\n"), p.stderr
+    sb = sandbox_id(p)
+
+    second = tmp_path / "second.py"
+    second.write_text("print(int(open('state.txt').read()) + 1)\nraise SystemExit(3)\n")
+    p = execbox(server, "run", "--reuse", "-l", label, str(second))
+    assert (p.returncode, p.stdout, sandbox_id(p)) == (3, "42\n", sb)  # the same sandbox, its state
+
+    p = execbox(server, "list", "-l", label, "--json")
+    listed = json.loads(p.stdout)
+    assert p.returncode == 0 and [s["id"] for s in listed] == [sb]
+    key, value = label.split("=")
+    assert listed[0]["labels"] == {key: value} and listed[0]["language"] == "python"
+    p = execbox(server, "list")
+    assert p.returncode == 0 and sb in p.stdout
+
+    p = execbox(server, "exec", sb, "cat state.txt; echo; echo oops >&2; exit 7")
+    assert (p.returncode, p.stdout) == (7, "41\n") and "oops" in p.stderr
+    p = execbox(server, "exec", sb, "--", "python3", "-c", "import sys; print(sys.argv[1:])", "-x")
+    assert (p.returncode, p.stdout) == (0, "['-x']\n")
+    p = execbox(server, "exec", sb, "--stdin", "hi", "-e", "V=1", "--json", "cat; echo $V")
+    assert p.returncode == 0 and json.loads(p.stdout)["stdout"] == "hi1\n"
+    assert execbox(server, "exec", sb, "-t", "1", "sleep 30").returncode == 124
+
+    p = execbox(server, "destroy", sb)
+    assert p.returncode == 0 and sb in p.stderr
+    assert json.loads(execbox(server, "list", "-l", label, "--json").stdout) == []
+    p = execbox(server, "exec", sb, "true")
+    assert p.returncode == 125 and "no sandbox" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_reuse_creates_the_sandbox_when_there_is_none(server: Server, label: str) -> None:
+    p = execbox(server, "run", "--reuse", "--label", label, "-c", "echo $((6 * 7))", "--lang", "bash", "--json")
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    assert result["stdout"] == "42\n" and result["status"] == "ok" and result["sandbox_id"].startswith("sb_")
+    assert execbox(server, "destroy", result["sandbox_id"]).returncode == 0
+
+
+def test_a_compiled_language_is_built_in_the_sandbox(server: Server, tmp_path: Path, label: str) -> None:
+    (tmp_path / "main.c").write_text('#include <stdio.h>\nint main(){ puts("built"); return 0; }\n')
+    p = execbox(server, "run", "--keep", "-l", label, str(tmp_path / "main.c"))
+    assert (p.returncode, p.stdout) == (0, "built\n"), p.stderr
+    sb = sandbox_id(p)
+    try:
+        assert execbox(server, "exec", sb, "./main").stdout == "built\n"  # the binary stays
+        (tmp_path / "main.c").write_text("int main() { return }\n")
+        p = execbox(server, "run", "--reuse", "-l", label, str(tmp_path / "main.c"))
+        assert p.returncode == 123 and "error" in p.stderr and "compile_error" in p.stderr
+    finally:
+        execbox(server, "destroy", sb)
+
+
+def test_clear_failures(server: Server, tmp_path: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    p = execbox(None, "list", "--url", nowhere)
+    assert p.returncode == 125 and "make serve" in p.stderr and nowhere in p.stderr
+    p = execbox(None, "run", "--keep", "-c", "1", "--lang", "python", env={"EXECBOX_URL": nowhere})
+    assert p.returncode == 125 and "make serve" in p.stderr
+    p = execbox(server, "list", "--api-key", "wrong")
+    assert p.returncode == 125 and "refused the API key" in p.stderr
+    p = execbox(server, "run", "-l", "project=x", "-c", "1", "--lang", "python")
+    assert p.returncode == 125 and "--keep or --reuse" in p.stderr
+    p = execbox(server, "run", "--reuse", "-c", "1", "--lang", "python")
+    assert p.returncode == 125 and "labels" in p.stderr
+    p = execbox(server, "run", "--keep", "--reuse", "-l", "a=b", "-c", "1", "--lang", "python")
+    assert p.returncode == 125 and "not both" in p.stderr
+    p = execbox(server, "list", "-l", "novalue")
+    assert p.returncode == 125 and "KEY=VAL" in p.stderr
+    p = execbox(server, "run", "--keep", "-c", "1", "--lang", "cobol")
+    assert p.returncode == 125 and "unknown language" in p.stderr
+    for p in (execbox(server, "destroy", "sb_nope"), execbox(server, "exec", "sb_nope", "true")):
+        assert p.returncode == 125 and "no sandbox" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_run_without_keep_or_reuse_stays_in_process(tmp_path: Path) -> None:
+    """No server at EXECBOX_URL, and `execbox run` works as it always did."""
+    p = execbox(None, "run", "-c", "print(6 * 7)", "-l", "python",
+                env={"EXECBOX_URL": f"http://127.0.0.1:{free_port()}"})
+    assert (p.returncode, p.stdout) == (0, "42\n"), p.stderr
