@@ -22,6 +22,7 @@ from execbox.errors import (
     ServerUnreachable,
     UnknownLanguageError,
 )
+from execbox.interpreter import CellError, CellResult, CellStatus
 from execbox.languages import Language, LanguageRegistry
 from execbox.models import (
     ExecEvent,
@@ -42,6 +43,9 @@ __all__ = [
     "AsyncSandbox",
     "AuthenticationError",
     "CapacityError",
+    "CellError",
+    "CellResult",
+    "CellStatus",
     "Engine",
     "ExecEvent",
     "ExecboxError",

@@ -48,6 +48,7 @@ from execbox.errors import (
     RequestError,
     SandboxError,
 )
+from execbox.interpreter import CellResult, Kernel
 from execbox.models import ExecEvent, ExecutionResult, FileInfo, Limits, check_file_name
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, OutputChunk, ProcessOutcome, Provider
 
@@ -332,6 +333,7 @@ class AsyncSandbox:
         self._busy = 0
         self._destroyed = False
         self.files = AsyncFiles(self)
+        self._kernel = Kernel(instance, language, limits, self._env)  # started by the first run_code
 
     # ------------------------------------------------------------------ making and finding
     @classmethod
@@ -470,6 +472,15 @@ class AsyncSandbox:
                 await events.aclose()  # type: ignore[attr-defined]
             self._busy -= 1
             self._touch()
+
+    async def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
+        """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its
+        state between calls: ``run_code("x = 41")`` then ``run_code("x + 1").text == "42"``. Rich outputs
+        (text/plain, text/html, image/png of matplotlib figures...), stdout, stderr and the exception come
+        back as data in a CellResult. ``timeout_s`` (default and maximum: the sandbox's ``wall_time_s``) is
+        the cell's: past it the cell is interrupted, and the kernel killed if it does not stop; a kernel that
+        died is replaced by the next call, whose result says so (``restarted``). The sandbox lives on."""
+        return await self._op(self._kernel.run(code, timeout_s))
 
     # ------------------------------------------------------------------ ending
     async def destroy(self) -> None:
@@ -636,6 +647,15 @@ class Sandbox:
                     return
         finally:
             portal.call(agen.aclose())  # type: ignore[attr-defined]
+
+    def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
+        """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its
+        state between calls: ``run_code("x = 41")`` then ``run_code("x + 1").text == "42"``. Rich outputs
+        (text/plain, text/html, image/png of matplotlib figures...), stdout, stderr and the exception come
+        back as data in a CellResult. ``timeout_s`` (default and maximum: the sandbox's ``wall_time_s``) is
+        the cell's: past it the cell is interrupted, and the kernel killed if it does not stop; a kernel that
+        died is replaced by the next call, whose result says so (``restarted``). The sandbox lives on."""
+        return _portal().call(self._sb.run_code(code, timeout_s=timeout_s))
 
     def destroy(self) -> None:
         """Kill everything in the sandbox and remove every trace of it. Idempotent."""

@@ -33,7 +33,7 @@ from execbox.errors import (
     UnknownLanguageError,
 )
 from execbox.server.limits import Refused
-from execbox.server.routes import codapi, native, piston, sandboxes
+from execbox.server.routes import codapi, native, piston, run_code, sandboxes
 from execbox.server.service import Service
 from execbox.server.settings import ServerSettings
 
@@ -165,7 +165,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
-    for module in (native, piston, codapi, sandboxes):
+    for module in (native, piston, codapi, sandboxes, run_code):
         app.include_router(module.router)
 
     @app.exception_handler(ExecboxError)

@@ -1,0 +1,248 @@
+"""A stateful code interpreter in a persistent sandbox: ``sandbox.run_code(code)`` (issue 5).
+
+    r = await sb.run_code("x = 41")
+    r = await sb.run_code("x + 1")      # r.text == "42"; r.outputs, r.stdout, r.stderr, r.error
+
+The interpreter is a real IPython kernel (ipykernel), spoken to with jupyter_client, both run *inside* the
+sandbox by its own python3, and reached through ``Instance.exec`` only, so that it works on any provider
+that keeps persistent instances (local, docker):
+
+- the first ``run_code`` execs ``bridge.py`` (``python3 -I -c <source>``): it forks a small daemon (the
+  *bridge*) that starts the kernel with jupyter_client's ``KernelManager`` (ipc transport: sockets in
+  ``/tmp/.execbox-kernel``), connects a ``BlockingKernelClient`` and serves cells on a unix socket there;
+  the exec ends as soon as the kernel answers. Kernel and bridge then live on in the background of the
+  sandbox (in that exec's cgroup: the sandbox's memory and pids caps; the sandbox's ``cpu_time_s`` is an
+  rlimit on each of them over its whole life).
+- each ``run_code`` execs ``relay.py`` (``python3 -I -S``: no imports beyond the socket), which hands the
+  cell to the bridge and prints its one JSON answer, parsed here into a ``CellResult``.
+
+Why a bridge rather than a jupyter_client per exec: importing jupyter_client takes ~0.3 s, and a fresh
+client must first make sure its iopub subscription is live; the bridge pays both once per kernel.
+
+The bridge enforces each cell's timeout (SIGINT to the kernel's process group, then a kill if the cell
+has not stopped within ``INTERRUPT_GRACE_S``), sees the kernel die (``os._exit``, a signal, the memory
+limit) and starts a new kernel on the next cell, which says so (``restarted``). The relay's exec has a
+wall time of its own above the cell's, in case the bridge itself hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import json
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+from execbox.errors import RequestError, SandboxError
+from execbox.models import Limits
+from execbox.providers.base import ExecSpec, Instance, ProcessOutcome
+
+KERNEL_DIR = "/tmp/.execbox-kernel"  # inside the sandbox: its /tmp, never the workdir (files.list stays clean)
+SOCKET = f"{KERNEL_DIR}/bridge.sock"
+START_WALL_S = 60.0  # starting python, jupyter_client and the kernel, on a cold page cache
+INTERRUPT_GRACE_S = 3.0  # after the SIGINT, before the kernel is killed
+RELAY_MARGIN_S = 60.0  # the relay's wall time past the cell's: the grace, a kernel (re)start, the answer
+NO_BRIDGE, BRIDGE_GONE = 3, 4  # the relay's exit codes (relay.py)
+# where matplotlib, IPython and jupyter write their caches and state: the root may be read-only and HOME odd
+KERNEL_ENV = {"MPLCONFIGDIR": f"{KERNEL_DIR}/matplotlib", "IPYTHONDIR": f"{KERNEL_DIR}/ipython",
+              "JUPYTER_CONFIG_DIR": f"{KERNEL_DIR}/jupyter", "JUPYTER_DATA_DIR": f"{KERNEL_DIR}/jupyter",
+              "JUPYTER_RUNTIME_DIR": f"{KERNEL_DIR}/runtime", "JUPYTER_PLATFORM_DIRS": "1",
+              "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+
+
+def _is_binary(mime: str) -> bool:
+    """Jupyter carries these as base64 text; execbox hands them out as bytes."""
+    return (mime.startswith("image/") and not mime.endswith(("+xml", "+json"))) or mime == "application/pdf"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CellStatus(enum.StrEnum):
+    """How a cell ended."""
+
+    OK = "ok"
+    ERROR = "error"  # the code raised: see ``error``
+    TIMEOUT = "timeout"  # it ran past its timeout and was interrupted (or, when that failed, the kernel killed)
+    KERNEL_DIED = "kernel_died"  # the kernel died while running it (os._exit, a signal, the memory limit)
+
+
+class CellError(_Model):
+    """The exception a cell raised, as data."""
+
+    name: str = Field(description="The exception's class name, e.g. 'ZeroDivisionError'.")
+    value: str = Field(description="Its message, e.g. 'division by zero'.")
+    traceback: list[str] = Field(default_factory=list, description="The formatted traceback, one entry per "
+                                 "frame or line (no terminal colours).")
+
+
+class CellResult(_Model):
+    """The outcome of one ``run_code`` cell. The code failing is a result (``status``), never an exception."""
+
+    status: CellStatus
+    text: str | None = Field(None, description="The text/plain of the cell's value (its last expression, as "
+                             "Jupyter's Out[n]), e.g. '42'; None when it has none.")
+    outputs: list[dict[str, Any]] = Field(
+        default_factory=list, description="Rich outputs in order (displays, figures, the cell's value): each a "
+        "bundle {mime type: data}, e.g. {'text/plain': '<Figure ...>', 'image/png': b'\\x89PNG...'}. Binary "
+        "types (image/png, image/jpeg, application/pdf) are bytes, base64 text in JSON.")
+    stdout: str = Field("", description="What the cell printed to stdout.")
+    stderr: str = Field("", description="What the cell printed to stderr (warnings included).")
+    error: CellError | None = Field(None, description="The exception, for 'error' (and the KeyboardInterrupt "
+                                    "of an interrupted 'timeout').")
+    execution_count: int | None = Field(None, description="The kernel's execution counter (In [n]).")
+    duration_s: float = Field(0.0, description="Wall time of the cell in the kernel, seconds.")
+    restarted: bool = Field(False, description="A new kernel was started for this cell because the previous "
+                            "one had died or been killed: variables and imports of earlier cells are gone.")
+    truncated: bool = Field(False, description="Output beyond the sandbox's output_bytes was dropped.")
+    message: str | None = Field(None, description="What happened, in words, when it is not plain ok/error.")
+
+    @property
+    def ok(self) -> bool:
+        return self.status is CellStatus.OK
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _decode(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        out = []
+        for bundle in v:
+            if isinstance(bundle, dict):
+                bundle = dict(bundle)
+                for mime, data in bundle.items():
+                    if isinstance(data, str) and _is_binary(mime):
+                        try:
+                            bundle[mime] = base64.b64decode(data, validate=False)
+                        except (binascii.Error, ValueError) as e:
+                            raise ValueError(f"{mime} is not base64") from e
+            out.append(bundle)
+        return out
+
+    @field_serializer("outputs", when_used="json")
+    def _encode(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{mime: base64.b64encode(d).decode() if isinstance(d, bytes) else d for mime, d in bundle.items()}
+                for bundle in outputs]
+
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text()
+
+
+def _tail(data: bytes, n: int = 1500) -> str:
+    return data.decode(errors="replace").strip()[-n:]
+
+
+class Kernel:
+    """The IPython kernel of one sandbox (created with it, started by its first cell). Cells run one at a
+    time, in call order."""
+
+    def __init__(self, instance: Instance, language: str, limits: Limits, env: Mapping[str, str]) -> None:
+        self._instance, self._language, self._limits = instance, language, limits
+        self._env = {**env, **KERNEL_ENV}
+        self._lock = asyncio.Lock()
+        self._started = False  # a kernel was started once: a missing bridge means a lost one
+        self._lost: str | None = None  # why the previous kernel is gone, when the next answer cannot know
+
+    def _spec(self, argv: tuple[str, ...], stdin: bytes, wall_s: float, cpu_s: float) -> ExecSpec:
+        lim = self._limits
+        return ExecSpec(argv=argv, wall_time_s=wall_s, cpu_time_s=cpu_s, memory_mb=lim.memory_mb, pids=lim.pids,
+                        output_bytes=lim.output_bytes, file_size_mb=lim.file_size_mb, open_files=lim.open_files,
+                        stdin=stdin, env=self._env, cwd=".")
+
+    async def run(self, code: str, timeout_s: float | None) -> CellResult:
+        if self._language != "python":
+            raise RequestError(f"run_code runs Python (an IPython kernel); this sandbox's language is "
+                               f"{self._language!r}: create a python sandbox for it")
+        if not isinstance(code, str):
+            raise RequestError("code is a string of Python source")
+        if "\0" in code:
+            raise RequestError("code contains NUL")
+        try:
+            code.encode()
+        except UnicodeEncodeError:
+            raise RequestError("code is not valid UTF-8 text (lone surrogate)") from None
+        wall = self._limits.wall_time_s
+        timeout = wall if timeout_s is None else timeout_s
+        if not isinstance(timeout, int | float) or not timeout > 0:
+            raise RequestError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
+        timeout = min(float(timeout), wall)  # tighten only, as an exec's limits
+        async with self._lock:
+            return await self._run(code, timeout)
+
+    async def _run(self, code: str, timeout_s: float) -> CellResult:
+        # room for the JSON around the outputs, within the output cap of the relay's exec
+        budget = max(self._limits.output_bytes - 16 * 1024, 1024)
+        request = json.dumps({"code": code, "timeout_s": timeout_s, "interrupt_grace_s": INTERRUPT_GRACE_S,
+                              "output_bytes": budget}).encode()
+        wall = timeout_s + INTERRUPT_GRACE_S + RELAY_MARGIN_S
+        relay = self._spec(("python3", "-I", "-S", "-c", _script("relay.py"), SOCKET), request, wall, wall)
+        outcome = await self._instance.exec(relay)
+        restarted = False
+        if outcome.exit_code == NO_BRIDGE:
+            if self._started and self._lost is None:
+                self._lost = "the previous one's bridge process was gone (killed from inside the sandbox?)"
+            await self._start()
+            restarted = self._started
+            self._started = True
+            outcome = await self._instance.exec(relay)
+        if outcome.stopped_by is not None:  # the bridge did not answer in time: both go, the next cell starts anew
+            await self._instance.exec(self._spec(("python3", "-I", "-S", "-c", _script("relay.py"), SOCKET, "stop"),
+                                                 b"", 10.0, 10.0))
+        return self._parse(outcome, timeout_s, restarted)
+
+    async def _start(self) -> None:
+        config = json.dumps({"dir": KERNEL_DIR, "socket": SOCKET, "ready_timeout_s": START_WALL_S - 10}).encode()
+        # The bridge and the kernel inherit this exec's limits: cpu_time_s becomes their lifetime CPU rlimit.
+        spec = self._spec(("python3", "-I", "-c", _script("bridge.py"), "start"), config, START_WALL_S,
+                          self._limits.cpu_time_s)
+        outcome = await self._instance.exec(spec)
+        try:
+            answer = json.loads(outcome.stdout)
+        except ValueError:
+            answer = None
+        if outcome.exit_code == 0 and isinstance(answer, dict) and answer.get("ok"):
+            return
+        why = (answer or {}).get("error") if isinstance(answer, dict) else None
+        if why is None:
+            why = (f"exit {outcome.exit_code}, signal {outcome.signal}, stopped by {outcome.stopped_by}: "
+                   f"{_tail(outcome.stderr) or _tail(outcome.stdout)}")
+        raise SandboxError(f"the sandbox's python kernel could not start (run_code needs python3 with ipykernel "
+                           f"and jupyter_client in the sandbox): {why}")
+
+    def _parse(self, outcome: ProcessOutcome, timeout_s: float, restarted: bool) -> CellResult:
+        lost, self._lost = self._lost, None
+        if outcome.exit_code == BRIDGE_GONE:
+            self._lost = "the previous one's bridge process died during a cell"
+            return CellResult(status=CellStatus.KERNEL_DIED, restarted=restarted,
+                              message="the kernel's bridge process died during the cell; the next cell starts a "
+                                      "new kernel")
+        if outcome.stopped_by is not None:
+            self._lost = "the previous one stopped answering and was killed"
+            return CellResult(status=CellStatus.TIMEOUT, restarted=restarted,
+                              message=f"no answer from the kernel within {timeout_s + INTERRUPT_GRACE_S:g} s "
+                                      f"({outcome.stopped_by}); it was killed: the next cell starts a new one")
+        try:
+            answer = json.loads(outcome.stdout) if outcome.exit_code == 0 else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise SandboxError(f"the kernel bridge gave no answer (exit {outcome.exit_code}, signal "
+                               f"{outcome.signal}): {_tail(outcome.stderr) or _tail(outcome.stdout)}")
+        if "fatal" in answer:
+            raise SandboxError(f"the sandbox's python kernel failed: {answer['fatal']}")
+        cell = CellResult.model_validate(answer)
+        if restarted and not cell.restarted:  # the bridge itself was new: it cannot know what came before
+            note = f"a new kernel was started because {lost}: variables and imports of earlier cells are gone"
+            cell = cell.model_copy(update={"restarted": True,
+                                           "message": f"{note}; {cell.message}" if cell.message else note})
+        return cell
+
+
+__all__ = ["CellError", "CellResult", "CellStatus", "Kernel"]
