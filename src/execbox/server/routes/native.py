@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Response
@@ -29,6 +30,8 @@ from execbox.server.schemas import (
 )
 from execbox.server.service import internal_error
 from execbox.store import ExecutionRecord
+
+log = logging.getLogger("execbox.server")
 
 PREFIX = "/api/v1/"
 _E = {"model": ErrorBody}
@@ -161,8 +164,9 @@ async def health(service: ServiceDep) -> JSONResponse:
     try:
         service.store.ping()
         components["store"] = {"status": "ok"}
-    except Exception as e:
-        components["store"] = {"status": "down", "message": str(e)}
+    except Exception:  # the details (paths, SQL) are the operator's, in the log; /health is public
+        log.exception("health: the store does not answer")
+        components["store"] = {"status": "down", "message": "the store does not answer (see the server log)"}
     infos = provider_infos(service)
     default = next((p for p in infos if p.is_default), None)
     components["providers"] = {"status": "ok" if default and default.status == "available" else "down",
