@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import functools
 import json
 import os
 import urllib.parse
@@ -50,6 +51,7 @@ from execbox.errors import (
     ServerUnreachable,
     UnknownLanguageError,
 )
+from execbox.interpreter import CellResult
 from execbox.models import ExecEvent, ExecutionRequest, ExecutionResult, File, FileInfo, Limits, check_file_name
 from execbox.sandbox import Command, _argv, _labels, _portal
 
@@ -103,10 +105,27 @@ def _limits(limits: Limits | None) -> dict[str, Any] | None:
 
 def _result(body: Any) -> ExecutionResult:
     """The ExecutionResult inside an execute-shaped answer (it adds success/output/error/execution_time)."""
+    return ExecutionResult.model_validate({k: v for k, v in body.items() if k in ExecutionResult.model_fields})
+
+
+def _output(stream: str, data: Any) -> ExecEvent:
+    return ExecEvent.model_validate({"type": stream, "data": data["data"]})
+
+
+def _make(data: Any, what: str, make: Callable[[Any], T]) -> T:
+    """``make(data)``; data that is not what was asked for is the server's failure, not a KeyError."""
     try:
-        return ExecutionResult.model_validate({k: v for k, v in body.items() if k in ExecutionResult.model_fields})
-    except (ValidationError, AttributeError) as e:
-        raise SandboxError(f"the execbox server's answer is not an execution result: {e}") from e
+        return make(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # ValidationError is a ValueError
+        raise SandboxError(f"the execbox server's answer is not {what}: {e}") from e
+
+
+def _parse(resp: httpx.Response, what: str, make: Callable[[Any], T]) -> T:
+    try:
+        data = resp.json()
+    except ValueError as e:
+        raise SandboxError(f"the execbox server's answer is not JSON: {e}") from e
+    return _make(data, what, make)
 
 
 def _detail(status: int, content: bytes) -> tuple[str, list[str] | None]:
@@ -260,7 +279,7 @@ class AsyncClient:
                 "entry": entry, "arguments": request.arguments, "provider": provider, "command": command}
         resp = await self._request("POST", f"{API}/execute", language=language,
                                    json={k: v for k, v in body.items() if v is not None})
-        result = _result(resp.json())
+        result = _parse(resp, "an execution result", _result)
         if check and not result.ok:
             raise ExecutionFailed(result)
         return result
@@ -301,7 +320,7 @@ class AsyncSandboxes:
         ``env`` variables of every exec."""
         body = _create_body(language, labels, ttl_s, max_lifetime_s, limits, provider, env)
         resp = await self._client._request("POST", f"{API}/sandboxes", json=body, language=language)
-        return RemoteAsyncSandbox(self._client, resp.json())
+        return self._sandbox(resp)
 
     async def get_or_create(self, labels: Mapping[str, str], *, language: str = "python",
                             ttl_s: float | None = None, max_lifetime_s: float | None = None,
@@ -310,7 +329,7 @@ class AsyncSandboxes:
         """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
         body = _create_body(language, labels, ttl_s, max_lifetime_s, limits, provider, env)
         resp = await self._client._request("POST", f"{API}/sandboxes/get_or_create", json=body, language=language)
-        return RemoteAsyncSandbox(self._client, resp.json())
+        return self._sandbox(resp)
 
     async def find(self, labels: Mapping[str, str]) -> RemoteAsyncSandbox | None:
         """The most recently used live sandbox whose labels include ``labels``, or None."""
@@ -321,14 +340,18 @@ class AsyncSandboxes:
         """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
         params = [("label", f"{k}:{v}") for k, v in _labels(labels).items()]
         resp = await self._client._request("GET", f"{API}/sandboxes", params=params)
-        return [RemoteAsyncSandbox(self._client, info) for info in resp.json()["sandboxes"]]
+        return _parse(resp, "a list of sandboxes",
+                      lambda b: [RemoteAsyncSandbox(self._client, info) for info in b["sandboxes"]])
 
     async def get(self, sandbox_id: str) -> RemoteAsyncSandbox:
         """The live sandbox with this id; NotFoundError when there is none."""
         if not sandbox_id or "/" in sandbox_id:
             raise NotFoundError(f"no sandbox {sandbox_id!r}")
         resp = await self._client._request("GET", f"{API}/sandboxes/{urllib.parse.quote(sandbox_id, safe='')}")
-        return RemoteAsyncSandbox(self._client, resp.json())
+        return self._sandbox(resp)
+
+    def _sandbox(self, resp: httpx.Response) -> RemoteAsyncSandbox:
+        return _parse(resp, "a sandbox", lambda b: RemoteAsyncSandbox(self._client, b))
 
 
 class RemoteAsyncFiles:
@@ -364,7 +387,7 @@ class RemoteAsyncFiles:
         """The entries of a workdir directory, sorted by name."""
         rel = "." if path in ("", ".") else check_file_name(path)
         resp = await self._sb._request("GET", f"{self._sb._path}/files", params={"dir": rel})
-        return [FileInfo.model_validate(e) for e in resp.json()["entries"]]
+        return _parse(resp, "a directory listing", lambda b: [FileInfo.model_validate(e) for e in b["entries"]])
 
     async def remove(self, path: str) -> bool:
         """Remove a file, symlink or directory tree; False when nothing was there."""
@@ -410,7 +433,9 @@ class RemoteAsyncSandbox:
 
     def _exec_body(self, cmd: Command, stdin: str | bytes, env: Mapping[str, str] | None, cwd: str,
                    limits: Limits | None) -> dict[str, Any]:
-        _argv(cmd)  # the library's check of the command, with its error
+        _argv(cmd)  # the library's checks, with its errors
+        if cwd not in (".", ""):
+            check_file_name(cwd)
         body = {"command": cmd if isinstance(cmd, str) else list(cmd), "stdin": _text(stdin, "stdin"),
                 "env": dict(env or {}), "cwd": cwd or ".", "limits": _limits(limits)}
         return {k: v for k, v in body.items() if v is not None}
@@ -422,7 +447,7 @@ class RemoteAsyncSandbox:
         and a runaway one is killed (with everything it started) while the sandbox lives on. The command
         failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
         body = self._exec_body(cmd, stdin, env, cwd, limits)
-        result = _result((await self._request("POST", f"{self._path}/exec", json=body)).json())
+        result = _parse(await self._request("POST", f"{self._path}/exec", json=body), "an execution result", _result)
         if check and not result.ok:
             raise ExecutionFailed(result)
         return result
@@ -437,13 +462,21 @@ class RemoteAsyncSandbox:
         async with self._client._stream("POST", f"{self._path}/exec/stream", json=body) as resp:
             async for event, data in _sse(resp.aiter_lines()):
                 if event in ("stdout", "stderr"):
-                    yield ExecEvent(type=event, data=data.get("data", ""))
+                    yield _make(data, "an output event", functools.partial(_output, event))
                 elif event == "exit":
-                    yield ExecEvent(type="exit", result=_result(data))
+                    yield ExecEvent(type="exit", result=_make(data, "an execution result", _result))
                     return
                 elif event == "error":  # the sandbox failed or went away after the answer had begun
-                    raise SandboxError(f"sandbox {self.id}: {data.get('detail')}")
+                    raise SandboxError(f"sandbox {self.id}: {data.get('detail') if isinstance(data, dict) else data}")
         raise SandboxError(f"sandbox {self.id}: the stream ended before the command's exit")
+
+    async def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
+        """Run a Python cell in the sandbox's IPython kernel (POST .../run_code), as ``AsyncSandbox.run_code``:
+        state is kept between calls; the value, rich outputs (image/png as bytes), stdout, stderr and the
+        exception come back as data in a CellResult."""
+        body: dict[str, Any] = {"code": code} if timeout_s is None else {"code": code, "timeout": timeout_s}
+        resp = await self._request("POST", f"{self._path}/run_code", json=body)
+        return _parse(resp, "a cell result", CellResult.model_validate)
 
     async def destroy(self) -> None:
         """Kill everything in the sandbox and remove every trace of it. Idempotent."""
@@ -628,6 +661,10 @@ class RemoteSandbox:
                     return
         finally:
             _call(agen.aclose())  # type: ignore[attr-defined]
+
+    @_same_doc(RemoteAsyncSandbox.run_code)
+    def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
+        return _call(self._sb.run_code(code, timeout_s=timeout_s))
 
     @_same_doc(RemoteAsyncSandbox.destroy)
     def destroy(self) -> None:

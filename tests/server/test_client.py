@@ -23,6 +23,7 @@ from execbox import (
     AsyncSandbox,
     AuthenticationError,
     CapacityError,
+    CellStatus,
     ExecutionFailed,
     ExecutionResult,
     InvalidFileError,
@@ -78,7 +79,7 @@ def run(request: pytest.FixtureRequest) -> Any:
 
 def test_a_sandbox_session_runs_unchanged_in_process_and_over_http(SandboxAPI: Any) -> None:
     labels = unique()
-    with SandboxAPI.create("python", labels=labels, ttl_s=120, limits=Limits(memory_mb=256)) as sb:
+    with SandboxAPI.create("python", labels=labels, ttl_s=120, limits=Limits(memory_mb=1024, wall_time_s=60)) as sb:
         assert sb.id.startswith("sb_") and sb.language == "python" and sb.labels == labels and sb.alive
         r = sb.exec("echo 'x = 41' > state.py && echo done")
         assert isinstance(r, ExecutionResult)
@@ -120,6 +121,15 @@ def test_a_sandbox_session_runs_unchanged_in_process_and_over_http(SandboxAPI: A
         assert "".join(e.data for e in events if e.type == "stderr") == "b\n"
         assert [e.type for e in events].count("exit") == 1 and events[-1].type == "exit"
         assert events[-1].result is not None and events[-1].result.exit_code == 5
+
+        assert sb.run_code("y = 41").ok
+        cell = sb.run_code("y + 1")
+        assert (cell.status, cell.text) == (CellStatus.OK, "42")
+        cell = sb.run_code("1 / 0")
+        assert cell.status is CellStatus.ERROR and cell.error is not None and cell.error.name == "ZeroDivisionError"
+        cell = sb.run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()", timeout_s=60)
+        assert any(isinstance(o.get("image/png"), bytes) and o["image/png"].startswith(b"\x89PNG")
+                   for o in cell.outputs), cell
 
         assert SandboxAPI.get(sb.id).id == sb.id
         assert [s.id for s in SandboxAPI.list(labels)] == [sb.id]

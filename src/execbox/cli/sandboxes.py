@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from execbox.cli.app import EXIT_EXECBOX, err, exit_code
@@ -32,7 +33,7 @@ ApiKey = Annotated[str | None, typer.Option("--api-key", help="Its API key (defa
 
 def _fail(message: str) -> typer.Exit:
     """As `run`'s, unwrapped: these messages carry URLs and commands to copy."""
-    err.print(f"[red]execbox:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]execbox:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_EXECBOX)
 
 
