@@ -208,6 +208,54 @@ def test_queued_jobs_survive_a_server_crash(make_server, tmp_path: Path) -> None
     assert outs == ["0\n", "1\n", "2\n", "3\n"]
 
 
+def wait_running(c: httpx.Client, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while c.get(f"/api/v1/execute/status/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+
+
+def test_a_job_that_keeps_killing_its_server_is_abandoned(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    s = make_server(env={"EXECBOX_MAX_CONCURRENCY": "1"})
+    with s.client() as c:
+        job = c.post("/api/v1/execute/async", json={**PY, "code": "import time; time.sleep(60)"}).json()
+        wait_running(c, job["execution_id"])
+    s.stop(signal.SIGKILL)  # the server dies running it: one attempt spent
+    s2 = make_server(env={"EXECBOX_MAX_CONCURRENCY": "1", "EXECBOX_MAX_JOB_ATTEMPTS": "1"}, data_dir=tmp_path)
+    with s2.client() as c:
+        done = wait_completed(c, job["execution_id"])["result"]
+    assert done["status"] == "internal_error" and done["execution_id"] == job["execution_id"]
+    assert "stopped while running this job 1 times" in done["error"]
+
+
+def test_an_orderly_stop_requeues_the_running_job_without_counting_it(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {"EXECBOX_MAX_CONCURRENCY": "1", "EXECBOX_MAX_JOB_ATTEMPTS": "1"}
+    s = make_server(env=env)
+    with s.client() as c:
+        job = c.post("/api/v1/execute/async", json={**PY, "code": "import time; time.sleep(2); print('ran')"}
+                     ).json()
+        wait_running(c, job["execution_id"])
+    s.stop()  # SIGTERM: the job is cancelled and queued again
+    s2 = make_server(env=env, data_dir=tmp_path)
+    with s2.client() as c:
+        assert wait_completed(c, job["execution_id"])["result"]["output"] == "ran\n"
+
+
+def test_a_key_may_have_only_so_many_jobs_pending(make_server) -> None:  # type: ignore[no-untyped-def]
+    other = f"other-key-{'z' * 20}"
+    s = make_server(env={"EXECBOX_MAX_CONCURRENCY": "1", "EXECBOX_MAX_PENDING_JOBS_PER_KEY": "2",
+                         "EXECBOX_API_KEY": f"{KEY},{other}"})
+    slow = {**PY, "code": "import time; time.sleep(1)"}
+    with s.client() as c, s.client(key=other) as o:
+        ids = [c.post("/api/v1/execute/async", json=slow).json()["execution_id"] for _ in range(2)]
+        r = c.post("/api/v1/execute/async", json=slow)
+        assert r.status_code == 429 and "2 jobs pending" in r.json()["detail"] and r.headers["Retry-After"]
+        assert o.post("/api/v1/execute/async", json=slow).status_code == 202  # another key is not held up
+        for i in ids:
+            wait_completed(c, i)
+        assert c.post("/api/v1/execute/async", json=slow).status_code == 202
+
+
 def test_results_expire_after_the_ttl(make_server) -> None:  # type: ignore[no-untyped-def]
     s = make_server(env={"EXECBOX_JOB_TTL_S": "1"})
     with s.client() as c:

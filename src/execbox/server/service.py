@@ -196,6 +196,9 @@ class Service:
         self.check(body.to_request(), principal)
         if self.store.count_unfinished() >= self.settings.max_pending_jobs:
             raise Refused(503, f"{self.settings.max_pending_jobs} jobs are pending already", 5)
+        if self.store.count_unfinished(principal.name) >= self.settings.max_pending_jobs_per_key:
+            raise Refused(429, f"this key has {self.settings.max_pending_jobs_per_key} jobs pending already "
+                               "(the most a key may have): wait for some to finish", 5)
         job_id = uuid.uuid4().hex
         self.store.add_execution(job_id, principal.name, body.session_id, QUEUED, request=json.dumps(
             {"principal": principal.name, "body": body.model_dump(mode="json", exclude_unset=True)}))
@@ -220,12 +223,21 @@ class Service:
         saved: dict[str, Any] = json.loads(record.request or "{}")
         principal = self.keys.principal_named(saved["principal"])
         body = ExecuteBody.model_validate(saved["body"])
-        self.store.mark_running(job_id)
+        attempts = self.store.mark_running(job_id)
         request = body.to_request()
+        if attempts > self.settings.max_job_attempts:
+            result = internal_error(request, request.provider or self.providers.default,
+                                    f"the server stopped while running this job {attempts - 1} times: "
+                                    "it is not run again")
+            self.store.complete(job_id, result.model_copy(update={"execution_id": job_id}).model_dump(mode="json"),
+                                self.settings.job_ttl_s)
+            log.error("job abandoned", extra={"fields": {"execution_id": job_id, "attempts": attempts - 1}})
+            return
         try:
             result = await self.execute(principal, request, bounded=False, session_id=None, execution_id=job_id)
         except asyncio.CancelledError:
-            raise  # the server is stopping: the job stays unfinished and runs after the restart
+            self.store.requeue(job_id)  # the server is stopping: the job runs after the restart, uncounted
+            raise
         except Exception as e:  # reported as data (the client polls for a result); never a job stuck running
             result = internal_error(request, request.provider or self.providers.default, str(e))
         result = result.model_copy(update={"execution_id": job_id})

@@ -47,6 +47,11 @@ class ServerSettings(BaseSettings):
         60, description="Longest a synchronous request waits for a slot before a 503.")
     max_pending_jobs: Annotated[int, Field(ge=1)] = Field(
         10_000, description="Async jobs queued at once; beyond it: 503 with Retry-After.")
+    max_pending_jobs_per_key: Annotated[int, Field(ge=1)] = Field(
+        1_000, description="Async jobs one key may have queued or running at once; beyond it: 429.")
+    max_job_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        3, description="Times a job is begun again after servers died running it; then it fails as an internal "
+                       "error (a job that kills its server must not kill every restart).")
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = Field(64, description="Requests in one batch.")
     batch_output_bytes: Annotated[int, Field(ge=1024)] = Field(
         16 * 1024 * 1024, description="Output kept per stream for a whole batch, shared by its requests.")

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS executions (
     result TEXT,                   -- the result (JSON) once completed
     created_at REAL NOT NULL,
     finished_at REAL,
-    expires_at REAL
+    expires_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0  -- times a server began running the job
 );
 CREATE INDEX IF NOT EXISTS executions_state ON executions (state, created_at);
 CREATE INDEX IF NOT EXISTS executions_session ON executions (owner, session_id, created_at);
@@ -83,6 +84,9 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(executions)")}
+        if "attempts" not in columns:  # a store made before jobs counted their attempts
+            self._db.execute("ALTER TABLE executions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -132,12 +136,21 @@ class SQLiteStore:
                       result: dict[str, Any] | None = None, ttl_s: float | None = None) -> None:
         now = time.time()
         done = state == COMPLETED
-        self._q("INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._q("INSERT INTO executions (id, owner, session_id, state, request, result, created_at, finished_at, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (id, owner, session_id, state, request, json.dumps(result) if result is not None else None, now,
                  now if done else None, now + ttl_s if done and ttl_s else None))
 
-    def mark_running(self, id: str) -> None:
-        self._q("UPDATE executions SET state = ? WHERE id = ?", (RUNNING, id))
+    def mark_running(self, id: str) -> int:
+        """Mark a job running; how many times a server has begun it, this one included."""
+        rows = self._q("UPDATE executions SET state = ?, attempts = attempts + 1 WHERE id = ? RETURNING attempts",
+                       (RUNNING, id))
+        return int(rows[0][0]) if rows else 0
+
+    def requeue(self, id: str) -> None:
+        """A job the server stopped in an orderly way: queued again, and the attempt does not count."""
+        self._q("UPDATE executions SET state = ?, attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = ?",
+                (QUEUED, id, RUNNING))
 
     def complete(self, id: str, result: dict[str, Any], ttl_s: float) -> None:
         now = time.time()
@@ -168,8 +181,11 @@ class SQLiteStore:
         rows = self._q("SELECT * FROM executions WHERE state != ? ORDER BY created_at", (COMPLETED,))
         return [self._execution(r) for r in rows]
 
-    def count_unfinished(self) -> int:
-        return int(self._q("SELECT COUNT(*) FROM executions WHERE state != ?", (COMPLETED,))[0][0])
+    def count_unfinished(self, owner: str | None = None) -> int:
+        if owner is None:
+            return int(self._q("SELECT COUNT(*) FROM executions WHERE state != ?", (COMPLETED,))[0][0])
+        return int(self._q("SELECT COUNT(*) FROM executions WHERE state != ? AND owner = ?",
+                           (COMPLETED, owner))[0][0])
 
     def expire(self) -> int:
         with self._lock:
