@@ -178,8 +178,7 @@ def test_compile_error_is_a_result_with_compile_code_nonzero(client: httpx.Clien
     comp = body["compile"]
     assert comp["code"] not in (0, None) and comp["signal"] is None
     assert "undeclared_thing" in comp["stderr"] and comp["output"] == comp["stdout"] + comp["stderr"]
-    assert body["run"]["stdout"] == ""  # the program never ran
-    assert body["run"]["code"] != 0
+    assert body["run"] == comp  # the program never ran: Piston repeats the compile stage as run
 
 
 # --- limits: milliseconds and bytes

@@ -206,8 +206,10 @@ async def execute(body: PistonExecute, service: ServiceDep, principal: Principal
         raise RequestError("; ".join(err["msg"] for err in e.errors(include_url=False))) from None
     service.check(request, principal)
     result = await service.execute(principal, request)
-    out = PistonResult(language=lang.name, version=result.version or "", run=_stage(result),
-                       compile=_stage(result.compile) if result.compile else None)
+    compiled = _stage(result.compile) if result.compile else None
+    # Piston runs nothing after a failed compile and answers with the compile stage as ``run`` too
+    run = compiled if compiled is not None and result.status == S.COMPILE_ERROR else _stage(result)
+    out = PistonResult(language=lang.name, version=result.version or "", run=run, compile=compiled)
     return JSONResponse(out.model_dump(exclude={"compile"} if out.compile is None else set()))
 
 
