@@ -70,6 +70,24 @@ def cause(code: int | None) -> str:
         return f"killed by signal {sig}"
 
 
+def shrink(answer: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The answer cut to ``limit`` bytes of JSON, halving its largest part first (a value or an exception
+    message can be any size; the host's exec keeps only so much output)."""
+    while len(json.dumps(answer)) > limit:
+        answer["truncated"] = True
+        error = answer.get("error") or {}
+        parts = [(answer, "outputs"), (answer, "text"), (answer, "stdout"), (answer, "stderr"), (error, "value"),
+                 (error, "traceback")]
+        present = [p for p in parts if p[0].get(p[1])]
+        if not present:
+            break
+        owner, key = max(present, key=lambda p: len(json.dumps(p[0][p[1]])))
+        value = owner[key]
+        # a traceback keeps its end (where it was raised); the rest keep their beginning
+        owner[key] = value[len(value) // 2 + 1:] if key == "traceback" else value[: len(value) // 2]
+    return answer
+
+
 class Cell:
     """What one cell produced, within an output budget (bytes of the JSON answer)."""
 
@@ -140,11 +158,14 @@ class Bridge:
         km = KernelManager(transport="ipc", connection_file=os.path.join(self.dir, "kernel.json"))
         km.start_kernel(extra_arguments=KERNEL_ARGS, cwd=os.getcwd())
         self.km = km
-        _write(os.path.join(self.dir, "kernel.pid"), str(km.provisioner.pid))
-        kc = km.client()
-        kc.start_channels()
-        self.kc = kc
-        kc.wait_for_ready(timeout=self.ready_timeout_s)
+        try:
+            _write(os.path.join(self.dir, "kernel.pid"), str(km.provisioner.pid))
+            self.kc = km.client()
+            self.kc.start_channels()
+            self.kc.wait_for_ready(timeout=self.ready_timeout_s)
+        except BaseException:
+            self.stop_kernel()  # never keep a kernel that did not answer: the next cell tries a new one
+            raise
 
     def exit_code(self) -> int | None:
         """None while the kernel runs; its return code once it ended (-N: killed by signal N)."""
@@ -211,7 +232,8 @@ class Bridge:
                     ended = "killed"
                     break
                 interrupted = True
-                self.km.interrupt_kernel()  # SIGINT to the kernel's process group: a KeyboardInterrupt
+                with contextlib.suppress(Exception):  # a kernel that just died is seen below
+                    self.km.interrupt_kernel()  # SIGINT to the kernel's process group: a KeyboardInterrupt
                 deadline = now + grace_s
             try:
                 msg = kc.get_iopub_msg(timeout=max(min(POLL_S, deadline - now), 0.001))
@@ -250,10 +272,10 @@ class Bridge:
                 if cell.error is None:
                     cell.error = {"name": content.get("ename", "Error"), "value": content.get("evalue", ""),
                                   "traceback": [ANSI.sub("", x) for x in content.get("traceback") or []]}
-        return {"status": status, "text": cell.text, "outputs": cell.outputs,
-                "stdout": "".join(cell.streams["stdout"]), "stderr": "".join(cell.streams["stderr"]),
-                "error": cell.error, "execution_count": count, "duration_s": round(duration, 6),
-                "truncated": cell.truncated, "message": message}
+        return shrink({"status": status, "text": cell.text, "outputs": cell.outputs,
+                       "stdout": "".join(cell.streams["stdout"]), "stderr": "".join(cell.streams["stderr"]),
+                       "error": cell.error, "execution_count": count, "duration_s": round(duration, 6),
+                       "truncated": cell.truncated, "message": message}, budget)
 
     def reply(self, msg_id: str) -> dict[str, Any] | None:
         """The cell's execute_reply (earlier cells' replies, if any are left, are skipped)."""
