@@ -204,7 +204,7 @@ class AsyncClient:
         import httpx
 
         if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
-            return ServerUnreachable(f"no execbox server answers at {self.url}: {e or type(e).__name__}")
+            return ServerUnreachable(f"no execbox server answers at {self.url}: {str(e) or type(e).__name__}")
         if isinstance(e, httpx.TimeoutException):
             return SandboxError(f"the execbox server at {self.url} did not answer within {self._timeout} s")
         return SandboxError(f"the connection to the execbox server at {self.url} failed: {e!r}")
@@ -345,7 +345,7 @@ class AsyncSandboxes:
 
     async def get(self, sandbox_id: str) -> RemoteAsyncSandbox:
         """The live sandbox with this id; NotFoundError when there is none."""
-        if not sandbox_id or "/" in sandbox_id:
+        if sandbox_id in ("", ".", "..") or "/" in sandbox_id:  # never another route
             raise NotFoundError(f"no sandbox {sandbox_id!r}")
         resp = await self._client._request("GET", f"{API}/sandboxes/{urllib.parse.quote(sandbox_id, safe='')}")
         return self._sandbox(resp)

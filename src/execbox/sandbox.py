@@ -151,7 +151,8 @@ class SandboxManager:
         self._reserve(owner)
         try:
             spec = InstanceSpec(disk_mb=applied.disk_mb, network=applied.network, persistent=True,
-                                memory_mb=applied.memory_mb, pids=applied.pids)
+                                memory_mb=applied.memory_mb, pids=applied.pids,
+                                binaries=tuple(s.command[0] for s in (lang.compile, lang.run) if s is not None))
             try:
                 instance = await prov.start(spec)
             except ExecboxError:

@@ -346,8 +346,7 @@ def test_the_remote_api_has_the_librarys_names_and_signatures() -> None:
         assert _params(getattr(sandbox_module.AsyncFiles, name)) == _params(
             getattr(client_module.RemoteAsyncFiles, name)), name
     assert _params(execbox.arun) == _params(client_module.AsyncClient.run)[1:]  # but self
-    for attr in ("alive", "id", "labels", "language"):
-        assert hasattr(client_module.RemoteSandbox, attr) and hasattr(client_module.RemoteAsyncSandbox, attr)
+    # (id, labels, language, alive: checked on live sandboxes by the tests above)
 
 
 @pytest.mark.parametrize(("sync_cls", "async_cls"), [

@@ -92,7 +92,7 @@ def run(
     labels = [v for v in lang_opts or [] if "=" in v] + list(label or [])
     langs = [v for v in lang_opts or [] if "=" not in v]
     if keep and reuse:
-        raise _fail("give --keep (a new sandbox) or --reuse (the one with these labels), not both")
+        raise _fail("give --keep (a new sandbox) or --reuse, not both")
     if not remote and (labels or url or api_key):
         raise _fail("labels, --url and --api-key go with --keep or --reuse")
     if reuse and not labels:

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from execbox.cli.app import EXIT_EXECBOX, err, exit_code
 from execbox.client import Client, RemoteSandbox, default_url
@@ -143,7 +143,8 @@ def list_(
                           for sb in found], indent=2))
         return
     now = time.time()
-    table = Table("id", "language", "labels", "age", "idle expiry in", "provider")
+    ids = Column("id", no_wrap=True, min_width=max((len(sb.id) for sb in found), default=2))  # never cut short
+    table = Table(ids, "language", "labels", "age", "idle expiry in", "provider")
     for sb in found:
         table.add_row(sb.id, sb.language, ", ".join(f"{k}={v}" for k, v in sb.labels.items()) or "-",
                       _duration(now - sb.created_at), _duration(sb.idle_expires_at - now), sb.provider)

@@ -18,8 +18,10 @@ Languages, limit defaults and clamping, statuses, retries and fallback live abov
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -38,6 +40,9 @@ class InstanceSpec:
     # background process together); each exec's own ExecSpec limits are at most these.
     memory_mb: int = 512
     pids: int = 128
+    # Programs the instance is for, first the most telling (a language's compile and run commands): a
+    # provider whose environment depends on them (docker's images) picks it when it starts the instance.
+    binaries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,31 @@ class FileEntry:
     name: str
     kind: str  # "file" | "dir" | "symlink" | "other"
     size: int  # bytes, for files (0 otherwise)
+
+
+async def stream_run(run: Callable[[Callable[[OutputChunk], None]], Awaitable[ProcessOutcome]],
+                     ) -> AsyncIterator[OutputChunk | ProcessOutcome]:
+    """``Instance.stream`` for a provider whose exec takes a chunk callback: ``run(on_chunk)`` runs the
+    process as a task; its chunks are yielded as they come, then its outcome. Closing early cancels it."""
+    queue: asyncio.Queue[OutputChunk] = asyncio.Queue()
+    task = asyncio.ensure_future(run(queue.put_nowait))
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not queue.empty():
+                yield queue.get_nowait()
+            yield task.result()
+            return
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 class Instance(abc.ABC):

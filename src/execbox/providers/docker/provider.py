@@ -12,6 +12,9 @@ ahead of the program's own stdin), so a run costs one ``docker exec``.
 
 Between executions a container is reset (every uid-1000 process killed, IPC objects removed, every writable
 place emptied, verified) before it is handed out again; a failed reset destroys it.
+
+Persistent instances (``InstanceSpec(persistent=True)``) are persistent.py's: a dedicated container each, never
+the pool's, with each exec in its own cgroup.
 """
 
 from __future__ import annotations
@@ -35,14 +38,25 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from execbox.errors import ExecboxError, IsolationError, ProviderUnavailable, RequestError, SandboxError
-from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider, StopReason
+from execbox.providers.base import (
+    ExecSpec,
+    Instance,
+    InstanceSpec,
+    OutputChunk,
+    ProcessOutcome,
+    Provider,
+    StopReason,
+)
 from execbox.providers.docker import images
 from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
 from execbox.providers.local import seccomp
 from execbox.providers.stall import MemoryStall
+
+if TYPE_CHECKING:
+    from execbox.providers.docker.persistent import DockerSandbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +65,7 @@ OWNER_LABEL = "io.execbox.owner"
 PID_LABEL = "io.execbox.pid"
 HOST_LABEL = "io.execbox.host"
 KEY_LABEL = "io.execbox.key"
+KIND_LABEL = "io.execbox.kind"  # "pool" (one-shot, reused) or "sandbox" (persistent, dedicated)
 SANDBOX_UID = 1000
 USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 WORKDIR = "/work"
@@ -184,6 +199,7 @@ class Container:
     oom_file: Path | None = None
     oom_key: str = "oom_kill"
     peak_file: Path | None = None
+    pid: int = 0  # the container's init on the host (0: unknown)
     agent: tuple[str, socket.socket] | None = None  # an AGENT exec already waiting for its header
 
 
@@ -307,6 +323,7 @@ def _map_error(e: Exception, what: str) -> ExecboxError:
 
 class DockerProvider(Provider):
     name = "docker"
+    supports_persistent = True  # persistent.py: one dedicated container per sandbox
 
     def __init__(self, settings: DockerSettings | None = None) -> None:
         self.settings = settings or DockerSettings.from_env()
@@ -320,6 +337,8 @@ class DockerProvider(Provider):
             if self.settings.runtime not in runtimes:
                 raise IsolationError(f"docker runtime {self.settings.runtime!r} is configured but not installed "
                                      f"in dockerd (has: {', '.join(runtimes)}); refusing to run without it")
+        self._sandboxes: set[DockerSandbox] = set()  # live persistent sandboxes: removed by close()
+        self._sandboxes_lock = threading.Lock()
         self.removed_stale = self._remove_stale()
         self.pool: WarmPool[Key] = WarmPool(self.settings.pool, self._create, self._reset, self._destroy,
                                             self._healthy)
@@ -330,24 +349,39 @@ class DockerProvider(Provider):
         def _at_exit() -> None:
             p = ref()
             if p is not None:
+                p.close_sandboxes()
                 p.pool.close()
         atexit.register(_at_exit)
         self._atexit = _at_exit
 
     # ------------------------------------------------------------------ provider
-    async def start(self, spec: InstanceSpec) -> DockerInstance:
+    async def start(self, spec: InstanceSpec) -> Instance:
+        if spec.persistent:
+            from execbox.providers.docker import persistent
+
+            return await persistent.DockerSandbox.start(self, spec)
         return DockerInstance(self, spec)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
+        self.close_sandboxes()
         self.pool.close()
         atexit.unregister(self._atexit)
 
+    def close_sandboxes(self) -> None:
+        """Remove every persistent sandbox's container (the provider is shutting down)."""
+        with self._sandboxes_lock:
+            live, self._sandboxes = list(self._sandboxes), set()
+        for sb in live:
+            with contextlib.suppress(Exception):
+                sb.teardown()
+
     def active_containers(self) -> int:
-        """Containers that exist now (any state but TERMINATING): for the service's metrics."""
-        return self.pool.count(State.CREATING, State.WARM, State.BUSY, State.RESETTING)
+        """Containers that exist now (pooled in any state but TERMINATING, and persistent sandboxes'): for
+        the service's metrics."""
+        return self.pool.count(State.CREATING, State.WARM, State.BUSY, State.RESETTING) + len(self._sandboxes)
 
     def active_sandboxes(self) -> int | None:
         return self.active_containers()
@@ -361,6 +395,15 @@ class DockerProvider(Provider):
                                           "add it to images/images.toml")
             image = self.catalog.images[self.settings.default_image]
         return image.name
+
+    def image_for_any(self, binaries: tuple[str, ...]) -> str:
+        """The image of the first of ``binaries`` (a persistent sandbox's language: compile, then run) that
+        an image provides; the default image when they are all paths; ProviderUnavailable otherwise."""
+        for b in binaries:
+            if (image := self.catalog.for_binary(b)) is not None:
+                return image.name
+        named = [b for b in binaries if "/" not in b]
+        return self.image_for(named[0] if named else "./")
 
     def _key(self, image_name: str, disk_mb: int, network: bool) -> Key:
         return (self.catalog.tag(image_name, self.settings.official), disk_mb, network)
@@ -399,17 +442,22 @@ class DockerProvider(Provider):
             log.info("docker provider: removed %d container(s) left by a crashed run", removed)
         return removed
 
-    def _create(self, key: Key) -> Container:
+    def _create(self, key: Key, memory_mb: int | None = None, pids: int | None = None,
+                kind: str = "pool") -> Container:
+        """A hardened container, started, its first AGENT exec waiting (pool callback; persistent.py too,
+        with the sandbox's own caps)."""
         import docker.types
 
         tag, disk_mb, network = key
         s = self.settings
+        memory_mb = s.memory_mb if memory_mb is None else memory_mb
+        pids = s.pids if pids is None else pids
         tmpfs_opts = "nosuid,nodev,exec"
         host_config = self.api.create_host_config(
             network_mode="bridge" if network else "none",
             read_only=True, cap_drop=["ALL"], init=True, cgroupns="private",
             security_opt=["no-new-privileges", f"seccomp={seccomp.docker_profile()}"],
-            pids_limit=s.pids, mem_limit=f"{s.memory_mb}m", memswap_limit=f"{s.memory_mb}m",
+            pids_limit=pids, mem_limit=f"{memory_mb}m", memswap_limit=f"{memory_mb}m",
             nano_cpus=int(s.cpus * 1e9), ipc_mode="private", shm_size=f"{disk_mb}m",
             tmpfs={WORKDIR: f"size={disk_mb}m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,{tmpfs_opts}",
                    "/tmp": f"size={disk_mb}m,mode=1777,{tmpfs_opts}"},
@@ -422,7 +470,7 @@ class DockerProvider(Provider):
                 tag, command=["sleep", "infinity"], user="0:0", working_dir=WORKDIR, hostname="sandbox",
                 network_disabled=not network, host_config=host_config,
                 labels={OWNER_LABEL: "execbox", PID_LABEL: str(os.getpid()), HOST_LABEL: self.host,
-                        KEY_LABEL: f"{tag} {disk_mb} {int(network)}"},
+                        KEY_LABEL: f"{tag} {disk_mb} {int(network)}", KIND_LABEL: kind},
             )
             cid = c["Id"]
             try:
@@ -434,7 +482,7 @@ class DockerProvider(Provider):
                 raise
         except Exception as e:
             raise _map_error(e, "create a container") from e
-        c = Container(cid, key, s.memory_mb, s.pids, **_cgroup_files(pid))
+        c = Container(cid, key, memory_mb, pids, pid=pid, **_cgroup_files(pid))
         try:
             self._prepare(c)
         except BaseException:
@@ -673,13 +721,37 @@ class _NotRunning(Exception):
     pass
 
 
+@dataclass
+class Scope:
+    """What one process's limits act on: the whole container (a one-shot instance: everything of the sandbox
+    uid in it is the execution's) or one exec's own cgroup (a persistent sandbox, whose other processes must
+    live on)."""
+
+    kill: Callable[[], None]  # SIGKILL every process of the execution
+    cpu_seconds: Callable[[], float | None]
+    stall: MemoryStall | None
+    # the program ended but descendants still hold its output pipes: kill them (one-shot: the reset would
+    # anyway) or leave them running and stop reading (persistent: background processes are the point)
+    kill_lingering: bool = True
+
+
+def _container_scope(p: DockerProvider, c: Container) -> Scope:
+    stall = None
+    if c.oom_file is not None and c.cpu_file is not None:
+        stall = MemoryStall(c.oom_file.parent, c.cpu_file.parent, 2 if c.cpu_file.name == "cpu.stat" else 1)
+    return Scope(lambda: p.kill_all(c), lambda: _cpu_seconds(c), stall)
+
+
 class _Session:
     """One docker exec's attached stream: stdin in, multiplexed stdout/stderr out with caps, limits enforced."""
 
     def __init__(self, provider: DockerProvider, c: Container, sock: socket.socket, spec: ExecSpec, stdin: bytes,
-                 start: float, cpu0: float | None, exec_id: str, nonce: str) -> None:
+                 start: float, cpu0: float | None, exec_id: str, nonce: str, scope: Scope | None = None,
+                 on_chunk: Callable[[OutputChunk], None] | None = None) -> None:
         self.p, self.c, self.sock, self.spec, self.stdin = provider, c, sock, spec, stdin
         self.start, self.cpu0, self.exec_id = start, cpu0, exec_id
+        self.scope = scope or _container_scope(provider, c)
+        self.on_chunk = on_chunk
         self.trailer = re.compile(b"\\x00execbox-exit:" + nonce.encode() + b":(\\d+)\\n\\Z")
         self.exit_status: int | None = None  # from the trailer
         self.exited = asyncio.Event()
@@ -696,7 +768,7 @@ class _Session:
 
     def _kill(self) -> None:
         with contextlib.suppress(Exception):
-            self.p.kill_all(self.c)
+            self.scope.kill()
 
     async def _send(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -731,20 +803,18 @@ class _Session:
                     self.exited.set()
                 room = cap - len(self.data[kind])
                 if len(payload) > room:
-                    self.data[kind] += payload[:max(room, 0)]
+                    payload = payload[:max(room, 0)]
                     self.truncated[kind] = True
                     self.kill(StopReason.OUTPUT)
-                else:
-                    self.data[kind] += payload
+                self.data[kind] += payload
+                if payload and self.on_chunk is not None:
+                    self.on_chunk(OutputChunk("stdout" if kind == 1 else "stderr", payload))
 
     async def _watch_cpu(self) -> None:
-        c = self.c
-        stall = None
-        if c.oom_file is not None and c.cpu_file is not None:
-            stall = MemoryStall(c.oom_file.parent, c.cpu_file.parent, 2 if c.cpu_file.name == "cpu.stat" else 1)
+        stall = self.scope.stall
         while self.cpu0 is not None or stall is not None:
             await asyncio.sleep(CPU_POLL_S)
-            now = _cpu_seconds(c)
+            now = self.scope.cpu_seconds()
             if self.cpu0 is not None and now is not None and now - self.cpu0 > self.spec.cpu_time_s:
                 self.kill(StopReason.CPU_TIME)
                 return
@@ -772,9 +842,10 @@ class _Session:
                     try:
                         await asyncio.wait_for(asyncio.shield(reader), PIPE_GRACE_S)
                     except TimeoutError:
-                        await _thread("kill the sandbox's processes", self.p.kill_all, self.c)
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(asyncio.shield(reader), 10)
+                        if self.scope.kill_lingering:
+                            await _thread("kill the sandbox's processes", self.scope.kill)
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(asyncio.shield(reader), 10)
             except TimeoutError:
                 self.kill(StopReason.WALL_TIME)
                 try:

@@ -13,13 +13,19 @@ sandboxes rather than fall back to a racy path check.
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import ctypes
 import errno
 import os
 import posixpath
 import shutil
 import stat
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+
+from execbox.errors import SandboxError
+from execbox.providers.base import ExecSpec, FileEntry, Instance, OutputChunk, ProcessOutcome, stream_run
 
 SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine, 437)
 RESOLVE_NO_XDEV = 0x01
@@ -175,3 +181,50 @@ class Workdir:
             return True
         finally:
             os.close(dfd)
+
+
+
+class WorkdirInstance(Instance):
+    """A persistent sandbox (local or docker) whose workdir the host reaches through a ``Workdir`` and whose
+    execs report output chunks to a callback: the ``Instance`` methods over those two, once. File
+    operations run off the event loop, the host's OSErrors as SandboxError."""
+
+    @abc.abstractmethod
+    def _files(self) -> Workdir:
+        """The workdir; SandboxError when the sandbox is closed or gone."""
+
+    @abc.abstractmethod
+    async def _run(self, spec: ExecSpec, on_chunk: Callable[[OutputChunk], None] | None) -> ProcessOutcome:
+        """Run one exec, calling ``on_chunk`` with its output as it comes."""
+
+    async def exec(self, spec: ExecSpec) -> ProcessOutcome:
+        return await self._run(spec, None)
+
+    def stream(self, spec: ExecSpec) -> AsyncIterator[OutputChunk | ProcessOutcome]:
+        return stream_run(lambda on_chunk: self._run(spec, on_chunk))
+
+    async def write_files(self, data: Mapping[str, bytes]) -> None:
+        wd = self._files()
+        for rel, content in data.items():
+            try:
+                await asyncio.to_thread(wd.write, rel, content)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise SandboxError("the files do not fit in the sandbox's disk limit") from e
+                raise SandboxError(f"cannot write {rel!r}: {e.strerror or e}") from e
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes | None:
+        return await asyncio.to_thread(self._files().read, path, max_bytes)
+
+    async def list_files(self, path: str) -> list[FileEntry]:
+        try:
+            entries = await asyncio.to_thread(self._files().list, path)
+        except OSError as e:
+            raise SandboxError(f"cannot list {path!r}: {e.strerror or e}") from e
+        return [FileEntry(e.name, e.kind, e.size) for e in entries]
+
+    async def remove_file(self, path: str) -> bool:
+        try:
+            return await asyncio.to_thread(self._files().remove, path)
+        except OSError as e:
+            raise SandboxError(f"cannot remove {path!r}: {e.strerror or e}") from e

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 import itertools
 import os
 import resource
@@ -34,15 +33,13 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from execbox.errors import IsolationError, RequestError, SandboxError
 from execbox.providers.base import (
     ExecSpec,
-    FileEntry,
-    Instance,
     InstanceSpec,
     OutputChunk,
     ProcessOutcome,
@@ -130,7 +127,7 @@ class _Reports:
                 fut.set_result(("D", 0))  # the agent (the sandbox) is gone
 
 
-class PersistentInstance(Instance):
+class PersistentInstance(files.WorkdirInstance):
     """A long-lived local sandbox; start it with ``start()``."""
 
     def __init__(self, provider: LocalProvider, spec: InstanceSpec, wd: _Workdir) -> None:
@@ -288,60 +285,6 @@ class PersistentInstance(Instance):
         if self._closed or self.workdir is None:
             raise SandboxError("the sandbox is closed")
         return self.workdir
-
-    async def write_files(self, data: Mapping[str, bytes]) -> None:
-        wd = self._files()
-        for rel, content in data.items():
-            try:
-                await asyncio.to_thread(wd.write, rel, content)
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise SandboxError("the files do not fit in the sandbox's disk limit") from e
-                raise SandboxError(f"cannot write {rel!r}: {e.strerror or e}") from e
-
-    async def read_file(self, path: str, max_bytes: int) -> bytes | None:
-        return await asyncio.to_thread(self._files().read, path, max_bytes)
-
-    async def list_files(self, path: str) -> list[FileEntry]:
-        try:
-            entries = await asyncio.to_thread(self._files().list, path)
-        except OSError as e:
-            raise SandboxError(f"cannot list {path!r}: {e.strerror or e}") from e
-        return [FileEntry(e.name, e.kind, e.size) for e in entries]
-
-    async def remove_file(self, path: str) -> bool:
-        try:
-            return await asyncio.to_thread(self._files().remove, path)
-        except OSError as e:
-            raise SandboxError(f"cannot remove {path!r}: {e.strerror or e}") from e
-
-    # ------------------------------------------------------------------ execs
-    async def exec(self, spec: ExecSpec) -> ProcessOutcome:
-        return await self._run(spec, None)
-
-    async def stream(self, spec: ExecSpec) -> AsyncIterator[OutputChunk | ProcessOutcome]:
-        queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue()
-        task = asyncio.create_task(self._run(spec, queue.put_nowait))
-        try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    chunk = getter.result()
-                    if chunk is not None:
-                        yield chunk
-                    continue
-                getter.cancel()
-                while not queue.empty():
-                    if (chunk := queue.get_nowait()) is not None:
-                        yield chunk
-                yield task.result()
-                return
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
 
     def _sweep_groups(self) -> None:
         """Remove finished execs' groups whose background processes have all ended (never kills anything;

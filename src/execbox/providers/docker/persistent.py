@@ -1,0 +1,277 @@
+"""Persistent docker sandboxes: one dedicated container per sandbox, many execs in it (issue 5).
+
+The container is created like a pooled one (provider.py: no network, read-only root, size-capped tmpfs,
+every capability dropped, ``no-new-privileges``, execbox's seccomp profile, private cgroup and IPC
+namespaces, the program as uid 1000) with the sandbox's memory and pids caps as the container's limits and
+``disk_mb`` as its tmpfs size. It never comes from the shared warm pool and never goes back to it: it is
+removed by ``close()``, by the provider's ``close()`` and, after a crash, by the provider's label cleanup.
+
+Each exec is a ``docker exec`` of provider.py's AGENT (a bash waiting for its header on stdin), as for a
+one-shot run. Why per-exec cgroups: a runaway exec must lose its whole tree (setsid, double forks and
+SIGTERM-ignoring children included) while background processes of earlier execs live on. Process groups
+and sessions cannot hold that (a program leaves them with one setsid), and ``kill -9 -1`` as uid 1000 would
+take every exec's processes. A cgroup can only be left by writing to cgroupfs, which the program cannot (no
+capability, uid 1000, read-only ``/sys/fs/cgroup``). So before sending the header, the host moves the
+waiting AGENT (its host pid, from the exec's inspect) into a child cgroup of the container's, created with
+the exec's memory/pids limits: everything the exec starts is born there. Its CPU time, peak memory and OOM
+kills are read there, and a kill (wall time, CPU, output, cancellation) SIGKILLs that group only. The
+container's own cgroup still caps everything alive in the sandbox at once. This needs dockerd on this host,
+root and cgroup v1 (on v2 a cgroup with processes cannot have controlled children without moving the
+container's init, which runc's execs would then fail to join); elsewhere persistent sandboxes are refused.
+
+Files: the host reaches the container's ``/work`` through ``/proc/<init pid>/root/work``, opened once when
+the container starts (before any program ran), then only with ``openat2(RESOLVE_BENEATH)`` beneath that
+descriptor (local/files.py, as for local sandboxes): no ``docker exec`` per operation, byte-exact, and a
+symlink the program plants or swaps cannot lead the host out of the workdir. (``docker cp`` cannot write
+into a tmpfs of a container with a read-only root, and an in-container helper would resolve paths racing
+the program.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import posixpath
+import secrets
+import select
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from execbox.errors import IsolationError, SandboxError
+from execbox.providers.base import (
+    ExecSpec,
+    InstanceSpec,
+    OutputChunk,
+    ProcessOutcome,
+    StopReason,
+)
+from execbox.providers.docker.provider import (
+    EXTRA_PIDS,
+    FILES_FAILED,
+    SANDBOX_UID,
+    WORKDIR,
+    Container,
+    DockerProvider,
+    Scope,
+    _header,
+    _NotRunning,
+    _read_number,
+    _Session,
+    _thread,
+)
+from execbox.providers.local import cgroups, files
+
+EXEC_START_S = 10.0  # a docker exec's process has a pid within this
+
+
+def _container_cgroups(pid: int) -> cgroups.CgroupHost:
+    """The container's own cgroup directories (v1: memory, pids, cpuacct), as a base for per-exec groups."""
+    mounts, paths = cgroups._mounts(), {}
+    for line in cgroups._read(Path(f"/proc/{pid}/cgroup")).splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(",") if ctrls else [""]:
+            paths[c] = path
+    if all(c in mounts and c in paths for c in cgroups.V1_CONTROLLERS):
+        bases = {c: mounts[c] / paths[c].lstrip("/") for c in cgroups.V1_CONTROLLERS}
+        if all(b.is_dir() for b in bases.values()):
+            return cgroups.CgroupHost(1, bases)
+    return cgroups.CgroupHost(None, problem="no cgroup v1 memory, pids and cpuacct groups of the container "
+                                            "(cgroup v2 hosts are not supported yet)")
+
+
+def _status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in cgroups._read(Path(f"/proc/{pid}/status")).splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+class DockerSandbox(files.WorkdirInstance):
+    """A persistent sandbox: one dedicated container; start it with ``start()``."""
+
+    def __init__(self, provider: DockerProvider, spec: InstanceSpec, c: Container) -> None:
+        self.provider, self.spec, self.container = provider, spec, c
+        self.cghost = cgroups.CgroupHost(None)
+        self.pidfd = -1  # the container's init: readable once it has died
+        self.workdir: files.Workdir | None = None
+        self._ids = itertools.count(1)
+        self._groups: dict[str, cgroups.Cgroup] = {}  # every exec group not removed yet (running or lingering)
+        self._running: set[str] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------------ life
+    @classmethod
+    async def start(cls, p: DockerProvider, spec: InstanceSpec) -> DockerSandbox:
+        if p.settings.runtime:
+            raise IsolationError(f"persistent docker sandboxes need runc (per-exec cgroups, host-side file "
+                                 f"access); the configured runtime is {p.settings.runtime!r}")
+        if os.geteuid() != 0:
+            raise IsolationError("persistent docker sandboxes need root (each exec gets its own cgroup under "
+                                 "the container's); refusing to run them weaker")
+        if problem := files.available():
+            raise IsolationError(f"persistent docker sandboxes need {problem}")
+        tag = p.catalog.tag(p.image_for_any(spec.binaries), p.settings.official)
+        await p.ensure_image(tag)
+        c = await _thread("create a sandbox container", p._create, (tag, spec.disk_mb, spec.network),
+                          spec.memory_mb, spec.pids + EXTRA_PIDS, "sandbox")
+        inst = cls(p, spec, c)
+        with p._sandboxes_lock:
+            p._sandboxes.add(inst)
+        try:
+            await _thread("open the sandbox", inst._open)
+        except BaseException:
+            await asyncio.shield(inst.close())
+            raise
+        return inst
+
+    def _open(self) -> None:
+        c = self.container
+        if not c.pid or c.cpu_file is None:
+            raise IsolationError("persistent docker sandboxes need dockerd on this host (its containers' "
+                                 "cgroups and /proc); refusing to run them weaker")
+        self.cghost = _container_cgroups(c.pid)
+        if not self.cghost.usable:
+            raise IsolationError(f"persistent docker sandboxes: {self.cghost.problem}")
+        self.pidfd = os.pidfd_open(c.pid)
+        # no program has run in the container yet: its /work is the tmpfs docker mounted
+        self.workdir = files.Workdir(f"/proc/{c.pid}/root{WORKDIR}", SANDBOX_UID)
+        st = os.fstat(self.workdir.fd)
+        if not self.alive or not stat.S_ISDIR(st.st_mode) or st.st_uid != SANDBOX_UID:
+            raise SandboxError("the sandbox container's workdir is not what it was created with")
+
+    @property
+    def alive(self) -> bool:
+        """The container's init still runs (its pidfd turns readable when it dies: no engine round trip)."""
+        if self.pidfd < 0:
+            return False
+        poll = select.poll()
+        poll.register(self.pidfd, select.POLLIN)
+        return not poll.poll(0)
+
+    async def close(self) -> None:
+        """Kill every process and remove the container. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self.provider._sandboxes_lock:
+            self.provider._sandboxes.discard(self)
+        await _thread("remove the sandbox container", self.teardown)
+
+    def teardown(self) -> None:
+        self._closed = True
+        if self.workdir is not None:
+            self.workdir.close()
+        # our groups first: the container's cgroup is removed by runc only once it has no child left
+        for g in list(self._groups.values()):
+            g.remove()
+        self._groups.clear()
+        self.provider._destroy(self.container)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    # ------------------------------------------------------------------ files
+    def _files(self) -> files.Workdir:
+        if self._closed or self.workdir is None:
+            raise SandboxError("the sandbox is closed")
+        if not self.alive:
+            raise SandboxError("the sandbox has died")
+        return self.workdir
+
+    def _sweep(self) -> None:
+        """Remove finished execs' groups whose background processes have all ended (kills nothing: a
+        group without processes cannot gain any, only the host moves processes in)."""
+        for name, g in list(self._groups.items()):
+            if name not in self._running and not g.pids() and g.remove():
+                del self._groups[name]
+
+    def _join(self, exec_id: str, cg: cgroups.Cgroup) -> None:
+        """Move the exec's waiting AGENT into its group, before it has read its header (so before it can
+        start anything). Only a process of the sandbox uid inside this container's cgroup is moved."""
+        api = self.provider.api
+        deadline = time.monotonic() + EXEC_START_S
+        while not (pid := int(api.exec_inspect(exec_id).get("Pid") or 0)):
+            if time.monotonic() > deadline:
+                raise SandboxError("docker exec did not start")
+            time.sleep(0.002)
+        where = cgroups._read(Path(f"/proc/{pid}/cgroup"))
+        mine = cgroups._read(Path(f"/proc/{self.container.pid}/cgroup"))
+        uids = _status(pid).get("Uid", "").split()
+        if not where or where != mine or set(uids) != {str(SANDBOX_UID)}:
+            raise SandboxError("the exec's process is not the sandbox's")
+        for procs in cg.procs_files:
+            try:
+                Path(procs).write_text(str(pid))
+            except OSError as e:
+                raise IsolationError(f"cannot move the exec into its cgroup: {e}") from e
+
+    async def _run(self, spec: ExecSpec, on_chunk: Callable[[OutputChunk], None] | None) -> ProcessOutcome:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        if not self.alive:
+            raise SandboxError("the sandbox has died")
+        if not spec.argv:
+            raise SandboxError("empty argv")
+        p, c = self.provider, self.container
+        cwd = posixpath.normpath(posixpath.join(WORKDIR, spec.cwd))
+        nonce = secrets.token_hex(8)
+        header = _header(nonce, 0, cwd, spec)  # (files are written from the host, never sent with an exec)
+        self._sweep()
+        name = f"e{next(self._ids)}"
+        try:  # +1: the AGENT bash, the program's parent, is in the group too
+            cg = cgroups.Cgroup(self.cghost, name, memory_mb=min(spec.memory_mb, self.spec.memory_mb),
+                                pids=min(spec.pids, self.spec.pids) + 1)
+        except OSError as e:
+            raise IsolationError(f"cannot create the exec's cgroup: {e}") from e
+        self._groups[name] = cg
+        self._running.add(name)
+        try:
+            return await self._supervise(p, c, cg, spec, header, nonce, on_chunk)
+        finally:
+            self._running.discard(name)
+            if not cg.pids() and cg.remove():  # else its background processes live on; swept later
+                self._groups.pop(name, None)
+
+    async def _supervise(self, p: DockerProvider, c: Container, cg: cgroups.Cgroup, spec: ExecSpec,
+                         header: bytes, nonce: str,
+                         on_chunk: Callable[[OutputChunk], None] | None) -> ProcessOutcome:
+        agent, c.agent = c.agent, None  # the one started with the container serves the first exec
+        try:
+            if agent is None:
+                agent = await _thread("docker exec", p._start_agent, c)
+            exec_id, sock = agent
+            try:
+                await _thread("docker exec inspect", self._join, exec_id, cg)
+            except BaseException:
+                sock.close()
+                await asyncio.to_thread(cg.kill_all)
+                raise
+        except _NotRunning as e:
+            raise SandboxError(f"the sandbox container stopped: {e}") from e
+        except SandboxError:
+            if not self.alive:
+                raise SandboxError("the sandbox has died") from None
+            raise
+        oom0 = _read_number(c.oom_file, c.oom_key)
+        scope = Scope(kill=lambda: cg.kill_all(wait=False), cpu_seconds=cg.cpu_time_s, stall=cg.memory_stall(),
+                      kill_lingering=False)
+        session = _Session(p, c, sock, spec, header + spec.stdin, time.monotonic(), cg.cpu_time_s(), exec_id,
+                           nonce, scope=scope, on_chunk=on_chunk)
+        outcome = await session.run()
+        if session.exit_status is None and outcome.stopped_by is None and not self.alive:
+            raise SandboxError("the sandbox died during the exec")
+        if session.exit_status is None and outcome.exit_code == FILES_FAILED:  # the AGENT's cd failed
+            raise SandboxError("cannot start the exec: " + outcome.stderr.decode(errors="replace").strip()[-300:])
+        stopped_by = outcome.stopped_by
+        oom1 = _read_number(c.oom_file, c.oom_key)
+        if stopped_by is None and (cg.oom_killed() or (oom0 is not None and oom1 is not None and oom1 > oom0)):
+            stopped_by = StopReason.MEMORY
+        return replace(outcome, stopped_by=stopped_by, cpu_time_s=cg.cpu_time_s(), max_rss_mb=cg.peak_memory_mb())
+
+
+__all__ = ["DockerSandbox"]
