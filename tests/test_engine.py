@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from execbox.engine import ARGS_FILE, RETURN_FILE, Engine
+from execbox.engine import ARGS_FILE, RETURN_FILE, Engine, StageEvent
 from execbox.errors import (
     ExecboxError,
     InvalidFileError,
@@ -24,7 +24,7 @@ from execbox.errors import (
 from execbox.languages import Language, LanguageRegistry
 from execbox.models import ExecutionRequest, ExecutionResult, File, Limits, Policy, Status
 from execbox.providers import registry as provider_registry
-from execbox.providers.base import ExecSpec, InstanceSpec, ProcessOutcome, StopReason
+from execbox.providers.base import ExecSpec, InstanceSpec, LiveInput, ProcessOutcome, StopReason
 from execbox.providers.mock import MockInstance, MockProvider, echo
 from execbox.providers.registry import ProviderRegistry
 
@@ -913,3 +913,20 @@ async def test_a_per_request_policy_caps_below_the_engines(make) -> None:
     assert (provider.calls[-1].wall_time_s, provider.calls[-1].memory_mb) == (2, 64)
     await engine.execute(req("", limits=Limits(wall_time_s=100)))
     assert provider.calls[-1].wall_time_s == 100  # the engine's own policy is untouched
+
+
+async def test_a_live_run_reads_input_sent_after_its_prompt_and_emits_as_it_goes() -> None:
+    """Engine.execute(live=...) on the real local provider: the answer is written only once the prompt has
+    been emitted, so the program can only have read it live; the emitted output is the result's."""
+    live, events = LiveInput(), []
+
+    async def emit(event: StageEvent) -> None:
+        events.append(event)
+        if event.kind == "data" and b"name? " in event.data:
+            live.write(b"ada\n")
+
+    request = ExecutionRequest(language="python", code='print("hi", input("name? "))')
+    result = await Engine().execute(request, live=(live, emit))
+    assert result.status is Status.OK and result.stdout == "name? hi ada\n"
+    assert [e.kind for e in events][:1] == ["stage"] and events[-1].kind == "exit"
+    assert b"".join(e.data for e in events if e.kind == "data") == result.stdout.encode()

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 from execbox.errors import ExecboxError, InvalidFileError, RequestError, SandboxError
 from execbox.languages import Language, LanguageRegistry, Step, default_registry
 from execbox.models import ExecutionRequest, ExecutionResult, Limits, Policy, Status, StepResult
-from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, StopReason
+from execbox.providers.base import (
+    ExecSpec,
+    Instance,
+    InstanceSpec,
+    LiveInput,
+    OutputChunk,
+    ProcessOutcome,
+    StopReason,
+)
 from execbox.providers.registry import ProviderRegistry
 
 ARGS_FILE = ".execbox_args.json"
@@ -24,6 +34,39 @@ _STOP_STATUS = {
     StopReason.OUTPUT: (Status.OUTPUT_LIMIT, "output limit of {out} bytes per stream exceeded"),
     StopReason.CANCELLED: (Status.KILLED, "cancelled"),
 }
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """What an interactive run reports as it goes: a stage begins, output of a stage, a stage's end."""
+
+    kind: str  # "stage" | "data" | "exit"
+    stage: str  # "compile" | "run"
+    stream: str | None = None  # data: "stdout" | "stderr"
+    data: bytes = b""
+    step: StepResult | None = None  # exit
+
+
+Runner = Callable[[ExecSpec, str], Awaitable[ProcessOutcome]]  # (spec, stage) -> outcome
+
+
+Emit = Callable[[StageEvent], Awaitable[None]]
+
+
+def _live_runner(instance: Instance, live: LiveInput, emit: Emit) -> Runner:
+    """Runs steps streamed: each stage's start, output and end emitted; the run step reads ``live``."""
+    async def run(spec: ExecSpec, stage: str) -> ProcessOutcome:
+        await emit(StageEvent("stage", stage))
+        outcome: ProcessOutcome | None = None
+        async for item in instance.stream(replace(spec, live=live) if stage == "run" else spec):
+            if isinstance(item, OutputChunk):
+                await emit(StageEvent("data", stage, item.stream, item.data))
+            else:
+                outcome = item
+        assert outcome is not None  # a stream ends with its outcome
+        await emit(StageEvent("exit", stage, step=step_result(outcome, spec)))
+        return outcome
+    return run
 
 
 def step_result(o: ProcessOutcome, spec: ExecSpec) -> StepResult:
@@ -81,21 +124,33 @@ class Engine:
         return lang.test if request.command == "test" and lang.test is not None else lang.run
 
     async def execute(self, request: ExecutionRequest, policy: Policy | None = None,
-                      execution_id: str | None = None) -> ExecutionResult:
+                      execution_id: str | None = None, *, live: tuple[LiveInput, Emit] | None = None,
+                      ) -> ExecutionResult:
         """Run ``request``. ``policy`` (default: the engine's) sets the limits' defaults and maxima, so a
-        server can cap each API key differently; ``execution_id`` names the run (default: a new uuid)."""
+        server can cap each API key differently; ``execution_id`` names the run (default: a new uuid).
+        With ``live`` (input, emit) the run is interactive: its run step reads the input as its stdin (and
+        takes its signals) instead of ``request.stdin``, and each stage's start, output and end are emitted
+        as they happen; it needs a provider whose persistent instances take live input (the local one)."""
         lang, limits, files, entry = self._prepare(request, policy)
         provider = self.providers.get(request.provider)
+        if live is not None and not provider.supports_persistent:
+            raise RequestError(f"provider {provider.name!r} cannot run interactively")
         execution_id = execution_id or uuid.uuid4().hex
+        spec = InstanceSpec(disk_mb=limits.disk_mb, network=limits.network)
+        if live is not None:
+            spec = replace(spec, persistent=True, memory_mb=limits.memory_mb, pids=limits.pids)
         try:
-            instance = await provider.start(InstanceSpec(disk_mb=limits.disk_mb, network=limits.network))
+            instance = await provider.start(spec)
         except ExecboxError:
             raise
         except Exception as e:  # a provider bug or host failure: the sandbox's fault, mapped at the boundary
             raise SandboxError(f"provider {provider.name!r} failed to start: {e}") from e
         try:
             async with instance:
-                result = await self._steps(instance, request, lang, limits, files, entry)
+                if live is not None and not instance.supports_live:
+                    raise RequestError(f"provider {provider.name!r} cannot run interactively")
+                run = None if live is None else _live_runner(instance, *live)
+                result = await self._steps(instance, request, lang, limits, files, entry, run)
         except ExecboxError:
             raise
         except Exception as e:
@@ -156,14 +211,17 @@ class Engine:
         )
 
     async def _steps(self, instance: Instance, request: ExecutionRequest, lang: Language, limits: Limits,
-                     files: dict[str, bytes], entry: str) -> dict[str, object]:
+                     files: dict[str, bytes], entry: str, run: Runner | None = None) -> dict[str, object]:
+        if run is None:
+            async def run(spec: ExecSpec, stage: str) -> ProcessOutcome:
+                return await instance.exec(spec)
         await instance.write_files(files)
         sources = lang.sources(files) or [entry]
         compiled: StepResult | None = None
         if lang.compile is not None and request.command == "run":  # a test runner builds what it tests
             spec = self._spec(lang, lang.compile, limits, lang.expand(lang.compile, entry, sources, ()),
                               compile=True)
-            compiled = step_result(await instance.exec(spec), spec)
+            compiled = step_result(await run(spec, "compile"), spec)
             if compiled.status is not Status.OK:
                 status = Status.COMPILE_ERROR if compiled.status is Status.RUNTIME_ERROR else compiled.status
                 return {**compiled.model_dump(), "status": status, "stdout": "", "stderr": "",
@@ -173,7 +231,7 @@ class Engine:
         step = self._main_step(lang, request)
         spec = self._spec(lang, step, limits, lang.expand(step, entry, sources, request.args),
                           compile=False, stdin=stdin, env=request.env)
-        ran = step_result(await instance.exec(spec), spec)
+        ran = step_result(await run(spec, "run"), spec)
         out = {**ran.model_dump(), "compile": compiled}
         if request.arguments is not None and ran.status is Status.OK:
             raw = await instance.read_file(RETURN_FILE, MAX_RETURN_BYTES)

@@ -45,6 +45,34 @@ class InstanceSpec:
     binaries: tuple[str, ...] = ()
 
 
+class LiveInput:
+    """What a client sends a running exec (an interactive run): stdin as it types it, its end, and signals.
+    Only instances whose ``supports_live`` is true take it (``ExecSpec.live``); ``stdin`` is then unused."""
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[bytes | int | None] = asyncio.Queue()
+        self.pending_bytes = 0  # written, not yet taken by the exec: a writer should wait while it is large
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.pending_bytes += len(data)
+            self._events.put_nowait(data)
+
+    def close(self) -> None:
+        """The end of stdin (the program reads EOF once what was written is read)."""
+        self._events.put_nowait(None)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the exec's processes."""
+        self._events.put_nowait(signum)
+
+    async def next(self) -> bytes | int | None:
+        item = await self._events.get()
+        if isinstance(item, bytes):
+            self.pending_bytes -= len(item)
+        return item
+
+
 @dataclass(frozen=True)
 class ExecSpec:
     """One process run inside an instance, with its own limits."""
@@ -60,6 +88,7 @@ class ExecSpec:
     stdin: bytes = b""
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str = "."  # relative to the workdir
+    live: LiveInput | None = field(default=None, compare=False)  # an interactive exec's input, as it comes
 
 
 class StopReason(enum.StrEnum):
@@ -130,6 +159,8 @@ async def stream_run(run: Callable[[Callable[[OutputChunk], None]], Awaitable[Pr
 
 class Instance(abc.ABC):
     """One isolated environment: a workdir and a way to run processes in it."""
+
+    supports_live = False  # takes ExecSpec.live (stdin and signals while the exec runs)
 
     @abc.abstractmethod
     async def write_files(self, files: Mapping[str, bytes]) -> None:

@@ -12,10 +12,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from execbox.engine import Engine
+from execbox.engine import Emit, Engine
 from execbox.errors import ProviderUnavailable, RequestError, SandboxError
 from execbox.languages import default_registry
 from execbox.models import ExecutionRequest, ExecutionResult, Limits, Status
+from execbox.providers.base import LiveInput
 from execbox.providers.registry import ProviderRegistry, available_names
 from execbox.sandbox import AsyncSandbox, SandboxManager
 from execbox.server.auth import KeyRing, Principal
@@ -102,8 +103,10 @@ class Service:
 
     async def execute(self, principal: Principal, request: ExecutionRequest, *, session_id: str | None = None,
                       bounded: bool = True, admitted: bool = False, execution_id: str | None = None,
+                      live: tuple[LiveInput, Emit] | None = None,
                       ) -> ExecutionResult:
-        """Run one request under the caller's caps, within the server's capacity; record and count it."""
+        """Run one request under the caller's caps, within the server's capacity; record and count it.
+        With ``live`` (input, emit) it runs interactively (see ``Engine.execute``)."""
         policy = self.engine.policy.capped(principal.caps)
         provider = request.provider or self.providers.default
         labels = {"language": request.language, "provider": provider}
@@ -112,7 +115,7 @@ class Service:
             async with self.capacity.slot(bounded=bounded, admitted=admitted):
                 self.metrics.queued.set(self.capacity.waiting)
                 with self.metrics.in_progress(provider):
-                    result = await self.engine.execute(request, policy, execution_id)
+                    result = await self.engine.execute(request, policy, execution_id, live=live)
         except RequestError as e:
             self._log_failure(principal, labels, "bad_request", e, start)
             raise

@@ -41,6 +41,7 @@ from execbox.errors import IsolationError, RequestError, SandboxError
 from execbox.providers.base import (
     ExecSpec,
     InstanceSpec,
+    LiveInput,
     OutputChunk,
     ProcessOutcome,
     StopReason,
@@ -129,6 +130,8 @@ class _Reports:
 
 class PersistentInstance(files.WorkdirInstance):
     """A long-lived local sandbox; start it with ``start()``."""
+
+    supports_live = True
 
     def __init__(self, provider: LocalProvider, spec: InstanceSpec, wd: _Workdir) -> None:
         self.provider, self.spec, self.wd = provider, spec, wd
@@ -313,9 +316,13 @@ class PersistentInstance(files.WorkdirInstance):
             raise IsolationError(f"cannot create the exec's cgroup: {e}") from e
         loop = asyncio.get_running_loop()
         fds: list[int] = []  # ours to close once the agent has its copies
-        out_r = err_r = -1
+        out_r = err_r = live_w = -1
         try:
-            fds.append(stdin_fd(spec.stdin))
+            if spec.live is None:
+                fds.append(stdin_fd(spec.stdin))
+            else:  # a pipe the client's input is pumped into while the exec runs
+                live_r, live_w = os.pipe2(os.O_CLOEXEC)
+                fds.append(live_r)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             fds.append(out_w)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -328,7 +335,7 @@ class PersistentInstance(files.WorkdirInstance):
                 socket.send_fds(self.control, [message[:8]], fds)
                 self.control.sendall(message[8:])
         except BaseException:
-            for fd in (out_r, err_r):
+            for fd in (out_r, err_r, live_w):
                 if fd >= 0:
                     os.close(fd)
             cg.remove()
@@ -336,9 +343,14 @@ class PersistentInstance(files.WorkdirInstance):
         finally:
             for fd in fds:
                 os.close(fd)
+        pump = None if spec.live is None else asyncio.create_task(_pump_live(spec.live, live_w, cg))
         try:
             return await self._supervise(spec, cg, start, report, out_r, err_r, on_chunk, loop)
         finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await pump
             os.close(out_r)
             os.close(err_r)
             # nothing left in the background: the group goes now; else once its processes have ended
@@ -446,6 +458,45 @@ class PersistentInstance(files.WorkdirInstance):
         return ProcessOutcome(exit_code=exit_code, signal=sig, stdout=bytes(so[1]), stderr=bytes(se[1]),
                               stdout_truncated=so[2][0], stderr_truncated=se[2][0], wall_time_s=wall,
                               cpu_time_s=cpu, max_rss_mb=peak, stopped_by=stopped_by)
+
+
+async def _pump_live(live: LiveInput, fd: int, cg: cgroups.Cgroup) -> None:
+    """Feed a client's input to a running exec: stdin into the pipe ``fd`` (ours; closed at its end, so the
+    program reads EOF), signals to the processes of the exec's cgroup. Never blocks the loop: a program that
+    does not read stalls the pump only."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    try:
+        while (item := await live.next()) is not None:
+            if isinstance(item, int):
+                pids = cg.pids()
+                while not pids:  # sent before the exec's process joined its group: it is on its way
+                    await asyncio.sleep(0.005)  # (the pump is cancelled when the exec ends)
+                    pids = cg.pids()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        pidfd = os.pidfd_open(pid)
+                        try:  # still in the group once pinned by the pidfd: not a host process that reused the pid
+                            if pid in cg.pids():
+                                signal.pidfd_send_signal(pidfd, item)
+                        finally:
+                            os.close(pidfd)
+                continue
+            view = memoryview(item)
+            while view:
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    writable = loop.create_future()
+                    loop.add_writer(fd, writable.set_result, None)
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(fd)
+                except BrokenPipeError:  # nobody reads stdin any more: the rest is dropped
+                    view = view[len(view):]
+    finally:
+        os.close(fd)
 
 
 def _rmdir(path: Path) -> bool:

@@ -3,24 +3,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import json
+import logging
 import math
 import re
 import signal as signals
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from execbox.errors import RequestError
+from execbox.engine import StageEvent
+from execbox.errors import ExecboxError, RequestError
 from execbox.languages import Language
 from execbox.models import ExecutionRequest, File, Limits, StepResult
 from execbox.models import Status as S
+from execbox.providers.base import LiveInput
 from execbox.server.deps import PrincipalDep, ServiceDep
+from execbox.server.limits import Refused
 
 PREFIX = "/api/v2/"
+log = logging.getLogger("execbox.server")
 
 
 def error_shape(message: str, extra: Any) -> dict[str, Any]:
@@ -223,3 +231,144 @@ async def runtimes(service: ServiceDep, principal: PrincipalDep) -> list[PistonR
     return [PistonRuntime(language=lang.name, version=lang.version() or "", aliases=lang.aliases,
                           runtime=_RUNTIME.get(lang.name))
             for lang in service.engine.languages if lang.available]
+
+
+# --- /api/v2/connect: Piston's interactive runs over a WebSocket -------------------------------------------
+# Client: {"type": "init", <the execute body>} first (within INIT_TIMEOUT_S), then any number of
+# {"type": "data", "stream": "stdin", "data": "..."} and {"type": "signal", "signal": "SIGINT"}.
+# Server: {"type": "runtime", language, version}, then per stage {"type": "stage", "stage"}, {"type": "data",
+# "stream", "data"} as output comes, {"type": "exit", "stage", "code", "signal"}; the socket is closed with
+# 4999 "Job Completed". Errors: {"type": "error", "message"} and close 4002; Piston's other close codes below.
+# The key goes in the handshake's headers (X-API-Key or Authorization: Bearer), as everywhere else.
+INIT_TIMEOUT_S = 1.0
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_PENDING_STDIN_BYTES = 1024 * 1024
+_SIGNALS = {s.name: int(s) for s in signals.Signals if s.name.startswith("SIG") and not s.name.startswith("SIG_")}
+
+
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@router.websocket("/api/v2/connect")
+async def connect(ws: WebSocket) -> None:
+    """Piston's interactive run: stdin and signals in, output and exits out, as they happen."""
+    service = ws.app.state.service
+    auth = ws.headers.get("x-api-key") or ws.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    principal = service.keys.lookup(auth) if auth else None
+    if principal is None:  # refused in the handshake: the client sees HTTP 403
+        await ws.close(code=1008, reason="missing or invalid API key")
+        return
+    await ws.accept()
+    live = LiveInput()
+    try:
+        body = await _init(ws)
+        service.admit(principal)
+        lang = _language(service, body.language, body.version)
+        try:
+            request = _request(body, lang)
+        except ValidationError as e:
+            raise RequestError("; ".join(err["msg"] for err in e.errors(include_url=False))) from None
+        service.check(request, principal)
+        await ws.send_json({"type": "runtime", "language": lang.name, "version": lang.version() or ""})
+
+        async def emit(event: StageEvent) -> None:
+            if event.kind == "data":
+                await ws.send_json({"type": "data", "stream": event.stream,
+                                    "data": event.data.decode("utf-8", "replace")})
+            elif event.kind == "stage":
+                await ws.send_json({"type": "stage", "stage": event.stage})
+            else:
+                assert event.step is not None
+                stage = _stage(event.step)
+                await ws.send_json({"type": "exit", "stage": event.stage, "code": stage.code,
+                                    "signal": stage.signal, "status": stage.status, "message": stage.message})
+
+        live.write(body.stdin.encode())  # the init's stdin comes first
+        reader = asyncio.create_task(_read_client(ws, live))
+        run = asyncio.create_task(service.execute(principal, request, live=(live, emit)))
+        done, _ = await asyncio.wait({reader, run}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:  # the client went away or broke the protocol: the run is killed
+            while not run.done():  # again until it ends: a cancel landing in the server's send may be swallowed
+                run.cancel()
+                await asyncio.wait({run}, timeout=0.1)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                run.result()
+            reader.result()  # raises the _Close, if any
+            return
+        reader.cancel()
+        run.result()
+        await ws.close(4999, "Job Completed")
+    except _Close as e:
+        await _close(ws, e.code, e.reason)
+    except (RequestError, Refused, ExecboxError) as e:
+        message = e.message if isinstance(e, Refused) else str(e)
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await ws.send_json({"type": "error", "message": message})
+        await _close(ws, 4002, "Notified Error")
+    except WebSocketDisconnect:
+        pass
+    except Exception:  # a client that went away mid-send, or a bug: logged, never a traceback to the client
+        log.exception("interactive run failed")
+        await _close(ws, 1011, "internal error (logged)")
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await ws.close(code, reason)
+
+
+async def _message(ws: WebSocket) -> dict[str, Any]:
+    frame = await ws.receive()
+    if frame["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(frame.get("code", 1000))
+    text = frame.get("text")
+    if text is None:
+        raise RequestError("messages are JSON text frames")
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise RequestError(f"a message may be at most {MAX_MESSAGE_BYTES} bytes")
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        raise RequestError("a message must be a JSON object") from None
+    if not isinstance(msg, dict):
+        raise RequestError("a message must be a JSON object")
+    return msg
+
+
+async def _init(ws: WebSocket) -> PistonExecute:
+    try:
+        msg = await asyncio.wait_for(_message(ws), INIT_TIMEOUT_S)
+    except TimeoutError:
+        raise _Close(4001, "Initialization Timeout") from None
+    if msg.get("type") != "init":
+        raise _Close(4003, "Not yet Initialized")
+    try:
+        return PistonExecute.model_validate(msg)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        raise RequestError(f"{'.'.join(str(p) for p in first['loc']) or 'init'}: {first['msg']}") from None
+
+
+async def _read_client(ws: WebSocket, live: LiveInput) -> None:
+    """The client's messages while the run goes on; returns when it disconnects."""
+    try:
+        while True:
+            msg = await _message(ws)
+            kind = msg.get("type")
+            if kind == "init":
+                raise _Close(4000, "Already Initialized")
+            if kind == "data":
+                if msg.get("stream") != "stdin" or not isinstance(msg.get("data"), str):
+                    raise _Close(4004, "Can only write to stdin")
+                live.write(msg["data"].encode())
+                while live.pending_bytes > MAX_PENDING_STDIN_BYTES:  # the program reads slower than the client
+                    await asyncio.sleep(0.01)  # writes: stop reading, and TCP slows the client down
+            elif kind == "signal":
+                if msg.get("signal") not in _SIGNALS:
+                    raise _Close(4005, "Invalid signal")
+                live.signal(_SIGNALS[msg["signal"]])
+    except WebSocketDisconnect:
+        live.close()
