@@ -144,7 +144,7 @@ def list_(
         return
     now = time.time()
     ids = Column("id", no_wrap=True, min_width=max((len(sb.id) for sb in found), default=2))  # never cut short
-    table = Table(ids, "language", "labels", "age", "idle expiry in", "provider")
+    table = Table(ids, "language", Column("labels", overflow="fold"), "age", "idle expiry in", "provider")
     for sb in found:
         table.add_row(sb.id, sb.language, ", ".join(f"{k}={v}" for k, v in sb.labels.items()) or "-",
                       _duration(now - sb.created_at), _duration(sb.idle_expires_at - now), sb.provider)
