@@ -36,6 +36,7 @@ import posixpath
 import secrets
 import select
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -83,6 +84,10 @@ def _container_cgroups(pid: int) -> cgroups.CgroupHost:
                                             "(cgroup v2 hosts are not supported yet)")
 
 
+class _AgentGone(SandboxError):
+    """An AGENT that was waiting for its header is no longer there."""
+
+
 def _status(pid: int) -> dict[str, str]:
     out = {}
     for line in cgroups._read(Path(f"/proc/{pid}/status")).splitlines():
@@ -102,6 +107,7 @@ class DockerSandbox(files.WorkdirInstance):
         self._ids = itertools.count(1)
         self._groups: dict[str, cgroups.Cgroup] = {}  # every exec group not removed yet (running or lingering)
         self._running: set[str] = set()
+        self._agent_lock = threading.Lock()  # c.agent is set by prestart threads and taken by execs
         self._closed = False
 
     # ------------------------------------------------------------------ life
@@ -163,7 +169,8 @@ class DockerSandbox(files.WorkdirInstance):
         await _thread("remove the sandbox container", self.teardown)
 
     def teardown(self) -> None:
-        self._closed = True
+        with self._agent_lock:  # (waits for a prestart under way: its AGENT is closed with the container)
+            self._closed = True
         if self.workdir is not None:
             self.workdir.close()
         # our groups first: the container's cgroup is removed by runc only once it has no child left
@@ -190,23 +197,40 @@ class DockerSandbox(files.WorkdirInstance):
             if name not in self._running and not g.pids() and g.remove():
                 del self._groups[name]
 
+    def _prestart(self) -> None:
+        """Start the next exec's AGENT now, off the next exec's path (a runc exec takes tens of ms)."""
+        c = self.container
+        with self._agent_lock:
+            if self._closed or c.agent is not None:
+                return
+            try:
+                c.agent = self.provider._start_agent(c)
+            except Exception:  # the next exec starts its own (and reports what is wrong)
+                return
+
     def _join(self, exec_id: str, cg: cgroups.Cgroup) -> None:
         """Move the exec's waiting AGENT into its group, before it has read its header (so before it can
         start anything). Only a process of the sandbox uid inside this container's cgroup is moved."""
         api = self.provider.api
         deadline = time.monotonic() + EXEC_START_S
-        while not (pid := int(api.exec_inspect(exec_id).get("Pid") or 0)):
+        while not (pid := int((info := api.exec_inspect(exec_id)).get("Pid") or 0)):
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                raise _AgentGone("the exec's process is gone")
             if time.monotonic() > deadline:
                 raise SandboxError("docker exec did not start")
             time.sleep(0.002)
         where = cgroups._read(Path(f"/proc/{pid}/cgroup"))
         mine = cgroups._read(Path(f"/proc/{self.container.pid}/cgroup"))
         uids = _status(pid).get("Uid", "").split()
-        if not where or where != mine or set(uids) != {str(SANDBOX_UID)}:
+        if not where or not uids:
+            raise _AgentGone("the exec's process is gone")
+        if where != mine or set(uids) != {str(SANDBOX_UID)}:
             raise SandboxError("the exec's process is not the sandbox's")
         for procs in cg.procs_files:
             try:
                 Path(procs).write_text(str(pid))
+            except ProcessLookupError as e:
+                raise _AgentGone("the exec's process is gone") from e
             except OSError as e:
                 raise IsolationError(f"cannot move the exec into its cgroup: {e}") from e
 
@@ -234,23 +258,31 @@ class DockerSandbox(files.WorkdirInstance):
             return await self._supervise(p, c, cg, spec, header, nonce, on_chunk)
         finally:
             self._running.discard(name)
+            threading.Thread(target=self._prestart, daemon=True).start()
             if not cg.pids() and cg.remove():  # else its background processes live on; swept later
                 self._groups.pop(name, None)
 
     async def _supervise(self, p: DockerProvider, c: Container, cg: cgroups.Cgroup, spec: ExecSpec,
                          header: bytes, nonce: str,
                          on_chunk: Callable[[OutputChunk], None] | None) -> ProcessOutcome:
-        agent, c.agent = c.agent, None  # the one started with the container serves the first exec
+        with self._agent_lock:  # one started ahead of time (with the container, or after the last exec)
+            agent, c.agent = c.agent, None
         try:
-            if agent is None:
-                agent = await _thread("docker exec", p._start_agent, c)
-            exec_id, sock = agent
-            try:
-                await _thread("docker exec inspect", self._join, exec_id, cg)
-            except BaseException:
-                sock.close()
-                await asyncio.to_thread(cg.kill_all)
-                raise
+            while True:
+                fresh = agent is None
+                if agent is None:
+                    agent = await _thread("docker exec", p._start_agent, c)
+                exec_id, sock = agent
+                try:
+                    await _thread("docker exec inspect", self._join, exec_id, cg)
+                    break
+                except BaseException as e:
+                    sock.close()
+                    await asyncio.to_thread(cg.kill_all)
+                    # one that waited may have been killed meanwhile by a program (same uid): start another
+                    if fresh or not isinstance(e, _AgentGone) or not self.alive:
+                        raise
+                    agent = None
         except _NotRunning as e:
             raise SandboxError(f"the sandbox container stopped: {e}") from e
         except SandboxError:
