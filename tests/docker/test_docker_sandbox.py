@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -91,6 +92,28 @@ async def test_a_runaway_exec_is_killed_with_its_tree_and_the_sandbox_lives_on(m
     r = await sb.exec("for f in /sys/fs/cgroup/*/cgroup.procs; do (echo $$ > $f) 2>/dev/null && echo moved $f; "
                       "done; grep -c ':/e[0-9]*$' /proc/self/cgroup")
     assert "moved" not in r.stdout and int(r.stdout) >= 3, r  # in its own exec group, which it cannot leave
+
+
+async def test_an_agent_killed_while_it_waited_is_replaced(manager: SandboxManager,
+                                                           docker_provider: DockerProvider) -> None:
+    """The next exec's AGENT is started ahead of time; a program (same uid) may kill it while it waits (here the
+    host does, as a kill -9 -1 would): the next exec starts another and runs."""
+    sb = await manager.create("bash", limits=LIMITS)
+    inst = sb._instance
+    assert isinstance(inst, DockerSandbox)
+    for _ in range(3):
+        assert (await sb.exec("echo ok")).stdout == "ok\n"
+        for _ in range(400):  # the prestart runs on a thread once the exec is over
+            if (agent := inst.container.agent) is not None:
+                break
+            await asyncio.sleep(0.025)
+        assert agent is not None
+        for _ in range(400):
+            if pid := int(docker_provider.api.exec_inspect(agent[0]).get("Pid") or 0):
+                break
+            await asyncio.sleep(0.025)
+        os.kill(pid, signal.SIGKILL)
+    assert (await sb.exec("echo still ok")).stdout == "still ok\n"
 
 
 async def test_idle_ttl_reaps_the_sandbox_and_its_container(manager: SandboxManager,
