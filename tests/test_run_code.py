@@ -4,6 +4,7 @@ image) where dockerd runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from execbox import AsyncSandbox, CellResult, CellStatus, Engine, Limits, RequestError, Sandbox
+from execbox import AsyncSandbox, CellResult, CellStatus, Engine, Limits, NotFoundError, RequestError, Sandbox
 from execbox import sandbox as sandbox_module
 from execbox.errors import ProviderUnavailable
 from execbox.providers.base import Provider
@@ -53,6 +54,10 @@ def _docker() -> Iterator[Provider]:
         pytest.skip("docker keeps no sandboxes here, or its python image is not built (`execbox images build`)")
     yield p
     p.close()
+
+# SIGKILL one of the kernel's processes and wait until it is gone (a zombie has an empty command line)
+KILL = ("pid=$(cat /tmp/.execbox-kernel/{name}.pid); kill -9 $pid; "
+        "for _ in $(seq 1000); do grep -q . /proc/$pid/cmdline 2>/dev/null || break; sleep 0.01; done")
 
 
 @pytest.fixture(scope="module", params=["local", "docker"])
@@ -206,11 +211,11 @@ async def test_a_kernel_that_dies_is_restarted_by_the_next_cell(sb: AsyncSandbox
     assert after.ok and after.text == "2" and after.restarted and after.execution_count == 1
     assert after.message is not None and "status 3" in after.message
     # killed between cells, from outside the kernel: the next cell notices and starts a new one
-    await sb.exec("kill -9 $(cat /tmp/.execbox-kernel/kernel.pid)")
+    await sb.exec(KILL.format(name="kernel"))
     again = await sb.run_code("'z' in dir()")
     assert again.text == "False" and again.restarted and "between cells" in (again.message or "")
     # the bridge itself killed: the host starts a new one (and the orphaned kernel is not left behind)
-    await sb.exec("kill -9 $(cat /tmp/.execbox-kernel/bridge.pid)")
+    await sb.exec(KILL.format(name="bridge"))
     last = await sb.run_code("40 + 2")
     assert last.text == "42" and last.restarted and "bridge" in (last.message or "")
     assert not (await sb.run_code("1")).restarted
@@ -234,6 +239,22 @@ async def test_bad_input_is_a_request_error(manager: SandboxManager, sb: AsyncSa
     async with await AsyncSandbox.create("bash", limits=LIMITS) as shell:
         with pytest.raises(RequestError, match="runs Python"):
             await shell.run_code("1")
+
+
+async def test_limits_too_small_for_a_kernel_are_the_requests_error(manager: SandboxManager) -> None:
+    async with await AsyncSandbox.create("python", limits=LIMITS.model_copy(update={"memory_mb": 16})) as sb:
+        with pytest.raises(RequestError, match="could not start within this sandbox's limits"):
+            await sb.run_code("1")
+        assert (await sb.exec("echo alive")).stdout == "alive\n"
+
+
+async def test_a_sandbox_destroyed_during_a_cell_is_not_found(sb: AsyncSandbox) -> None:
+    assert (await sb.run_code("1")).ok
+    cell = asyncio.create_task(sb.run_code("import time; time.sleep(25)"))
+    await asyncio.sleep(1)  # the cell is running (were it not yet, the error is the same NotFoundError)
+    await sb.destroy()
+    with pytest.raises(NotFoundError, match="destroyed"):  # not a SandboxError (a 500 over HTTP)
+        await cell
 
 
 def test_the_sync_facade(manager: SandboxManager) -> None:

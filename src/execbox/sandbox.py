@@ -481,7 +481,12 @@ class AsyncSandbox:
         back as data in a CellResult. ``timeout_s`` (default and maximum: the sandbox's ``wall_time_s``) is
         the cell's: past it the cell is interrupted, and the kernel killed if it does not stop; a kernel that
         died is replaced by the next call, whose result says so (``restarted``). The sandbox lives on."""
-        return await self._op(self._kernel.run(code, timeout_s))
+        try:
+            return await self._op(self._kernel.run(code, timeout_s))
+        except SandboxError as e:
+            if self._destroyed:  # by destroy() or the reaper (max lifetime) meanwhile: gone, not failed
+                raise NotFoundError(f"sandbox {self.id} was destroyed during the cell") from e
+            raise
 
     # ------------------------------------------------------------------ ending
     async def destroy(self) -> None:

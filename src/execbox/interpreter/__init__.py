@@ -36,9 +36,9 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
-from execbox.errors import RequestError, SandboxError
+from execbox.errors import ExecboxError, RequestError, SandboxError
 from execbox.models import Limits
 from execbox.providers.base import ExecSpec, Instance, ProcessOutcome
 
@@ -48,6 +48,11 @@ START_WALL_S = 60.0  # starting python, jupyter_client and the kernel, on a cold
 INTERRUPT_GRACE_S = 3.0  # after the SIGINT, before the kernel is killed
 RELAY_MARGIN_S = 60.0  # the relay's wall time past the cell's: the grace, a kernel (re)start, the answer
 NO_BRIDGE, BRIDGE_GONE = 3, 4  # the relay's exit codes (relay.py)
+ENVELOPE_BYTES = 64 * 1024  # the relay's output cap beyond the cell's own output: the answer's JSON around it
+# A kernel failing to start with one of these ran into the sandbox's limits (memory, pids, open files), which
+# the request chose: a RequestError naming them, not the sandbox's failure.
+LIMIT_SIGNS = ("[Errno 11]", "[Errno 12]", "[Errno 24]", "MemoryError", "exited while starting",
+               "Kernel died before replying")
 # where matplotlib, IPython and jupyter write their caches and state: the root may be read-only and HOME odd
 KERNEL_ENV = {"MPLCONFIGDIR": f"{KERNEL_DIR}/matplotlib", "IPYTHONDIR": f"{KERNEL_DIR}/ipython",
               "JUPYTER_CONFIG_DIR": f"{KERNEL_DIR}/jupyter", "JUPYTER_DATA_DIR": f"{KERNEL_DIR}/jupyter",
@@ -152,9 +157,20 @@ class Kernel:
 
     def _spec(self, argv: tuple[str, ...], stdin: bytes, wall_s: float, cpu_s: float) -> ExecSpec:
         lim = self._limits
+        # the cell's output is capped by the bridge (output_bytes); the exec's cap leaves room for the JSON around it
         return ExecSpec(argv=argv, wall_time_s=wall_s, cpu_time_s=cpu_s, memory_mb=lim.memory_mb, pids=lim.pids,
-                        output_bytes=lim.output_bytes, file_size_mb=lim.file_size_mb, open_files=lim.open_files,
-                        stdin=stdin, env=self._env, cwd=".")
+                        output_bytes=lim.output_bytes + ENVELOPE_BYTES, file_size_mb=lim.file_size_mb,
+                        open_files=lim.open_files, stdin=stdin, env=self._env, cwd=".")
+
+    def _failed(self, why: str, stopped_by: object = None) -> ExecboxError:
+        """The error for a kernel that could not start (or restart): the request's limits, or the sandbox."""
+        lim = self._limits
+        if stopped_by is not None or any(sign in why for sign in LIMIT_SIGNS):
+            return RequestError(f"the python kernel could not start within this sandbox's limits (memory_mb="
+                                f"{lim.memory_mb}, pids={lim.pids}, open_files={lim.open_files}, cpu_time_s="
+                                f"{lim.cpu_time_s:g}): {why.strip()[-600:]}; create the sandbox with larger ones")
+        return SandboxError(f"the sandbox's python kernel could not start (run_code needs python3 with ipykernel "
+                            f"and jupyter_client in the sandbox): {why}")
 
     async def run(self, code: str, timeout_s: float | None) -> CellResult:
         if self._language != "python":
@@ -177,10 +193,8 @@ class Kernel:
             return await self._run(code, timeout)
 
     async def _run(self, code: str, timeout_s: float) -> CellResult:
-        # room for the JSON around the outputs, within the output cap of the relay's exec
-        budget = max(self._limits.output_bytes - 16 * 1024, 1024)
         request = json.dumps({"code": code, "timeout_s": timeout_s, "interrupt_grace_s": INTERRUPT_GRACE_S,
-                              "output_bytes": budget}).encode()
+                              "output_bytes": self._limits.output_bytes}).encode()
         wall = timeout_s + INTERRUPT_GRACE_S + RELAY_MARGIN_S
         relay = self._spec(("python3", "-I", "-S", "-c", _script("relay.py"), SOCKET), request, wall, wall)
         outcome = await self._instance.exec(relay)
@@ -210,11 +224,11 @@ class Kernel:
         if outcome.exit_code == 0 and isinstance(answer, dict) and answer.get("ok"):
             return
         why = (answer or {}).get("error") if isinstance(answer, dict) else None
-        if why is None:
-            why = (f"exit {outcome.exit_code}, signal {outcome.signal}, stopped by {outcome.stopped_by}: "
-                   f"{_tail(outcome.stderr) or _tail(outcome.stdout)}")
-        raise SandboxError(f"the sandbox's python kernel could not start (run_code needs python3 with ipykernel "
-                           f"and jupyter_client in the sandbox): {why}")
+        if not isinstance(why, str):
+            tail = _tail(outcome.stderr) or _tail(outcome.stdout)
+            why = f"exit {outcome.exit_code}, signal {outcome.signal}, stopped by {outcome.stopped_by}" + (
+                f": {tail}" if tail else "")
+        raise self._failed(why, outcome.stopped_by)
 
     def _parse(self, outcome: ProcessOutcome, timeout_s: float, restarted: bool) -> CellResult:
         lost, self._lost = self._lost, None
@@ -230,14 +244,20 @@ class Kernel:
                                       f"({outcome.stopped_by}); it was killed: the next cell starts a new one")
         try:
             answer = json.loads(outcome.stdout) if outcome.exit_code == 0 else None
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):
             raise SandboxError(f"the kernel bridge gave no answer (exit {outcome.exit_code}, signal "
                                f"{outcome.signal}): {_tail(outcome.stderr) or _tail(outcome.stdout)}")
-        if "fatal" in answer:
+        if "fatal" in answer:  # the bridge could not serve the cell: mostly a new kernel that could not start
+            error = self._failed(str(answer["fatal"]))
+            if isinstance(error, RequestError):
+                raise error
             raise SandboxError(f"the sandbox's python kernel failed: {answer['fatal']}")
-        cell = CellResult.model_validate(answer)
+        try:
+            cell = CellResult.model_validate(answer)
+        except ValidationError as e:  # the bridge is in the sandbox: its answer is checked like any input
+            raise SandboxError(f"the kernel bridge gave an invalid answer: {e}") from e
         if restarted and not cell.restarted:  # the bridge itself was new: it cannot know what came before
             note = f"a new kernel was started because {lost}: variables and imports of earlier cells are gone"
             cell = cell.model_copy(update={"restarted": True,
