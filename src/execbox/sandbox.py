@@ -48,7 +48,7 @@ from execbox.errors import (
     RequestError,
     SandboxError,
 )
-from execbox.interpreter import CellResult, Kernel
+from execbox.interpreter import CellResult, CellStatus, Kernel
 from execbox.models import ExecEvent, ExecutionResult, FileInfo, Limits, check_file_name
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, OutputChunk, ProcessOutcome, Provider
 
@@ -481,12 +481,16 @@ class AsyncSandbox:
         back as data in a CellResult. ``timeout_s`` (default and maximum: the sandbox's ``wall_time_s``) is
         the cell's: past it the cell is interrupted, and the kernel killed if it does not stop; a kernel that
         died is replaced by the next call, whose result says so (``restarted``). The sandbox lives on."""
+        gone = f"sandbox {self.id} was destroyed during the cell"
         try:
-            return await self._op(self._kernel.run(code, timeout_s))
+            result = await self._op(self._kernel.run(code, timeout_s))
         except SandboxError as e:
             if self._destroyed:  # by destroy() or the reaper (max lifetime) meanwhile: gone, not failed
-                raise NotFoundError(f"sandbox {self.id} was destroyed during the cell") from e
+                raise NotFoundError(gone) from e
             raise
+        if self._destroyed and result.status is CellStatus.KERNEL_DIED:  # killed by the destruction
+            raise NotFoundError(gone)
+        return result
 
     # ------------------------------------------------------------------ ending
     async def destroy(self) -> None:
