@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -113,6 +114,13 @@ async def test_an_agent_killed_while_it_waited_is_replaced(manager: SandboxManag
                 break
             await asyncio.sleep(0.025)
         os.kill(pid, signal.SIGKILL)
+        for _ in range(400):  # dead, as after a program's kill -9 -1 (one killed mid-handoff is the exec's death)
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split()[2] in "ZX":
+                    break
+            except FileNotFoundError:
+                break
+            await asyncio.sleep(0.025)
     assert (await sb.exec("echo still ok")).stdout == "still ok\n"
 
 

@@ -137,7 +137,8 @@ class DockerSandbox(files.WorkdirInstance):
 
     def _open(self) -> None:
         c = self.container
-        if not c.pid or c.cpu_file is None:
+        # (a remote dockerd's pid is some other process here, or none: its cgroup path does not name the container)
+        if not c.pid or c.cpu_file is None or c.id not in cgroups._read(Path(f"/proc/{c.pid}/cgroup")):
             raise IsolationError("persistent docker sandboxes need dockerd on this host (its containers' "
                                  "cgroups and /proc); refusing to run them weaker")
         self.cghost = _container_cgroups(c.pid)
@@ -221,8 +222,9 @@ class DockerSandbox(files.WorkdirInstance):
             time.sleep(0.002)
         where = cgroups._read(Path(f"/proc/{pid}/cgroup"))
         mine = cgroups._read(Path(f"/proc/{self.container.pid}/cgroup"))
-        uids = _status(pid).get("Uid", "").split()
-        if not where or not uids:
+        status = _status(pid)
+        uids = status.get("Uid", "").split()
+        if not where or not uids or status.get("State", "Z")[:1] in ("Z", "X"):
             raise _AgentGone("the exec's process is gone")
         if where != mine or set(uids) != {str(SANDBOX_UID)}:
             raise SandboxError("the exec's process is not the sandbox's")
@@ -233,6 +235,8 @@ class DockerSandbox(files.WorkdirInstance):
                 raise _AgentGone("the exec's process is gone") from e
             except OSError as e:
                 raise IsolationError(f"cannot move the exec into its cgroup: {e}") from e
+        if _status(pid).get("State", "Z")[:1] in ("Z", "X"):  # killed meanwhile (a dying task is not moved)
+            raise _AgentGone("the exec's process is gone")
 
     async def _run(self, spec: ExecSpec, on_chunk: Callable[[OutputChunk], None] | None) -> ProcessOutcome:
         if self._closed:
