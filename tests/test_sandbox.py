@@ -12,9 +12,9 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.docker.conftest import provider_or_skip, sandbox_containers
 
 import execbox
 from execbox import (
@@ -29,8 +29,8 @@ from execbox import (
     Status,
 )
 from execbox import sandbox as sandbox_module
-from execbox.errors import ProviderUnavailable
 from execbox.providers.base import Provider
+from execbox.providers.docker import DockerProvider
 from execbox.providers.local import LocalProvider, LocalSettings
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import SandboxManager
@@ -43,35 +43,10 @@ LIMITS = Limits(wall_time_s=10, cpu_time_s=10, memory_mb=256, pids=64, disk_mb=1
 PS = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
 
 
-def _docker() -> Iterator[Provider]:
-    if os.environ.get("EXECBOX_NO_DOCKER") == "1":
-        pytest.skip("EXECBOX_NO_DOCKER=1")
-    from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings
-    from execbox.providers.docker import images as docker_images
-
-    try:
-        p = DockerProvider(DockerSettings(pool=PoolSettings(size=1)))
-    except ProviderUnavailable as e:
-        pytest.skip(f"dockerd is not available: {e}")
-    missing = [n for n in ("python", "shell") if not docker_images.image_exists(p.api, p.catalog.tag(n))]
-    if missing:
-        p.close()
-        pytest.skip(f"docker images not built: {', '.join(missing)} (`execbox images build`)")
-    yield p
-    p.close()
-
-
-def _docker_sandboxes(p: Any) -> list[str]:
-    from execbox.providers.docker.provider import KIND_LABEL, PID_LABEL
-
-    found = p.api.containers(all=True, filters={"label": [f"{PID_LABEL}={os.getpid()}", f"{KIND_LABEL}=sandbox"]})
-    return [c["Id"] for c in found]
-
-
 @pytest.fixture(scope="module", params=["local", "docker"])
 def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
     if request.param == "docker":
-        yield from _docker()
+        yield from provider_or_skip("python", "shell")
         return
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
@@ -92,9 +67,10 @@ async def manager(provider: Provider, monkeypatch: pytest.MonkeyPatch) -> AsyncI
     yield m
     await m.aclose()
     assert len(m) == 0
-    if not isinstance(provider, LocalProvider):
-        assert not _docker_sandboxes(provider), "a destroyed sandbox left its container"
+    if isinstance(provider, DockerProvider):
+        assert not sandbox_containers(provider), "a destroyed sandbox left its container"
         return
+    assert isinstance(provider, LocalProvider)
     assert not list((provider.runtime / "instances").iterdir()), "a sandbox left its workdir"
     assert provider.slots is not None and not provider.slots.held, "a sandbox left its uid held"
     me = f"{os.getpid()}-"

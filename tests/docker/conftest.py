@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def settings(**pool: object) -> DockerSettings:
     base = dict(size=1, max_items=8, ttl_s=3600, max_idle_s=600, health_interval_s=30, wait_s=60, reuse=True)
     return DockerSettings(pool=PoolSettings(**{**base, **pool}))  # type: ignore[arg-type]
+
+
+def provider_or_skip(*images: str) -> Iterator[DockerProvider]:
+    """A DockerProvider for tests outside this directory that run on docker too (persistent sandboxes), or a
+    skip that says why: EXECBOX_NO_DOCKER=1, dockerd down, or one of ``images`` not built."""
+    from execbox.errors import ProviderUnavailable
+    from execbox.providers.docker import images as docker_images
+
+    if os.environ.get("EXECBOX_NO_DOCKER") == "1":
+        pytest.skip("EXECBOX_NO_DOCKER=1")
+    try:
+        p = DockerProvider(settings())
+    except ProviderUnavailable as e:
+        pytest.skip(f"dockerd is not available: {e}")
+    if missing := [n for n in images if not docker_images.image_exists(p.api, p.catalog.tag(n))]:
+        p.close()
+        pytest.skip(f"docker images not built: {', '.join(missing)} (`execbox images build`)")
+    yield p
+    p.close()
+
+
+def sandbox_containers(p: DockerProvider) -> dict[str, dict[str, Any]]:
+    """This process's persistent-sandbox containers (id -> the engine's summary)."""
+    from execbox.providers.docker.provider import KIND_LABEL, PID_LABEL
+
+    found = p.api.containers(all=True, filters={"label": [f"{PID_LABEL}={os.getpid()}", f"{KIND_LABEL}=sandbox"]})
+    return {c["Id"]: c for c in found}
 
 
 @pytest.fixture(scope="session")

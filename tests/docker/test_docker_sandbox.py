@@ -14,17 +14,16 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import docker.errors
 import pytest
-from tests.docker.conftest import settings
+from tests.docker.conftest import sandbox_containers, settings
 
 from execbox import Engine, Limits, NotFoundError, SandboxError, Status
 from execbox.errors import ProviderUnavailable
 from execbox.providers.docker import DockerProvider
 from execbox.providers.docker.persistent import DockerSandbox
-from execbox.providers.docker.provider import EXTRA_PIDS, KIND_LABEL, PID_LABEL
+from execbox.providers.docker.provider import EXTRA_PIDS
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import AsyncSandbox, SandboxManager
 
@@ -33,12 +32,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="persistent docker san
 LIMITS = Limits(wall_time_s=10, cpu_time_s=10, memory_mb=256, pids=64, disk_mb=128)
 # the images have no procps: every process's command line, from /proc
 PS = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
-
-
-def sandbox_containers(p: DockerProvider) -> dict[str, dict[str, Any]]:
-    """This process's sandbox containers (id -> the engine's summary)."""
-    found = p.api.containers(all=True, filters={"label": [f"{PID_LABEL}={os.getpid()}", f"{KIND_LABEL}=sandbox"]})
-    return {c["Id"]: c for c in found}
 
 
 def container(sb: AsyncSandbox) -> str:
