@@ -16,18 +16,19 @@ LIMIT = 160 << 20
 TICK = stall._TICK_S
 
 
-def write_v1(d: Path, *, usage: int, file_pages: int, system_s: float) -> None:
+def write_v1(d: Path, *, usage: int, file_pages: int, system_s: float, user_s: float = 0.0) -> None:
     (d / "memory.usage_in_bytes").write_text(f"{usage}\n")
     (d / "memory.limit_in_bytes").write_text(f"{LIMIT}\n")
     (d / "memory.stat").write_text(f"cache {file_pages}\ntotal_active_file 0\ntotal_inactive_file {file_pages}\n")
-    (d / "cpuacct.stat").write_text(f"user 21\nsystem {round(system_s / TICK)}\n")
+    (d / "cpuacct.stat").write_text(f"user {round(user_s / TICK)}\nsystem {round(system_s / TICK)}\n")
 
 
-def write_v2(d: Path, *, usage: int, file_pages: int, system_s: float) -> None:
+def write_v2(d: Path, *, usage: int, file_pages: int, system_s: float, user_s: float = 0.0) -> None:
     (d / "memory.current").write_text(f"{usage}\n")
     (d / "memory.max").write_text(f"{LIMIT}\n")
     (d / "memory.stat").write_text(f"anon {usage}\nactive_file {file_pages}\ninactive_file 0\n")
-    (d / "cpu.stat").write_text(f"usage_usec 9\nuser_usec 1\nsystem_usec {round(system_s * 1e6)}\n")
+    (d / "cpu.stat").write_text(f"usage_usec {round((system_s + user_s) * 1e6)}\nuser_usec {round(user_s * 1e6)}\n"
+                                f"system_usec {round(system_s * 1e6)}\n")
 
 
 @pytest.fixture(autouse=True)
@@ -36,20 +37,24 @@ def short_window(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(("version", "write"), [(1, write_v1), (2, write_v2)])
-@pytest.mark.parametrize(("usage", "file_pages", "system_share", "stuck"), [
-    (LIMIT - (100 << 10), 800 << 10, 0.9, True),  # the kernel spinning in reclaim: stuck
-    (LIMIT - (100 << 10), 800 << 10, 0.1, False),  # computing at its limit in user space
-    (LIMIT, 40 << 20, 0.9, False),  # at its limit, but with page cache to reclaim
-    (LIMIT - (8 << 20), 0, 0.9, False),  # 8 MiB below its limit
+@pytest.mark.parametrize(("usage", "file_pages", "system_share", "user_share", "stuck"), [
+    (LIMIT - (100 << 10), 800 << 10, 0.9, 0.05, True),  # the kernel spinning in reclaim: stuck
+    (LIMIT - (100 << 10), 800 << 10, 0.15, 0.01, True),  # the same on a loaded host: little CPU, all kernel
+    (LIMIT - (100 << 10), 800 << 10, 0.1, 0.9, False),  # computing at its limit in user space
+    (LIMIT - (100 << 10), 800 << 10, 0.0, 0.0, False),  # sleeping at its limit
+    (LIMIT, 40 << 20, 0.9, 0.05, False),  # at its limit, but with page cache to reclaim
+    (LIMIT - (8 << 20), 0, 0.9, 0.05, False),  # 8 MiB below its limit
 ])
 def test_stuck_only_at_the_limit_with_nothing_to_reclaim_in_the_kernel(
         tmp_path: Path, version: int, write, usage: int, file_pages: int, system_share: float,
-        stuck: bool) -> None:
+        user_share: float, stuck: bool) -> None:
     watch = MemoryStall(tmp_path, tmp_path, version)
     start = time.monotonic()
     seen = []
     for _ in range(8):
-        write(tmp_path, usage=usage, file_pages=file_pages, system_s=system_share * (time.monotonic() - start))
+        elapsed = time.monotonic() - start
+        write(tmp_path, usage=usage, file_pages=file_pages, system_s=system_share * elapsed,
+              user_s=user_share * elapsed)
         seen.append(watch.stalled())
         time.sleep(0.05)
     assert seen[0] is False  # never at the first sample: a window must pass
