@@ -334,3 +334,12 @@ async def test_sync_facade_inside_a_running_loop(manager: SandboxManager) -> Non
     finally:
         sb.destroy()
     assert not sb.alive
+
+
+async def test_destroying_a_sandbox_during_an_exec_is_not_found_not_a_failure(manager: SandboxManager) -> None:
+    sb = await AsyncSandbox.create("bash", limits=LIMITS)
+    running = asyncio.create_task(sb.exec("sleep 30"))
+    await asyncio.sleep(0.3)  # (destroyed before or while it runs: the same answer either way)
+    await sb.destroy()
+    with pytest.raises(NotFoundError, match="destroyed"):
+        await asyncio.wait_for(running, 15)  # and the exec ends with the sandbox, not at its wall time

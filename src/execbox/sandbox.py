@@ -398,10 +398,19 @@ class AsyncSandbox:
         self._busy += 1
         self._touch()
         try:
-            return await aw
+            result = await aw
+            if self._destroyed:  # what it returned was cut short by the destroy: there is no result to give
+                raise NotFoundError(f"sandbox {self.id} was destroyed during the operation")
+            return result
+        except SandboxError as e:
+            if self._destroyed:  # destroyed (or reaped) while it ran: the caller's doing, not a failure
+                raise NotFoundError(f"sandbox {self.id} was destroyed during the operation") from e
+            raise
         except ExecboxError:
             raise
         except Exception as e:  # a provider bug or host failure: the sandbox's fault, mapped at the boundary
+            if self._destroyed:
+                raise NotFoundError(f"sandbox {self.id} was destroyed during the operation") from e
             raise SandboxError(f"provider {self._provider.name!r} failed: {e}") from e
         finally:
             self._busy -= 1
