@@ -111,7 +111,7 @@ async def test_an_agent_killed_while_it_waited_is_replaced(manager: SandboxManag
             try:
                 if Path(f"/proc/{pid}/stat").read_text().split()[2] in "ZX":
                     break
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # gone (reaped) while we looked
                 break
             await asyncio.sleep(0.025)
     assert (await sb.exec("echo still ok")).stdout == "still ok\n"
