@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -120,3 +123,82 @@ def test_run_without_keep_or_reuse_stays_in_process(tmp_path: Path) -> None:
     p = execbox(None, "run", "-c", "print(6 * 7)", "-l", "python",
                 env={"EXECBOX_URL": f"http://127.0.0.1:{free_port()}"})
     assert (p.returncode, p.stdout) == (0, "42\n"), p.stderr
+
+
+def test_run_code_notebook_session(server: Server, label: str, tmp_path: Path) -> None:
+    """The README's notebook session through the CLI: state kept between cells, a figure saved as PNG, errors
+    and timeouts as exit codes, the cell from stdin or a file."""
+    p = execbox(server, "run-code", "-l", label, "import numpy as np\nx = 41")
+    assert (p.returncode, p.stdout) == (0, ""), p.stderr
+    sb = sandbox_id(p)
+    p = execbox(server, "run-code", sb, "x + 1")
+    assert (p.returncode, p.stdout) == (0, "42\n"), p.stderr
+    p = execbox(server, "run-code", "-l", label, "--save", str(tmp_path / "out"),
+                "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9]); plt.show()")
+    assert p.returncode == 0 and sandbox_id(p) == sb and p.stdout.startswith("<Figure"), p.stderr
+    [png] = (tmp_path / "out").iterdir()
+    assert png.suffix == ".png" and png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and str(png) in p.stderr
+    p = execbox(server, "run-code", sb, "print('hi'); 1 / 0")
+    assert (p.returncode, p.stdout) == (1, "hi\n") and "ZeroDivisionError" in p.stderr
+    p = execbox(server, "run-code", sb, "-t", "1", "import time; time.sleep(30)")
+    assert p.returncode == 124 and "timeout" in p.stderr
+    p = execbox(server, "run-code", sb, "-", stdin="import pandas as pd\npd.DataFrame({'n': [x, x + 1]})")
+    assert p.returncode == 0 and p.stdout.split() == ["n", "0", "41", "1", "42"], p.stderr
+    cell = tmp_path / "cell.py"
+    cell.write_text("x * 2\n")
+    p = execbox(server, "run-code", sb, "-f", str(cell), "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["text"] == "82"
+    p = execbox(server, "run-code", sb, "import os; os._exit(3)")
+    assert p.returncode == 137 and "kernel_died" in p.stderr
+    p = execbox(server, "run-code", sb, "'x' in globals()")
+    assert (p.returncode, p.stdout) == (0, "False\n") and "new kernel" in p.stderr
+    assert execbox(server, "destroy", sb).returncode == 0
+
+
+def test_run_code_bad_requests_exit_125(server: Server) -> None:
+    for args, says in [((), "give the sandbox's ID"), (("sb_missing", "1"), "no sandbox"),
+                       (("sb_x", "1", "2"), "one argument"), (("-l", "novalue", "1"), "KEY=VAL")]:
+        p = execbox(server, "run-code", *args)
+        assert p.returncode == 125 and says in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+
+
+def test_run_code_interactive_session_on_a_terminal(server: Server, label: str) -> None:
+    """Without a cell on a terminal: In [n] prompts, continuation lines for a block, Ctrl-D ends it."""
+    primary, secondary = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECBOX_")}
+    proc = subprocess.Popen([*EXECBOX, "run-code", "-l", label], stdin=secondary, stdout=secondary,
+                            stderr=secondary, env={**env, "EXECBOX_URL": server.url, "EXECBOX_API_KEY": KEY})
+    os.close(secondary)
+    seen = b""
+
+    def until(text: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while text.encode() not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([primary], [], [], 1)[0]:
+                seen += os.read(primary, 4096)
+        seen = seen[seen.index(text.encode()) + len(text):]
+
+    try:
+        until("In [1]: ")
+        os.write(primary, b"y = 6\n")
+        until("In [2]: ")
+        os.write(primary, b"for i in range(2):\n")
+        until("...: ")
+        os.write(primary, b"    print(i * y)\n")
+        until("...: ")
+        os.write(primary, b"\n")
+        until("0\r\n6\r\n")
+        until("In [3]: ")
+        os.write(primary, b"y * 7\n")
+        until("42\r\n")
+        until("In [4]: ")
+        os.write(primary, b"\x04")
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        os.close(primary)
+    p = execbox(server, "run-code", "-l", label, "y")
+    assert (p.returncode, p.stdout) == (0, "6\n")  # the session ended; the sandbox and its kernel live on
+    assert execbox(server, "destroy", sandbox_id(p)).returncode == 0
