@@ -23,6 +23,7 @@ bench: bootstrap
 	$(VENV)/python benchmarks/bench_server.py
 	$(VENV)/python benchmarks/bench_docker.py
 	$(VENV)/python benchmarks/bench_sandbox.py
+	$(VENV)/python benchmarks/bench_run_code.py
 
 lint: bootstrap
 	$(VENV)/ruff check src tests benchmarks
