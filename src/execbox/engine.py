@@ -130,15 +130,17 @@ class Engine:
         server can cap each API key differently; ``execution_id`` names the run (default: a new uuid).
         With ``live`` (input, emit) the run is interactive: its run step reads the input as its stdin (and
         takes its signals) instead of ``request.stdin``, and each stage's start, output and end are emitted
-        as they happen; it needs a provider whose persistent instances take live input (the local one)."""
+        as they happen; it needs a provider whose persistent instances take live input (local, docker)."""
         lang, limits, files, entry = self._prepare(request, policy)
         provider = self.providers.get(request.provider)
         if live is not None and not provider.supports_persistent:
             raise RequestError(f"provider {provider.name!r} cannot run interactively")
         execution_id = execution_id or uuid.uuid4().hex
         spec = InstanceSpec(disk_mb=limits.disk_mb, network=limits.network)
-        if live is not None:
-            spec = replace(spec, persistent=True, memory_mb=limits.memory_mb, pids=limits.pids)
+        if live is not None:  # a persistent instance: it takes live input (and picks its image by the binaries)
+            steps = (lang.compile if request.command == "run" else None, self._main_step(lang, request))
+            spec = replace(spec, persistent=True, memory_mb=limits.memory_mb, pids=limits.pids,
+                           binaries=tuple(s.command[0] for s in steps if s is not None))
         try:
             instance = await provider.start(spec)
         except ExecboxError:

@@ -157,6 +157,63 @@ async def stream_run(run: Callable[[Callable[[OutputChunk], None]], Awaitable[Pr
                 await task
 
 
+LIVE_SIGNAL_RETRY_S = 0.005
+
+
+async def pump_live(live: LiveInput, write: Callable[[bytes], Awaitable[None]], end: Callable[[], None],
+                    send_signal: Callable[[int], int]) -> None:
+    """Feed a client's input to a running exec until cancelled (by the exec's end), for an instance that
+    takes ``ExecSpec.live``: stdin through ``write`` (one write at a time: bytes count in
+    ``live.pending_bytes`` until written, so a client is slowed down by a program that reads slowly), then
+    ``end`` (EOF) once everything before the close is written; after a failed write (the program closed
+    its stdin) the rest is dropped. Each signal goes through ``send_signal`` as soon as it comes, even
+    while a write waits for a program that does not read; it returns how many processes it reached, and
+    none means the exec's program has not started yet: it is sent again shortly."""
+    buffer = bytearray()
+    more = asyncio.Event()
+    eof = False
+
+    async def writer() -> None:
+        broken = False
+        while True:
+            if buffer:
+                chunk = bytes(buffer)
+                buffer.clear()
+                try:
+                    if not broken:
+                        await write(chunk)
+                except OSError:
+                    broken = True
+                finally:
+                    live.pending_bytes -= len(chunk)
+            elif eof:
+                with contextlib.suppress(OSError):
+                    end()
+                return
+            else:
+                more.clear()
+                await more.wait()
+
+    task = asyncio.create_task(writer())
+    try:
+        while True:
+            item = await live.next()
+            if item is None:
+                eof = True
+            elif isinstance(item, bytes):
+                if not eof:
+                    buffer += item
+                    live.pending_bytes += len(item)  # not taken by the program yet
+            else:
+                while not send_signal(item):
+                    await asyncio.sleep(LIVE_SIGNAL_RETRY_S)
+            more.set()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 class Instance(abc.ABC):
     """One isolated environment: a workdir and a way to run processes in it."""
 

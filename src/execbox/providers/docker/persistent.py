@@ -99,6 +99,8 @@ def _status(pid: int) -> dict[str, str]:
 class DockerSandbox(files.WorkdirInstance):
     """A persistent sandbox: one dedicated container; start it with ``start()``."""
 
+    supports_live = True  # ExecSpec.live: stdin pumped into the exec's stream, signals to its cgroup
+
     def __init__(self, provider: DockerProvider, spec: InstanceSpec, c: Container) -> None:
         self.provider, self.spec, self.container = provider, spec, c
         self.cghost = cgroups.CgroupHost(None)
@@ -209,9 +211,10 @@ class DockerSandbox(files.WorkdirInstance):
             except Exception:  # the next exec starts its own (and reports what is wrong)
                 return
 
-    def _join(self, exec_id: str, cg: cgroups.Cgroup) -> None:
+    def _join(self, exec_id: str, cg: cgroups.Cgroup) -> int:
         """Move the exec's waiting AGENT into its group, before it has read its header (so before it can
-        start anything). Only a process of the sandbox uid inside this container's cgroup is moved."""
+        start anything); its host pid. Only a process of the sandbox uid inside this container's cgroup is
+        moved."""
         api = self.provider.api
         deadline = time.monotonic() + EXEC_START_S
         while not (pid := int((info := api.exec_inspect(exec_id)).get("Pid") or 0)):
@@ -237,6 +240,7 @@ class DockerSandbox(files.WorkdirInstance):
                 raise IsolationError(f"cannot move the exec into its cgroup: {e}") from e
         if _status(pid).get("State", "Z")[:1] in ("Z", "X"):  # killed meanwhile (a dying task is not moved)
             raise _AgentGone("the exec's process is gone")
+        return pid
 
     async def _run(self, spec: ExecSpec, on_chunk: Callable[[OutputChunk], None] | None) -> ProcessOutcome:
         if self._closed:
@@ -278,7 +282,7 @@ class DockerSandbox(files.WorkdirInstance):
                     agent = await _thread("docker exec", p._start_agent, c)
                 exec_id, sock = agent
                 try:
-                    await _thread("docker exec inspect", self._join, exec_id, cg)
+                    agent_pid = await _thread("docker exec inspect", self._join, exec_id, cg)
                     break
                 except BaseException as e:
                     sock.close()
@@ -294,10 +298,13 @@ class DockerSandbox(files.WorkdirInstance):
                 raise SandboxError("the sandbox has died") from None
             raise
         oom0 = _read_number(c.oom_file, c.oom_key)
+        # a client's signals (an interactive exec) reach the group's processes but the AGENT, which must live
+        # to report how the program ended
         scope = Scope(kill=lambda: cg.kill_all(wait=False), cpu_seconds=cg.cpu_time_s, stall=cg.memory_stall(),
-                      kill_lingering=False)
-        session = _Session(p, c, sock, spec, header + spec.stdin, time.monotonic(), cg.cpu_time_s(), exec_id,
-                           nonce, scope=scope, on_chunk=on_chunk)
+                      kill_lingering=False, signal=lambda signum: cg.signal(signum, spare=(agent_pid,)))
+        stdin = spec.stdin if spec.live is None else b""  # (live: the client's input, pumped as it comes)
+        session = _Session(p, c, sock, spec, header + stdin, time.monotonic(), cg.cpu_time_s(), exec_id, nonce,
+                           scope=scope, on_chunk=on_chunk)
         outcome = await session.run()
         if session.exit_status is None and outcome.stopped_by is None and not self.alive:
             raise SandboxError("the sandbox died during the exec")

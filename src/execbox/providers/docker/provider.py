@@ -49,6 +49,7 @@ from execbox.providers.base import (
     ProcessOutcome,
     Provider,
     StopReason,
+    pump_live,
 )
 from execbox.providers.docker import images
 from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
@@ -643,6 +644,8 @@ class DockerInstance(Instance):
             raise SandboxError("instance is closed")
         if not spec.argv:
             raise SandboxError("empty argv")
+        if spec.live is not None:  # (its processes cannot be told from the reset's and kill's helpers)
+            raise RequestError("one-shot docker instances take no live input; persistent ones do")
         retried = False
         while True:
             c = self.container or await self._acquire(spec.argv[0])
@@ -733,6 +736,10 @@ class Scope:
     # the program ended but descendants still hold its output pipes: kill them (one-shot: the reset would
     # anyway) or leave them running and stop reading (persistent: background processes are the point)
     kill_lingering: bool = True
+    # a client's signal to the execution's processes (never the AGENT that reports its end); how many it
+    # reached. Only where an execution's processes can be told from everything else (a persistent
+    # sandbox's exec cgroup): an execution with ExecSpec.live needs it
+    signal: Callable[[int], int] | None = None
 
 
 def _container_scope(p: DockerProvider, c: Container) -> Scope:
@@ -771,14 +778,20 @@ class _Session:
             self.scope.kill()
 
     async def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        live = self.spec.live
         try:
             if self.stdin:
                 await loop.sock_sendall(self.sock, self.stdin)
+            if live is not None:  # an interactive run: the header went first, the client's input follows
+                assert self.scope.signal is not None
+                await pump_live(live, lambda data: loop.sock_sendall(self.sock, data),
+                                lambda: self.sock.shutdown(socket.SHUT_WR), self.scope.signal)
         except OSError:
             pass  # the program exited without reading all of it
         finally:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_WR)
+            if live is None:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
 
     async def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         buf = bytearray()
@@ -858,9 +871,13 @@ class _Session:
             self.kill(StopReason.CANCELLED)
             raise
         finally:
-            for t in (sender, reader, watcher, exited):
+            tasks = (sender, reader, watcher, exited)
+            for t in tasks:
                 t.cancel()
-            self.sock.close()
+            try:  # ended before the socket closes: none may still wait on its descriptor's number
+                await asyncio.wait(tasks, timeout=1)
+            finally:
+                self.sock.close()
         wall = (self.ended_at or time.monotonic()) - self.start
         info: dict[str, Any] = {"ExitCode": self.exit_status}
         for _ in range(0 if self.exit_status is not None else 300):

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +187,28 @@ class Cgroup:
             if key == "oom_kill" and int(value) > 0:
                 return True
         return False
+
+    def signal(self, signum: int, spare: Collection[int] = ()) -> int:
+        """Send ``signum`` to the group's processes but ``spare`` (host pids); how many it reached. Each is
+        pinned by a pidfd and signalled only if still in the group then: never a host process that reused
+        the pid of one that has just ended."""
+        sent = 0
+        for pid in self.pids():
+            if pid in spare:
+                continue
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                if pid in self.pids():
+                    signal.pidfd_send_signal(pidfd, signum)
+                    sent += 1
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(pidfd)
+        return sent
 
     def kill_all(self, wait: bool = True) -> None:
         """SIGKILL every process in the group until none is left (forks racing the kill are caught).

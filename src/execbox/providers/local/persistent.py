@@ -45,6 +45,7 @@ from execbox.providers.base import (
     OutputChunk,
     ProcessOutcome,
     StopReason,
+    pump_live,
 )
 from execbox.providers.local import bwrap, cgroups, files
 from execbox.providers.local.supervise import CPU_POLL_S, PIPE_GRACE_S, READ_CHUNK, stdin_fd
@@ -461,42 +462,34 @@ class PersistentInstance(files.WorkdirInstance):
 
 
 async def _pump_live(live: LiveInput, fd: int, cg: cgroups.Cgroup) -> None:
-    """Feed a client's input to a running exec: stdin into the pipe ``fd`` (ours; closed at its end, so the
-    program reads EOF), signals to the processes of the exec's cgroup. Never blocks the loop: a program that
-    does not read stalls the pump only."""
+    """Feed a client's input to a running exec (base.pump_live): stdin into the pipe ``fd`` (ours; closed at
+    its end, so the program reads EOF), signals to the processes of the exec's cgroup. Never blocks the
+    loop: a program that does not read stalls the writes only."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
-    try:
-        while (item := await live.next()) is not None:
-            if isinstance(item, int):
-                pids = cg.pids()
-                while not pids:  # sent before the exec's process joined its group: it is on its way
-                    await asyncio.sleep(0.005)  # (the pump is cancelled when the exec ends)
-                    pids = cg.pids()
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        pidfd = os.pidfd_open(pid)
-                        try:  # still in the group once pinned by the pidfd: not a host process that reused the pid
-                            if pid in cg.pids():
-                                signal.pidfd_send_signal(pidfd, item)
-                        finally:
-                            os.close(pidfd)
-                continue
-            view = memoryview(item)
-            while view:
+    open_fd = [fd]
+
+    async def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                writable = loop.create_future()
+                loop.add_writer(fd, writable.set_result, None)
                 try:
-                    view = view[os.write(fd, view):]
-                except BlockingIOError:
-                    writable = loop.create_future()
-                    loop.add_writer(fd, writable.set_result, None)
-                    try:
-                        await writable
-                    finally:
-                        loop.remove_writer(fd)
-                except BrokenPipeError:  # nobody reads stdin any more: the rest is dropped
-                    view = view[len(view):]
+                    await writable
+                finally:
+                    loop.remove_writer(fd)
+
+    def end() -> None:
+        if open_fd:
+            os.close(open_fd.pop())
+
+    try:
+        await pump_live(live, write, end, cg.signal)
     finally:
-        os.close(fd)
+        end()
 
 
 def _rmdir(path: Path) -> bool:
