@@ -40,19 +40,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from execbox.errors import ExecboxError, RequestError, SandboxError
 from execbox.models import Limits
-from execbox.providers.base import ExecSpec, Instance, ProcessOutcome
+from execbox.providers.base import ExecSpec, Instance, ProcessOutcome, StopReason
 
 KERNEL_DIR = "/tmp/.execbox-kernel"  # inside the sandbox: its /tmp, never the workdir (files.list stays clean)
 SOCKET = f"{KERNEL_DIR}/bridge.sock"
 START_WALL_S = 60.0  # starting python, jupyter_client and the kernel, on a cold page cache
 INTERRUPT_GRACE_S = 3.0  # after the SIGINT, before the kernel is killed
 RELAY_MARGIN_S = 60.0  # the relay's wall time past the cell's: the grace, a kernel (re)start, the answer
-NO_BRIDGE, BRIDGE_GONE = 3, 4  # the relay's exit codes (relay.py)
+NO_BRIDGE, BRIDGE_GONE, TOO_BIG = 3, 4, 5  # the relay's exit codes (relay.py)
 ENVELOPE_BYTES = 64 * 1024  # the relay's output cap beyond the cell's own output: the answer's JSON around it
+MAX_DEPTH = 64  # nesting of an output's data (application/json): deeper cannot be serialized back out
+WHY_CHARS = 1500  # of a reason that came from inside the sandbox, in a message or an error
 # A kernel failing to start with one of these ran into the sandbox's limits (memory, pids, open files), which
 # the request chose: a RequestError naming them, not the sandbox's failure.
 LIMIT_SIGNS = ("[Errno 11]", "[Errno 12]", "[Errno 24]", "MemoryError", "exited while starting",
                "Kernel died before replying")
+DISK_SIGNS = ("[Errno 28]", "[Errno 122]")  # ENOSPC, EDQUOT: the sandbox's /tmp (the kernel's files) is full
 # where matplotlib, IPython and jupyter write their caches and state: the root may be read-only and HOME odd
 KERNEL_ENV = {"MPLCONFIGDIR": f"{KERNEL_DIR}/matplotlib", "IPYTHONDIR": f"{KERNEL_DIR}/ipython",
               "JUPYTER_CONFIG_DIR": f"{KERNEL_DIR}/jupyter", "JUPYTER_DATA_DIR": f"{KERNEL_DIR}/jupyter",
@@ -140,8 +143,54 @@ def _script(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text()
 
 
-def _tail(data: bytes, n: int = 1500) -> str:
+def _tail(data: bytes, n: int = WHY_CHARS) -> str:
     return data.decode(errors="replace").strip()[-n:]
+
+
+class _TooDeep(ValueError):
+    pass
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """A JSON value from inside the sandbox, fit to be served: lone surrogates (JSON's "\\ud800", which no
+    UTF-8 encoder takes) replaced, nesting bounded (``_TooDeep``)."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode(errors="replace").decode()  # each lone surrogate becomes '?'
+        return value
+    if depth >= MAX_DEPTH and isinstance(value, dict | list):
+        raise _TooDeep
+    if isinstance(value, list):
+        return [_clean(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {_clean(k, depth + 1): _clean(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _clean_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """The bridge's answer, cleaned (``_clean``); an output whose data nests too deep is dropped (truncated)."""
+    outputs = answer.get("outputs")
+    answer = {k: _clean(v) for k, v in answer.items() if k != "outputs"}
+    if isinstance(outputs, list):
+        kept = []
+        for bundle in outputs:
+            if isinstance(bundle, dict):
+                fit = {}
+                for mime, data in bundle.items():
+                    try:
+                        fit[_clean(mime)] = _clean(data, 2)
+                    except _TooDeep:
+                        answer["truncated"] = True
+                        note = f"an output's {_clean(mime)[:100]} data nested deeper than {MAX_DEPTH} levels: dropped"
+                        answer["message"] = f"{answer['message']}; {note}" if answer.get("message") else note
+                bundle = fit
+            kept.append(bundle)
+        outputs = kept
+    if outputs is not None:
+        answer["outputs"] = outputs
+    return answer
 
 
 class Kernel:
@@ -162,13 +211,30 @@ class Kernel:
                         output_bytes=lim.output_bytes + ENVELOPE_BYTES, file_size_mb=lim.file_size_mb,
                         open_files=lim.open_files, stdin=stdin, env=self._env, cwd=".")
 
-    def _failed(self, why: str, stopped_by: object = None) -> ExecboxError:
-        """The error for a kernel that could not start (or restart): the request's limits, or the sandbox."""
+    def _failed(self, why: str, stopped_by: object = None, ran_before: bool = False) -> ExecboxError:
+        """The error for a kernel that could not start (or restart): the request's limits, or the sandbox.
+        Once a kernel ran in this sandbox (``ran_before``: python3, ipykernel and jupyter_client are there),
+        what keeps the next one from starting is in the sandbox (a cell's doing) and the reason may be a cell's
+        forgery: the request's error (400), never the server's (500)."""
         lim = self._limits
+        why = why.strip()[-WHY_CHARS:].encode(errors="replace").decode()
+        if any(sign in why for sign in DISK_SIGNS):
+            return RequestError(f"the python kernel could not start: the sandbox's /tmp, where it keeps its files, "
+                                f"is full (disk_mb={lim.disk_mb}): {why}; free some space there (exec) and retry")
+        if ran_before and any(sign in why for sign in LIMIT_SIGNS):  # the same limits were enough before
+            return RequestError(f"the python kernel could not start again within this sandbox's limits (memory_mb="
+                                f"{lim.memory_mb}, pids={lim.pids}, open_files={lim.open_files}, cpu_time_s="
+                                f"{lim.cpu_time_s:g}): {why[-600:]}; what processes "
+                                "left in the sandbox hold may leave it too little, or one of them killed it: end them "
+                                "(exec), or create a sandbox with larger limits")
         if stopped_by is not None or any(sign in why for sign in LIMIT_SIGNS):
             return RequestError(f"the python kernel could not start within this sandbox's limits (memory_mb="
                                 f"{lim.memory_mb}, pids={lim.pids}, open_files={lim.open_files}, cpu_time_s="
-                                f"{lim.cpu_time_s:g}): {why.strip()[-600:]}; create the sandbox with larger ones")
+                                f"{lim.cpu_time_s:g}): {why[-600:]}; create the sandbox with larger ones")
+        if ran_before:
+            return RequestError(f"the sandbox's python kernel could not run the cell: {why}; something in the sandbox "
+                                "keeps a new kernel from starting or answering (files in the workdir shadowing Python "
+                                "modules, a process left by an earlier cell?); the next run_code tries again")
         return SandboxError(f"the sandbox's python kernel could not start (run_code needs python3 with ipykernel "
                             f"and jupyter_client in the sandbox): {why}")
 
@@ -192,24 +258,30 @@ class Kernel:
         async with self._lock:
             return await self._run(code, timeout)
 
+    def _relay(self, *args: str) -> tuple[str, ...]:
+        return ("python3", "-I", "-S", "-c", _script("relay.py"), SOCKET, *args)
+
     async def _run(self, code: str, timeout_s: float) -> CellResult:
         request = json.dumps({"code": code, "timeout_s": timeout_s, "interrupt_grace_s": INTERRUPT_GRACE_S,
                               "output_bytes": self._limits.output_bytes}).encode()
         wall = timeout_s + INTERRUPT_GRACE_S + RELAY_MARGIN_S
-        relay = self._spec(("python3", "-I", "-S", "-c", _script("relay.py"), SOCKET), request, wall, wall)
+        # the relay reads no more than the exec may print: a bigger answer is not the bridge's (relay.py)
+        cap = str(self._limits.output_bytes + ENVELOPE_BYTES)
+        relay = self._spec(self._relay(cap), request, wall, wall)
         outcome = await self._instance.exec(relay)
         restarted = False
         if outcome.exit_code == NO_BRIDGE:
             if self._started and self._lost is None:
-                self._lost = "the previous one's bridge process was gone (killed from inside the sandbox?)"
+                self._lost = ("the previous one's bridge process was gone (killed, or its socket removed, from inside "
+                              "the sandbox?)")
             await self._start()
             restarted = self._started
             self._started = True
             outcome = await self._instance.exec(relay)
-        if outcome.stopped_by is not None:  # the bridge did not answer in time: both go, the next cell starts anew
-            await self._instance.exec(self._spec(("python3", "-I", "-S", "-c", _script("relay.py"), SOCKET, "stop"),
-                                                 b"", 10.0, 10.0))
-        return self._parse(outcome, timeout_s, restarted)
+        cell, stop = self._parse(outcome, timeout_s, restarted)
+        if stop:  # the bridge did not answer in time, or not as a bridge does: both go, the next cell starts anew
+            await self._instance.exec(self._spec(self._relay("stop"), b"", 10.0, 10.0))
+        return cell
 
     async def _start(self) -> None:
         config = json.dumps({"dir": KERNEL_DIR, "socket": SOCKET, "ready_timeout_s": START_WALL_S - 10}).encode()
@@ -219,7 +291,7 @@ class Kernel:
         outcome = await self._instance.exec(spec)
         try:
             answer = json.loads(outcome.stdout)
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if outcome.exit_code == 0 and isinstance(answer, dict) and answer.get("ok"):
             return
@@ -228,41 +300,62 @@ class Kernel:
             tail = _tail(outcome.stderr) or _tail(outcome.stdout)
             why = f"exit {outcome.exit_code}, signal {outcome.signal}, stopped by {outcome.stopped_by}" + (
                 f": {tail}" if tail else "")
-        raise self._failed(why, outcome.stopped_by)
+        raise self._failed(why, outcome.stopped_by, ran_before=self._started)
 
-    def _parse(self, outcome: ProcessOutcome, timeout_s: float, restarted: bool) -> CellResult:
+    def _unusable(self, why: str, restarted: bool) -> tuple[CellResult, bool]:
+        """The relay's answer cannot be a bridge's: something in the sandbox (the cell itself, or a process it
+        left) killed the relay, answered in the bridge's place or wrote into the relay's output. The host
+        trusts none of it: the bridge and its kernel are stopped, and the next cell starts new ones."""
+        self._lost = "the previous one's answer was unusable and it was stopped"
+        return CellResult(status=CellStatus.KERNEL_DIED, restarted=restarted,
+                          message=f"no valid answer from the kernel's bridge ({why}): something in the sandbox "
+                                  "replaced or interfered with it (killed the relay, listened on its socket?); the "
+                                  "kernel and its bridge were stopped, its state is lost: the next cell starts a "
+                                  "new one"), True
+
+    def _parse(self, outcome: ProcessOutcome, timeout_s: float, restarted: bool) -> tuple[CellResult, bool]:
+        """The cell's result from the relay's exec, and whether the bridge must be stopped. Everything the
+        relay printed comes from inside the sandbox and is checked like any input: only the sandbox failing
+        raises (SandboxError), never an answer a cell could forge."""
         lost, self._lost = self._lost, None
         if outcome.exit_code == BRIDGE_GONE:
             self._lost = "the previous one's bridge process died during a cell"
             return CellResult(status=CellStatus.KERNEL_DIED, restarted=restarted,
                               message="the kernel's bridge process died during the cell; the next cell starts a "
-                                      "new kernel")
-        if outcome.stopped_by is not None:
+                                      "new kernel"), False
+        if outcome.stopped_by is StopReason.WALL_TIME:
             self._lost = "the previous one stopped answering and was killed"
             return CellResult(status=CellStatus.TIMEOUT, restarted=restarted,
-                              message=f"no answer from the kernel within {timeout_s + INTERRUPT_GRACE_S:g} s "
-                                      f"({outcome.stopped_by}); it was killed: the next cell starts a new one")
+                              message=f"no answer from the kernel within {outcome.wall_time_s:.0f} s "
+                                      f"({outcome.stopped_by}); it was killed: the next cell starts a new one"), True
+        if outcome.stopped_by is not None:  # output, memory, CPU: the relay answers with a bounded copy only
+            return self._unusable(f"the relay was stopped by the {outcome.stopped_by} limit", restarted)
+        if outcome.exit_code == TOO_BIG:
+            return self._unusable(f"an answer past {self._limits.output_bytes + ENVELOPE_BYTES} bytes", restarted)
+        if outcome.exit_code != 0:
+            how = f"signal {outcome.signal}" if outcome.exit_code is None else f"exit {outcome.exit_code}"
+            tail = _tail(outcome.stderr, 300)
+            return self._unusable(f"the relay ended with {how}" + (f": {tail}" if tail else ""), restarted)
         try:
-            answer = json.loads(outcome.stdout) if outcome.exit_code == 0 else None
+            answer = json.loads(outcome.stdout)
         except (ValueError, RecursionError):
-            answer = None
+            return self._unusable(f"{len(outcome.stdout)} bytes that are not JSON", restarted)
         if not isinstance(answer, dict):
-            raise SandboxError(f"the kernel bridge gave no answer (exit {outcome.exit_code}, signal "
-                               f"{outcome.signal}): {_tail(outcome.stderr) or _tail(outcome.stdout)}")
+            return self._unusable("JSON that is not an object", restarted)
         if "fatal" in answer:  # the bridge could not serve the cell: mostly a new kernel that could not start
-            error = self._failed(str(answer["fatal"]))
-            if isinstance(error, RequestError):
-                raise error
-            raise SandboxError(f"the sandbox's python kernel failed: {answer['fatal']}")
+            # A kernel started in this sandbox before (python3, ipykernel, jupyter_client are there): what keeps
+            # the next one from starting is in the sandbox (its limits, a full /tmp, a cell's doing), and the
+            # answer may be a cell's forgery: the request's error (400), never the server's (500).
+            raise self._failed(str(answer["fatal"])[-WHY_CHARS:], ran_before=True)
         try:
-            cell = CellResult.model_validate(answer)
-        except ValidationError as e:  # the bridge is in the sandbox: its answer is checked like any input
-            raise SandboxError(f"the kernel bridge gave an invalid answer: {e}") from e
+            cell = CellResult.model_validate(_clean_answer(answer))
+        except (ValidationError, _TooDeep) as e:
+            return self._unusable(f"an invalid answer: {str(e)[:WHY_CHARS]}", restarted)
         if restarted and not cell.restarted:  # the bridge itself was new: it cannot know what came before
             note = f"a new kernel was started because {lost}: variables and imports of earlier cells are gone"
             cell = cell.model_copy(update={"restarted": True,
                                            "message": f"{note}; {cell.message}" if cell.message else note})
-        return cell
+        return cell, False
 
 
 __all__ = ["CellError", "CellResult", "CellStatus", "Kernel"]

@@ -28,6 +28,15 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 POLL_S = 0.2  # how often a quiet cell checks that its kernel is alive
 REPLY_TIMEOUT_S = 10.0  # the execute_reply, after the kernel went idle
 MAX_REQUEST = 64 << 20
+SOCKET_CHECK_S = 1.0  # how often an idle bridge checks that its socket is still its own
+CONN_TIMEOUT_S = 10.0  # reading a request, sending an answer (the relay does both at once)
+NAME_CHARS = 1000  # an exception's class name (a cell can make one of any size)
+
+
+def _log_exc() -> None:
+    """The traceback to the log, unless the log cannot be written (a full /tmp): never a reason to die."""
+    with contextlib.suppress(Exception):
+        traceback.print_exc()
 
 
 def _write(path: str, text: str) -> None:
@@ -77,9 +86,11 @@ def shrink(answer: dict[str, Any], limit: int) -> dict[str, Any]:
         answer["truncated"] = True
         error = answer.get("error") or {}
         parts = [(answer, "outputs"), (answer, "text"), (answer, "stdout"), (answer, "stderr"), (error, "value"),
-                 (error, "traceback")]
+                 (error, "traceback"), (error, "name")]
         present = [p for p in parts if p[0].get(p[1])]
-        if not present:
+        if not present:  # nothing left to cut (a huge message?): the answer without its data
+            answer.update(outputs=[], text=None, stdout="", stderr="", error=None,
+                          message=str(answer.get("message") or "")[:NAME_CHARS] or None)
             break
         owner, key = max(present, key=lambda p: len(json.dumps(p[0][p[1]])))
         value = owner[key]
@@ -107,6 +118,13 @@ class Cell:
         self.truncated = True
         return False
 
+    def _cut(self, text: str) -> str:
+        """At most the budget's characters (the answer's shrink then has little left to do)."""
+        if len(text) > self.budget:
+            self.truncated = True
+            return text[: self.budget]
+        return text
+
     def stream(self, name: str, text: str) -> None:
         if name not in self.streams:
             return
@@ -117,7 +135,7 @@ class Cell:
 
     def display(self, data: dict[str, Any], result: bool) -> None:
         if result and isinstance(data.get("text/plain"), str):
-            self.text = data["text/plain"]
+            self.text = self._cut(data["text/plain"])
         if self._fits(data):
             self.outputs.append(data)
 
@@ -137,8 +155,9 @@ class Cell:
         elif kind in ("execute_result", "display_data", "update_display_data"):
             self.display(dict(content.get("data") or {}), kind == "execute_result")
         elif kind == "error":
-            self.error = {"name": content.get("ename", ""), "value": content.get("evalue", ""),
-                          "traceback": [ANSI.sub("", line) for line in content.get("traceback") or []]}
+            self.error = {"name": str(content.get("ename", ""))[:NAME_CHARS],
+                          "value": self._cut(str(content.get("evalue", ""))),
+                          "traceback": [ANSI.sub("", self._cut(line)) for line in content.get("traceback") or []]}
             self._fits(self.error)
         elif kind == "clear_output":
             self.clear()
@@ -163,8 +182,12 @@ class Bridge:
             self.kc = km.client()
             self.kc.start_channels()
             self.kc.wait_for_ready(timeout=self.ready_timeout_s)
-        except BaseException:
+        except Exception as e:
+            why = cause(self.exit_code())
             self.stop_kernel()  # never keep a kernel that did not answer: the next cell tries a new one
+            raise RuntimeError(f"{type(e).__name__}: {e} ({why})") from e
+        except BaseException:
+            self.stop_kernel()
             raise
 
     def exit_code(self) -> int | None:
@@ -177,17 +200,39 @@ class Bridge:
             try:
                 self.kc.stop_channels()
             except Exception:
-                traceback.print_exc()
+                _log_exc()
         if self.km is not None:
             try:
                 self.km.shutdown_kernel(now=True)  # the process group: what the kernel started goes too
             except Exception:
-                traceback.print_exc()
+                _log_exc()
         self.km = self.kc = None
 
-    def serve(self, listener: socket.socket) -> None:
+    def kill_kernel(self) -> None:
+        """The kernel's process group killed, and its files left alone: they may be a new bridge's by now."""
+        pid = getattr(self.km.provisioner, "pid", None) if self.km is not None else None
+        if pid:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)  # it leads its own session: what it started goes too
+        self.km = self.kc = None
+
+    def serve(self, listener: socket.socket, path: str) -> None:
+        """Serve cells until the socket at ``path`` is no longer this bridge's (a cell removed or replaced it,
+        or the kernel dir): the bridge then ends, its kernel with it, rather than live on unreachable."""
+        mine = os.stat(path)
+        listener.settimeout(SOCKET_CHECK_S)
         while True:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                try:
+                    now = os.stat(path)
+                except OSError:
+                    return
+                if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+                    return
+                continue
+            conn.settimeout(CONN_TIMEOUT_S)  # a client that never sends (or never reads) cannot hold the bridge
             with conn:
                 try:
                     data = b""
@@ -195,7 +240,7 @@ class Bridge:
                         data += chunk
                     answer = self.run(json.loads(data))
                 except Exception as e:
-                    traceback.print_exc()
+                    _log_exc()
                     answer = {"fatal": f"{type(e).__name__}: {e}"}
                 # the relay may have gone (its exec was killed): the next cell is served all the same
                 with contextlib.suppress(OSError):
@@ -270,7 +315,8 @@ class Bridge:
             elif failed:
                 status = "error"
                 if cell.error is None:
-                    cell.error = {"name": content.get("ename", "Error"), "value": content.get("evalue", ""),
+                    cell.error = {"name": str(content.get("ename", "Error"))[:NAME_CHARS],
+                                  "value": content.get("evalue", ""),
                                   "traceback": [ANSI.sub("", x) for x in content.get("traceback") or []]}
         return shrink({"status": status, "text": cell.text, "outputs": cell.outputs,
                        "stdout": "".join(cell.streams["stdout"]), "stderr": "".join(cell.streams["stderr"]),
@@ -312,10 +358,12 @@ def daemon(config: dict[str, Any], ready: int) -> None:
         os.write(ready, json.dumps({"ok": True, "kernel_pid": bridge.km.provisioner.pid}).encode())
         os.close(ready)
         reported = True
-        bridge.serve(listener)
+        bridge.serve(listener, path)
+        bridge.kill_kernel()  # not stop_kernel: jupyter_client would remove files of the bridge that replaced it
     except BaseException as e:
-        traceback.print_exc()
-        sys.stderr.flush()
+        _log_exc()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
         if not reported:
             try:
                 with open(os.path.join(directory, "bridge.log"), "rb") as f:
@@ -334,7 +382,10 @@ def main() -> int:
         return 2
     config = json.loads(sys.stdin.read())
     directory = config["dir"]
+    if os.path.islink(directory) or (os.path.lexists(directory) and not os.path.isdir(directory)):
+        os.unlink(directory)  # a cell put a file or a symlink there: the kernel's files are execbox's
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
     stop_previous(directory)
     read_end, write_end = os.pipe()  # not inherited by the kernel (non-inheritable by default)
     if os.fork() == 0:
