@@ -109,11 +109,11 @@ def show(result: CellResult, save: Path | None) -> None:
                 continue
             what = f"{mime}, {len(data) / 1024:.1f} KiB"
             if save is None:
-                err.print(f"[{what}: --save DIR writes it]", highlight=False, markup=False)
+                sys.stderr.write(f"[{what}: --save DIR writes it]\n")  # unwrapped: a path to copy
                 continue
             path = save / f"cell{result.execution_count or 0}-{i}.{EXTENSIONS.get(mime, 'bin')}"
             path.write_bytes(data)
-            err.print(f"[{what}: {path}]", highlight=False, markup=False)
+            sys.stderr.write(f"[{what}: {path}]\n")
         text = bundle.get("text/plain")
         if isinstance(text, str):
             print(text)
