@@ -896,7 +896,7 @@ async def test_test_command_runs_the_languages_test_step_after_compiling(make) -
     assert r.status is Status.OK
     engine, provider = make()
     await engine.execute(req(None, language="go", files=[File(name="main_test.go", content="")], command="test"))
-    assert provider.calls[-1].argv == ("go", "test", "-v", ".")
+    assert provider.calls[-1].argv == ("go", "test", "-installsuffix=nocgo", "-v", ".")
 
 
 async def test_test_command_is_refused_where_the_language_has_none(make) -> None:

@@ -455,3 +455,15 @@ def test_execute_code_without_arguments_just_runs() -> None:
     result = execbox.execute_code("print('plain')\n", "python")
     assert result.status is execbox.Status.OK
     assert (result.stdout, result.return_value) == ("plain\n", None)
+
+
+def test_go_test_links_against_prebuilt_cgo_free_packages() -> None:
+    """scripts/bootstrap installs std and testify without cgo (go.toml's test step selects them with
+    -installsuffix=nocgo): seen from inside the sandbox with go's own environment, none is stale, so `go test`
+    does not compile net/http and testify again at each run."""
+    go = default_registry().get("go")
+    packages = "net/http github.com/stretchr/testify/assert gopkg.in/yaml.v3"
+    r = execbox.run(f"go list -installsuffix=nocgo -f '{{{{.ImportPath}}}} stale={{{{.Stale}}}}' {packages}", "bash",
+                    env=go.env)
+    assert r.ok, r.stderr
+    assert r.stdout.split("\n")[:-1] == [f"{p} stale=false" for p in packages.split()], r.stdout
