@@ -25,7 +25,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from execbox.providers.local import LocalProvider, LocalSettings
 from execbox.providers.local.cgroups import Cgroup
 from execbox.providers.local.provider import _kill_uid, _umount
 from execbox.providers.registry import ProviderRegistry
+from execbox.sandbox import SandboxManager
 
 # A secret of the server's own process: no sandboxed program may ever read it, anywhere (environ, /proc, ...).
 SECRET = "execbox-test-secret-" + secrets.token_hex(16)
@@ -191,6 +192,14 @@ def _docker_sandbox() -> Iterator[Sandbox]:
 
 
 # ---------------------------------------------------------------------------------------------- host checks
+
+@pytest.fixture
+async def manager(sandbox: Sandbox) -> AsyncIterator[SandboxManager]:
+    """Persistent sandboxes on the test's provider (up to 4 at once), all destroyed at the end."""
+    m = SandboxManager(sandbox.engine, max_sandboxes=4)
+    yield m
+    await m.aclose()
+
 
 def _proc_uids(pid: str) -> set[int]:
     """The uids of a live process (none for a zombie: bubblewrap's pid-namespace init exits after the outer

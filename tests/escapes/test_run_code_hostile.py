@@ -15,7 +15,6 @@ import asyncio
 import json
 import shlex
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -48,13 +47,6 @@ for p in filter(str.isdigit, os.listdir("/proc")):
     counts["kernel"] += b"ipykernel_launcher" in cmd
 print(counts["bridge"], counts["kernel"])
 """
-
-
-@pytest.fixture
-async def manager(sandbox: Sandbox) -> AsyncIterator[SandboxManager]:
-    m = SandboxManager(sandbox.engine, max_sandboxes=4)
-    yield m
-    await m.aclose()
 
 
 @pytest.fixture
@@ -345,19 +337,23 @@ async def test_a_kernel_death_loop_is_bounded_and_ends(sandbox: Sandbox, sb: Asy
               "    time.sleep(0.02)\n")
     assert (await sb.exec(f"setsid python3 -c {shlex.quote(killer)} > /dev/null 2>&1 &")).ok
     end = time.monotonic() + 6
-    tries = 0
+    tries = killed = 0
     while time.monotonic() < end:
         tries += 1
         start = time.monotonic()
         try:
             r = await sb.run_code("import time; time.sleep(0.5)")
-            assert r.status is CellStatus.KERNEL_DIED and "SIGKILL" in (r.message or ""), r
+            # ok: the killer, slowed down by a loaded machine, missed this kernel for the whole cell
+            died = r.status is CellStatus.KERNEL_DIED
+            assert r.status is CellStatus.OK or (died and "SIGKILL" in (r.message or "")), r
+            killed += died
         except RequestError as e:
             assert "could not start again" in str(e) and "killed it" in str(e), e
+            killed += 1
         assert time.monotonic() - start < 10
-    assert tries >= 2
+    assert tries >= 2 and killed >= 1
     await asyncio.sleep(1)
-    await next_cell_works(sb, restarted=True)
+    await next_cell_works(sb)  # (restarted, unless the last try's kernel was one the killer missed)
 
 
 async def test_a_silent_client_of_the_bridge_holds_it_for_a_bounded_time(sandbox: Sandbox, sb: AsyncSandbox) -> None:

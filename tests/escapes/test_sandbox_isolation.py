@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +39,6 @@ def leftovers(request: pytest.FixtureRequest) -> Callable[[Any], list[str]]:
         if str(getattr(plugin, "__file__", "")).endswith("escapes/conftest.py"):
             return plugin.leftovers  # type: ignore[no-any-return]
     raise AssertionError("tests/escapes/conftest.py is not loaded")
-
-
-@pytest.fixture
-async def manager(sandbox: Sandbox) -> AsyncIterator[SandboxManager]:
-    m = SandboxManager(sandbox.engine, max_sandboxes=4)
-    yield m
-    await m.aclose()
 
 
 @pytest.fixture
