@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.providers import local_provider
 
 from execbox import Engine, ExecutionRequest, Limits, RequestError
 from execbox.pool import WarmPool
 from execbox.providers.base import ExecSpec, InstanceSpec
-from execbox.providers.local import LocalProvider, LocalSettings
+from execbox.providers.local import LocalProvider
 from execbox.providers.registry import ProviderRegistry
 
 # ---------------------------------------------------------------------------------------------- WarmPool
@@ -96,17 +97,12 @@ def test_closed_pool_runs_deferred_jobs_at_once_and_hands_out_nothing() -> None:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the warm pool needs root (uids, tmpfs, cgroups)")
 SPEC = dict(wall_time_s=5, cpu_time_s=5, memory_mb=128, pids=32, output_bytes=65536, file_size_mb=8,
             open_files=64)
-FIRST_UID = 64600  # clear of the escape suite's 64000..64511
 
 
 @pytest.fixture
 async def provider(tmp_path: Path) -> AsyncIterator[LocalProvider]:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker[2:]) if worker[2:].isdigit() else 0
-    runtime = Path("/run/execbox-pool-tests") / worker
-    runtime.parent.mkdir(mode=0o711, exist_ok=True)
-    p = LocalProvider(LocalSettings(first_uid=FIRST_UID + 8 * index, uid_count=8, runtime_dir=runtime,
-                                    warm_pool=2, warm_pool_disk_mb=16))
+    p = local_provider("pool", warm_pool=2, warm_pool_disk_mb=16)
+    runtime = p.runtime
     yield p
     await p.aclose()
     assert not list((runtime / "instances").iterdir()), "aclose() left instance dirs"

@@ -9,21 +9,20 @@ import json
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
+from tests.providers import local_provider
 
 from execbox import AsyncSandbox, CellResult, CellStatus, Engine, Limits, NotFoundError, RequestError, Sandbox
 from execbox import sandbox as sandbox_module
 from execbox.errors import ProviderUnavailable
 from execbox.providers.base import Provider
-from execbox.providers.local import LocalProvider, LocalSettings
+from execbox.providers.local import LocalProvider
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import SandboxManager
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="persistent local sandboxes need root (uids, cgroups)")
 
-FIRST_UID = 65100  # clear of the escape suite's, the pool tests' and test_sandbox.py's ranges
 LIMITS = Limits(wall_time_s=30, cpu_time_s=60, memory_mb=512, pids=128, disk_mb=128)
 PNG = b"\x89PNG\r\n\x1a\n"
 COUNT_KERNELS = ("import os\n"
@@ -66,14 +65,9 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
     if request.param == "docker":
         yield from _docker()
         return
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker[2:]) if worker[2:].isdigit() else 0
-    runtime = Path("/run/execbox-run-code-tests") / worker
-    runtime.parent.mkdir(mode=0o711, exist_ok=True)
-    p = LocalProvider(LocalSettings(first_uid=FIRST_UID + 8 * index, uid_count=8, runtime_dir=runtime, warm_pool=0,
-                                    sandbox_pool=0))
+    p = local_provider("run-code", warm_pool=0, sandbox_pool=0)
     yield p
-    shutil.rmtree(runtime, ignore_errors=True)
+    shutil.rmtree(p.runtime, ignore_errors=True)
 
 
 @pytest.fixture

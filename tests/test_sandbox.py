@@ -11,10 +11,10 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from tests.docker.conftest import provider_or_skip, sandbox_containers
+from tests.providers import local_provider
 
 import execbox
 from execbox import (
@@ -31,13 +31,12 @@ from execbox import (
 from execbox import sandbox as sandbox_module
 from execbox.providers.base import Provider
 from execbox.providers.docker import DockerProvider
-from execbox.providers.local import LocalProvider, LocalSettings
+from execbox.providers.local import LocalProvider
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import SandboxManager
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="persistent local sandboxes need root (uids, cgroups)")
 
-FIRST_UID = 64800  # clear of the escape suite's 64000..64511 and the pool tests' 64600..
 LIMITS = Limits(wall_time_s=10, cpu_time_s=10, memory_mb=256, pids=64, disk_mb=128)
 # every process's command line, from /proc (the docker images have no procps)
 PS = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
@@ -48,14 +47,9 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
     if request.param == "docker":
         yield from provider_or_skip("python", "shell")
         return
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker[2:]) if worker[2:].isdigit() else 0
-    runtime = Path("/run/execbox-sandbox-tests") / worker
-    runtime.parent.mkdir(mode=0o711, exist_ok=True)
-    p = LocalProvider(LocalSettings(first_uid=FIRST_UID + 8 * index, uid_count=8, runtime_dir=runtime, warm_pool=0,
-                                    sandbox_pool=0))  # the cold path; the pool: test_the_sandbox_pool_...
+    p = local_provider("sandbox", warm_pool=0, sandbox_pool=0)  # the cold path; the pool: test_the_sandbox_pool_...
     yield p
-    shutil.rmtree(runtime, ignore_errors=True)
+    shutil.rmtree(p.runtime, ignore_errors=True)
 
 
 @pytest.fixture
@@ -293,11 +287,8 @@ def test_sync_facade(manager: SandboxManager) -> None:
 
 
 async def test_the_sandbox_pool_hands_out_prestarted_sandboxes_once() -> None:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker[2:]) if worker[2:].isdigit() else 0
-    runtime = Path("/run/execbox-sandbox-tests") / f"pool-{worker}"
-    p = LocalProvider(LocalSettings(first_uid=65000 + 8 * index, uid_count=8, runtime_dir=runtime, warm_pool=0,
-                                    sandbox_pool=2, sandbox_pool_disk_mb=64))
+    p = local_provider("sandbox-pool", warm_pool=0, sandbox_pool=2, sandbox_pool_disk_mb=64)
+    runtime = p.runtime
     pool = p.sandbox_pool
     assert pool is not None
     m = SandboxManager(Engine(providers=ProviderRegistry(instances={"local": p}, default="local")))

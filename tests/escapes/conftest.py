@@ -5,7 +5,7 @@ program through the same ``Engine.execute``). A test that asserts something only
 uid range, its pid 1, its cgroups, its pools, bubblewrap) is marked ``@pytest.mark.local_only("why")`` and runs
 on the local provider only; ``EXECBOX_ESCAPE_PROVIDERS=local`` (or ``docker``) narrows the whole suite.
 
-Each pytest(-xdist) worker gets its own LocalProvider: its own range of instance uids and its own runtime dir,
+Each pytest(-xdist) worker gets its own LocalProvider (tests/providers.py): its own instance uids and runtime dir,
 so the host checks after every test (no process, mount, cgroup, instance dir or IPC object left behind) only
 look at what this worker could have created, even with other workers running at the same time. It also gets
 one DockerProvider (one warm container per image and disk size); after every docker test no container of the
@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import inspect
 import os
-import re
 import secrets
 import shutil
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.providers import local_provider, uid_block
 
 from execbox import Engine, ExecutionRequest, ExecutionResult, File, Limits
 from execbox.errors import ProviderUnavailable
@@ -38,7 +38,6 @@ from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings, State
 from execbox.providers.docker import images as docker_images
 from execbox.providers.docker.provider import PID_LABEL, DockerInstance
-from execbox.providers.local import LocalProvider, LocalSettings
 from execbox.providers.local.cgroups import Cgroup
 from execbox.providers.local.provider import _kill_uid, _umount
 from execbox.providers.registry import ProviderRegistry
@@ -48,11 +47,7 @@ from execbox.sandbox import SandboxManager
 SECRET = "execbox-test-secret-" + secrets.token_hex(16)
 os.environ["EXECBOX_TEST_SECRET"] = SECRET
 
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "master")
-_WORKER_INDEX = int(WORKER[2:]) if re.fullmatch(r"gw\d+", WORKER) else 63
-UID_COUNT = 8
-FIRST_UID = 64000 + 8 * _WORKER_INDEX  # 64000..64511: no host user lives there (see /etc/passwd)
-RUNTIME_ROOT = Path("/run/execbox-escapes")
+UIDS = uid_block("escapes")
 
 # Small limits: every hostile program is stopped within a few seconds (CI has 2 cores).
 DEFAULT_LIMITS: dict[str, Any] = dict(
@@ -116,7 +111,7 @@ class Sandbox:
 
     @property
     def uids(self) -> range:
-        return range(FIRST_UID, FIRST_UID + UID_COUNT)
+        return UIDS
 
     @property
     def runtime(self) -> Path:
@@ -143,21 +138,17 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
         yield from _docker_sandbox()
         return
     assert request.param == "local", request.param
-    runtime = RUNTIME_ROOT / WORKER
-    RUNTIME_ROOT.mkdir(mode=0o711, exist_ok=True)
-    os.chmod(RUNTIME_ROOT, 0o711)  # the instance uids traverse it to reach their workdirs
     # Every run goes through the warm pool (pre-started sandboxes) when its limits allow it (no network,
     # the suite's disk size), as it does in production; tests/test_local_pool.py covers the cold path too.
-    provider = LocalProvider(LocalSettings(first_uid=FIRST_UID, uid_count=UID_COUNT, runtime_dir=runtime,
-                                           warm_pool=2, warm_pool_disk_mb=DEFAULT_LIMITS["disk_mb"],
-                                           sandbox_pool=1, sandbox_pool_disk_mb=DEFAULT_LIMITS["disk_mb"]))
+    provider = local_provider("escapes", warm_pool=2, warm_pool_disk_mb=DEFAULT_LIMITS["disk_mb"],
+                              sandbox_pool=1, sandbox_pool_disk_mb=DEFAULT_LIMITS["disk_mb"])
     assert provider.root and provider.cgroups.usable, provider.cgroups.problem
     assert provider.warm_pool is not None
     yield Sandbox(provider, Engine(providers=ProviderRegistry(instances={"local": provider})), "local")
     provider.warm_pool.close(timeout=30)
     if provider.sandbox_pool is not None:
         provider.sandbox_pool.close(timeout=30)
-    shutil.rmtree(runtime, ignore_errors=True)
+    shutil.rmtree(provider.runtime, ignore_errors=True)
 
 
 def _docker_sandbox() -> Iterator[Sandbox]:

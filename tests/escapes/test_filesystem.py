@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pydantic
 import pytest
+from tests.providers import RUNTIME_ROOT
 
 import execbox
 from execbox.providers.local import bwrap
@@ -71,7 +72,7 @@ async def test_host_paths_are_invisible(sandbox: Sandbox, tmp_path: Path) -> Non
     secret_file = tmp_path / "host-secret.txt"
     secret_file.write_text("HOST-FILE-SECRET")
     os.chmod(tmp_path, 0o755)
-    host_only = ["/work/main", "/run/execbox", "/run/execbox-escapes", "/var/run/docker.sock", "/run/systemd",
+    host_only = ["/work/main", "/run/execbox", str(RUNTIME_ROOT), "/var/run/docker.sock", "/run/systemd",
                  str(secret_file), os.getcwd()]
     # the image's own directories, empty or root-only: a docker container has them (never the host's)
     image_dirs = ["/root", "/home", "/run", "/var", "/opt", "/srv", "/mnt", "/media", "/boot", "/sys",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from tests.providers import runtime_dir
 
 from execbox import ExecboxError, Limits, NotFoundError, SandboxError, Status
 from execbox.sandbox import AsyncSandbox, SandboxManager
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from conftest import Sandbox
 
 SECRET = os.environ["EXECBOX_TEST_SECRET"]  # set by conftest.py
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "master")
 LIMITS = Limits(wall_time_s=3, cpu_time_s=3, memory_mb=128, pids=32, output_bytes=64 * 1024, file_size_mb=8,
                 disk_mb=16, open_files=64)  # conftest.DEFAULT_LIMITS
 # every process's command line, from /proc (the docker images have no procps)
@@ -44,7 +44,7 @@ def leftovers(request: pytest.FixtureRequest) -> Callable[[Any], list[str]]:
 @pytest.fixture
 def victim() -> Iterator[Path]:
     """A host directory a naive host-side file operation would reach through a planted symlink."""
-    d = Path("/run/execbox-escapes") / f"victim-{WORKER}-{secrets.token_hex(4)}"
+    d = runtime_dir(f"victim-{secrets.token_hex(4)}")
     d.mkdir(mode=0o700)
     (d / "victim-marker").write_text(SECRET)
     yield d
