@@ -1,4 +1,4 @@
-"""Real local providers for tests, made in one place.
+"""Real providers for tests (local and docker), made in one place.
 
 Each provider gets a block of instance uids and a runtime dir of its own: no other provider of this test
 process or of another pytest-xdist worker uses them, so a test's host checks (no process of its uids left,
@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from execbox.errors import ProviderUnavailable
+from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings
+from execbox.providers.docker import images as docker_images
 from execbox.providers.local import LocalProvider, LocalSettings
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "master")
@@ -47,3 +53,27 @@ def local_provider(name: str, **settings: Any) -> LocalProvider:
     uids = uid_block(name)
     return LocalProvider(LocalSettings(first_uid=uids.start, uid_count=len(uids), runtime_dir=runtime_dir(name),
                                        **settings))
+
+
+def docker_settings(**pool: object) -> DockerSettings:
+    """The tests' docker settings: small pools, containers reused; ``pool`` overrides PoolSettings' fields."""
+    base = dict(size=1, max_items=8, ttl_s=3600, max_idle_s=600, health_interval_s=30, wait_s=60, reuse=True)
+    return DockerSettings(pool=PoolSettings(**{**base, **pool}))  # type: ignore[arg-type]
+
+
+def docker_provider_or_skip(*images: str, **pool: object) -> Iterator[DockerProvider]:
+    """A DockerProvider (closed after the yield), or a skip that says why: EXECBOX_NO_DOCKER=1, dockerd down,
+    or one of ``images`` not built (`make test` builds them all)."""
+    if os.environ.get("EXECBOX_NO_DOCKER") == "1":
+        pytest.skip("EXECBOX_NO_DOCKER=1")
+    try:
+        p = DockerProvider(docker_settings(**pool))
+    except ProviderUnavailable as e:
+        pytest.skip(f"dockerd is not available: {e}")
+    if missing := [n for n in images if not docker_images.image_exists(p.api, p.catalog.tag(n))]:
+        p.close()
+        pytest.skip(f"docker images not built: {', '.join(missing)} (`execbox images build`)")
+    try:
+        yield p
+    finally:
+        p.close()

@@ -11,11 +11,10 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from tests.providers import local_provider
+from tests.providers import docker_provider_or_skip, local_provider
 
 from execbox import AsyncSandbox, CellResult, CellStatus, Engine, Limits, NotFoundError, RequestError, Sandbox
 from execbox import sandbox as sandbox_module
-from execbox.errors import ProviderUnavailable
 from execbox.providers.base import Provider
 from execbox.providers.local import LocalProvider
 from execbox.providers.registry import ProviderRegistry
@@ -39,20 +38,10 @@ COUNT_KERNELS = ("import os\n"
 
 def _docker() -> Iterator[Provider]:
     """The docker provider, when dockerd runs, it keeps sandboxes and its python image (with the kernel) is built."""
-    if os.environ.get("EXECBOX_NO_DOCKER") == "1":
-        pytest.skip("EXECBOX_NO_DOCKER=1")
-    from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings
-    from execbox.providers.docker import images as docker_images
-
-    try:
-        p = DockerProvider(DockerSettings(pool=PoolSettings(size=1)))
-    except ProviderUnavailable as e:
-        pytest.skip(f"dockerd is not available: {e}")
-    if not p.supports_persistent or not docker_images.image_exists(p.api, p.catalog.tag("python")):
-        p.close()
-        pytest.skip("docker keeps no sandboxes here, or its python image is not built (`execbox images build`)")
-    yield p
-    p.close()
+    for p in docker_provider_or_skip("python"):
+        if not p.supports_persistent:
+            pytest.skip("docker keeps no sandboxes here")
+        yield p
 
 # SIGKILL one of the kernel's processes and wait until it is gone (a zombie has an empty command line)
 KILL = ("pid=$(cat /tmp/.execbox-kernel/{name}.pid); kill -9 $pid; "

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.providers import docker_provider_or_skip, docker_settings
 
 from execbox import Engine
-from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings
+from execbox.providers.docker import DockerProvider
 from execbox.providers.registry import ProviderRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the language table is shared
@@ -29,28 +30,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(skip)
 
 
-def settings(**pool: object) -> DockerSettings:
-    base = dict(size=1, max_items=8, ttl_s=3600, max_idle_s=600, health_interval_s=30, wait_s=60, reuse=True)
-    return DockerSettings(pool=PoolSettings(**{**base, **pool}))  # type: ignore[arg-type]
-
-
-def provider_or_skip(*images: str) -> Iterator[DockerProvider]:
-    """A DockerProvider for tests outside this directory that run on docker too (persistent sandboxes), or a
-    skip that says why: EXECBOX_NO_DOCKER=1, dockerd down, or one of ``images`` not built."""
-    from execbox.errors import ProviderUnavailable
-    from execbox.providers.docker import images as docker_images
-
-    if os.environ.get("EXECBOX_NO_DOCKER") == "1":
-        pytest.skip("EXECBOX_NO_DOCKER=1")
-    try:
-        p = DockerProvider(settings())
-    except ProviderUnavailable as e:
-        pytest.skip(f"dockerd is not available: {e}")
-    if missing := [n for n in images if not docker_images.image_exists(p.api, p.catalog.tag(n))]:
-        p.close()
-        pytest.skip(f"docker images not built: {', '.join(missing)} (`execbox images build`)")
-    yield p
-    p.close()
+settings = docker_settings
+provider_or_skip = docker_provider_or_skip  # for tests outside this directory that run on docker too
 
 
 def sandbox_containers(p: DockerProvider) -> dict[str, dict[str, Any]]:

@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.providers import local_provider, uid_block
+from tests.providers import docker_provider_or_skip, local_provider, uid_block
 
 from execbox import Engine, ExecutionRequest, ExecutionResult, File, Limits
-from execbox.errors import ProviderUnavailable
 from execbox.providers.base import ExecSpec, InstanceSpec
-from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings, State
-from execbox.providers.docker import images as docker_images
+from execbox.providers.docker import DockerProvider, State
 from execbox.providers.docker.provider import PID_LABEL, DockerInstance
 from execbox.providers.local.cgroups import Cgroup
 from execbox.providers.local.provider import _kill_uid, _umount
@@ -155,17 +153,11 @@ def _docker_sandbox() -> Iterator[Sandbox]:
     """The worker's DockerProvider: one container per image (and disk size) kept warm and reused, as in
     production; a few more are created for concurrent runs. Skipped with the reason when dockerd or the
     suite's images are not there (CI and the dev machines have both: `make test` builds the images)."""
-    if os.environ.get("EXECBOX_NO_DOCKER") == "1":
-        pytest.skip("EXECBOX_NO_DOCKER=1")
-    pool = PoolSettings(size=1, max_items=6, ttl_s=3600, max_idle_s=600, health_interval_s=30, wait_s=60)
-    try:
-        provider = DockerProvider(DockerSettings(pool=pool))
-    except ProviderUnavailable as e:
-        pytest.skip(f"dockerd is not available: {e}")
-    missing = [n for n in DOCKER_IMAGES if not docker_images.image_exists(provider.api, provider.catalog.tag(n))]
-    if missing:
-        provider.close()
-        pytest.skip(f"docker images not built: {', '.join(missing)} (`execbox images build`)")
+    for provider in docker_provider_or_skip(*DOCKER_IMAGES, max_items=6):
+        yield from _recorded(provider)
+
+
+def _recorded(provider: DockerProvider) -> Iterator[Sandbox]:
     box = Sandbox(provider, Engine(providers=ProviderRegistry(default="docker", instances={"docker": provider})),
                   "docker")
     original = provider.pool.acquire
@@ -176,10 +168,7 @@ def _docker_sandbox() -> Iterator[Sandbox]:
         return item
 
     provider.pool.acquire = recording  # type: ignore[method-assign]
-    try:
-        yield box
-    finally:
-        provider.close()
+    yield box
 
 
 # ---------------------------------------------------------------------------------------------- host checks
