@@ -44,7 +44,7 @@ class ProviderRegistry:
             raise RequestError(f"unknown provider {name!r}; known: {', '.join(sorted(available_names()))}")
         module, _, cls = target.partition(":")
         try:
-            provider = getattr(importlib.import_module(module), cls)()
+            provider: Provider = getattr(importlib.import_module(module), cls)()
         except ImportError as e:
             hint = INSTALL_HINTS.get(name, f"pip install 'execbox[{name}]'")
             raise ProviderUnavailable(f"provider {name!r} cannot be loaded ({e}); install: {hint}") from e
