@@ -189,9 +189,10 @@ def render(bursts: list[Burst], before: str | None, after: str) -> str:
                   for b, e, n in errors]
     lines += ["", "Before, admission was by a count (64 waiting, `max_queue`) and the rest of a burst was refused "
               "at once, with a count of 0 running; after, every request waits up to `queue_timeout_s` (60 s) for "
-              "a slot in a first-come line, and `max_queue` (10000) only bounds memory. "
-              "Server memory is the server process's resident size before the burst and its peak (VmHWM, since "
-              "its start) after it: what a burst's waiting requests cost.", ""]
+              "a slot in a first-come line, and `max_queue` (10000) only bounds memory. A burst the server cannot "
+              "clear within `queue_timeout_s` still has errors after: the requests still waiting at 60 s get a 503 "
+              "with `Retry-After`. Server memory is the server process's resident size before the burst and its "
+              "peak (VmHWM, since its start) after it: what a burst's waiting requests cost.", ""]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 from tests.server.conftest import KEY, Server
+from tests.server.test_sandboxes import API, sse
 
 import execbox
 from execbox.errors import AtCapacity, CapacityError
@@ -64,6 +65,24 @@ def test_a_request_waiting_past_the_queue_timeout_is_a_503_that_counts_truly(mak
         assert c.get(f"/api/v1/execute/status/{job}").json()["result"]["output"] == "held\n"
         assert metric(c, "sandbox_queued_requests") == 0
         assert c.post("/api/v1/execute", json={**PY, "code": "print(2)"}).json()["output"] == "2\n"
+
+
+def test_a_sandbox_command_waits_at_most_the_queue_timeout_too(make_server) -> None:  # type: ignore[no-untyped-def]
+    s: Server = make_server(env={"EXECBOX_MAX_CONCURRENCY": "1", "EXECBOX_QUEUE_TIMEOUT_S": "1"})
+    hold = {**PY, "code": "import time; time.sleep(6); print('held')"}
+    refused = "no execution slot became free within 1s (1 running, 0 waiting, 1 at once)"
+    with s.client() as c, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sid = c.post(API, json={"language": "bash"}).json()["id"]
+        holder = pool.submit(c.post, "/api/v1/execute", json=hold)
+        wait_for(c, 'sandbox_active_containers{provider="local"}', 1)
+        r = c.post(f"{API}/{sid}/exec", json={"command": "echo hi"})
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and r.json()["detail"] == refused
+        with c.stream("POST", f"{API}/{sid}/exec/stream", json={"command": "echo hi"}) as r:
+            assert r.status_code == 200  # the stream's headers go at once: the refusal is its one event
+            assert list(sse(r.iter_lines())) == [("error", {"detail": refused})]
+        assert holder.result().json()["output"] == "held\n"
+        assert c.post(f"{API}/{sid}/exec", json={"command": "echo hi"}).json()["output"] == "hi\n"
+        c.delete(f"{API}/{sid}")
 
 
 def test_a_full_waiting_room_refuses_at_once_with_the_counts(make_server) -> None:  # type: ignore[no-untyped-def]

@@ -49,6 +49,7 @@ class Capacity:
         self.limit, self.max_waiting, self.wait_s = running, queued, wait_s
         self.running = 0
         self._line: deque[asyncio.Future[None]] = deque()
+        self._hold_s = 1.0  # a moving mean of how long a slot is held, for Retry-After
 
     @property
     def waiting(self) -> int:
@@ -64,8 +65,8 @@ class Capacity:
                              self._retry_after_s())
 
     def _retry_after_s(self) -> float:
-        # unknown run times: a guess that grows with the line (each slot clearing one a second or so)
-        return 1 + self.waiting / self.limit
+        # when the line now waiting has gone through the slots at the recent pace
+        return 1 + self.waiting * self._hold_s / self.limit
 
     @contextlib.asynccontextmanager
     async def slot(self, *, counted: bool = True, timed: bool = True) -> AsyncIterator[None]:
@@ -75,9 +76,11 @@ class Capacity:
         if counted:
             self.admit()
         await self._acquire(self.wait_s if timed else None)
+        start = time.monotonic()
         try:
             yield
         finally:
+            self._hold_s += (time.monotonic() - start - self._hold_s) / 16
             self._release()
 
     async def _acquire(self, wait_s: float | None) -> None:

@@ -45,9 +45,9 @@ class ServerSettings(BaseSettings):
         60, description="Longest a request waits for an execution slot; then 503 with Retry-After. This admits "
                         "a burst: it waits in line as long as the server may clear it in time.")
     max_queue: Annotated[int, Field(ge=0, le=100_000)] = Field(
-        10_000, description="Requests waiting for a slot at once; beyond it: 503 with Retry-After at once. A bound "
-                            "on the memory waiting requests hold (each its connection and body), far above a "
-                            "burst queue_timeout_s lets through.")
+        10_000, description="Requests waiting for a slot at once; beyond it: 503 with Retry-After at once. Only a "
+                            "bound on the memory waiting requests hold (each its connection and body: ~30 KiB "
+                            "for a small one), far above what a server clears within queue_timeout_s.")
     max_pending_jobs: Annotated[int, Field(ge=1)] = Field(
         10_000, description="Async jobs queued at once; beyond it: 503 with Retry-After.")
     max_pending_jobs_per_key: Annotated[int, Field(ge=1)] = Field(
