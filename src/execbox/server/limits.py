@@ -43,7 +43,8 @@ class Capacity:
     ``wait_s``, at most ``max_waiting`` of them.
 
     A slot freed is handed to the first in line at once, so ``running`` and ``waiting`` are exact at every
-    moment (a semaphore counts a woken waiter as neither until it resumes)."""
+    moment. (Counted around a semaphore they were not: under ``wait_for`` its acquire ran in a task of its
+    own, a loop turn later, so a burst's requests were all admitted against "0 running".)"""
 
     def __init__(self, running: int, queued: int, wait_s: float) -> None:
         self.limit, self.max_waiting, self.wait_s = running, queued, wait_s

@@ -115,7 +115,8 @@ class Service:
         labels = {"language": request.language, "provider": provider}
         start = time.monotonic()
         try:
-            async with self.capacity.slot(counted=bounded and not admitted, timed=bounded and not admitted):
+            alone = bounded and not admitted  # counted against the line and timed, or waits its turn
+            async with self.capacity.slot(counted=alone, timed=alone):
                 with self.metrics.in_progress(provider):
                     result = await self.engine.execute(request, policy, execution_id, live=live)
         except RequestError as e:
