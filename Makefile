@@ -21,6 +21,7 @@ demo: bootstrap
 bench: bootstrap
 	$(VENV)/python benchmarks/bench_local.py
 	$(VENV)/python benchmarks/bench_server.py
+	$(VENV)/python benchmarks/bench_burst.py
 	$(VENV)/python benchmarks/bench_docker.py
 	$(VENV)/python benchmarks/bench_sandbox.py
 	$(VENV)/python benchmarks/bench_run_code.py

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import ValidationError
 
 from execbox.errors import (
+    AtCapacity,
     AuthenticationError,
     CapacityError,
     ExecboxError,
@@ -153,8 +154,10 @@ def _http_error(status: int, headers: Mapping[str, str], content: bytes, languag
         return UnknownLanguageError(language, [str(s) for s in supported])
     if status in (400, 413, 422):
         return RequestError(detail)
-    if status == 429 or (status == 503 and retry):
-        return CapacityError(f"{detail} (retry after {retry} s)" if retry else detail)
+    if status == 429 or (status == 503 and retry):  # a 503 with Retry-After: the server's slots are busy
+        seconds = float(retry) if retry and retry.isdigit() else None  # (an HTTP date is not worth parsing)
+        kind = AtCapacity if status == 503 else CapacityError
+        return kind(f"{detail} (retry after {retry} s)" if retry else detail, seconds)
     if status == 503:
         return ProviderUnavailable(detail)
     if status >= 500:

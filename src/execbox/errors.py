@@ -9,7 +9,9 @@ request is unusable or when the sandbox itself fails.
     │   ├── InvalidFileError    a submitted file name or content is unsafe or too large
     │   ├── NotFoundError       no such sandbox (destroyed, expired, another owner's) or no such file
     │   └── AuthenticationError an execbox server refused the API key (remote client)
-    ├── CapacityError           too many live sandboxes (per owner or in all); retry after destroying one
+    ├── CapacityError           a maximum is reached; ``retry_after_s`` says when trying again may succeed
+    │   ├── RateLimited         the API key's rate limit (HTTP 429)
+    │   └── AtCapacity          no execution slot freed in time, or the server's queue is full (HTTP 503)
     ├── ExecutionFailed         raised by ``check=True``; carries the ``ExecutionResult``
     └── SandboxError            the sandbox failed; not the program's fault
         ├── ProviderUnavailable the provider cannot run here (missing bwrap, engine down, ...)
@@ -53,7 +55,21 @@ class AuthenticationError(RequestError):
 
 
 class CapacityError(ExecboxError):
-    """A maximum is reached (live sandboxes per owner or in all); nothing was started."""
+    """A maximum is reached (live sandboxes per owner or in all, a server's slots or rate limit); nothing was
+    started. ``retry_after_s``: when trying again may succeed (None: unknown, e.g. until a sandbox is destroyed)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(CapacityError):
+    """An execbox server's rate limit of the API key is exceeded (HTTP 429)."""
+
+
+class AtCapacity(CapacityError):
+    """An execbox server is too busy to start it now: no execution slot freed within its ``queue_timeout_s``,
+    or its waiting room or job queue is full (HTTP 503)."""
 
 
 class ExecutionFailed(ExecboxError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbox import __version__
 from execbox.errors import (
+    AtCapacity,
     CapacityError,
     ExecboxError,
     NotFoundError,
@@ -32,7 +34,6 @@ from execbox.errors import (
     RequestError,
     UnknownLanguageError,
 )
-from execbox.server.limits import Refused
 from execbox.server.routes import codapi, native, piston, run_code, sandboxes
 from execbox.server.service import Service
 from execbox.server.settings import ServerSettings
@@ -43,14 +44,20 @@ log = logging.getLogger("execbox.server")
 ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),  # no such sandbox (or another key's) or file
     (RequestError, 400),
-    (CapacityError, 429),  # too many live sandboxes (the key's or the server's): destroy one or wait for a TTL
+    (AtCapacity, 503),  # no execution slot freed in time (or the queue is full): the server is loaded
+    (CapacityError, 429),  # a key's rate limit or pending jobs; too many live sandboxes: destroy one or wait
     (ProviderUnavailable, 503),  # the provider is down: retrying (or another provider) may help
     (ExecboxError, 500),
 ]
-# exception -> Retry-After seconds, first match wins
-RETRY_AFTER_S: list[tuple[type[Exception], int]] = [
-    (CapacityError, 5),
-]
+RETRY_AFTER_S = 5  # of a CapacityError that does not say
+
+
+def retry_after(exc: Exception) -> str | None:
+    """The Retry-After header of ``exc``: whole seconds, at least 1; None when retrying cannot help."""
+    if not isinstance(exc, CapacityError):
+        return None
+    return str(max(1, math.ceil(RETRY_AFTER_S if exc.retry_after_s is None else exc.retry_after_s)))
+
 
 # Each API's error shape, by path prefix; the native shape is the default.
 ErrorShape = Callable[[str, Any], dict[str, Any]]
@@ -172,14 +179,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def _execbox_error(request: Request, exc: ExecboxError) -> JSONResponse:
         status = next(code for cls, code in ERROR_STATUS if isinstance(exc, cls))
         extra = {"supported": exc.supported} if isinstance(exc, UnknownLanguageError) else None
-        if status >= 500:
+        if status >= 500 and not isinstance(exc, CapacityError):  # a loaded server is not a failure
             log.error("sandbox failure", extra={"fields": {"path": request.url.path, "error": str(exc)}})
-        retry = next((str(s) for cls, s in RETRY_AFTER_S if isinstance(exc, cls)), None)
+        retry = retry_after(exc)
         return error_response(request, status, str(exc), extra, headers={"Retry-After": retry} if retry else None)
-
-    @app.exception_handler(Refused)
-    async def _refused(request: Request, exc: Refused) -> JSONResponse:
-        return error_response(request, exc.status, exc.message, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,7 +26,7 @@ class Metrics:
                               "Executions that produced no result: bad_request (the client's), unavailable "
                               "or internal_error (the sandbox's).", ["language", "provider", "status"],
                               registry=self.registry)
-        self.queued = Gauge("sandbox_queued_requests", "Synchronous requests waiting for a slot.",
+        self.queued = Gauge("sandbox_queued_requests", "Requests waiting for an execution slot.",
                             registry=self.registry)
         self.pending_jobs = Gauge("sandbox_pending_jobs", "Async jobs queued or running.", registry=self.registry)
 

@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from execbox.engine import Emit, Engine
-from execbox.errors import ProviderUnavailable, RequestError, SandboxError
+from execbox.errors import AtCapacity, CapacityError, ProviderUnavailable, RequestError, SandboxError
 from execbox.languages import default_registry
 from execbox.models import ExecutionRequest, ExecutionResult, Limits, Status
 from execbox.providers.base import LiveInput
 from execbox.providers.registry import ProviderRegistry, available_names
 from execbox.sandbox import AsyncSandbox, SandboxManager
 from execbox.server.auth import KeyRing, Principal
-from execbox.server.limits import Capacity, RateLimiter, Refused
+from execbox.server.limits import Capacity, RateLimiter
 from execbox.server.metrics import Metrics
 from execbox.server.schemas import ExecuteBody
 from execbox.server.settings import ServerSettings
@@ -49,6 +49,7 @@ class Service:
         self.rates = RateLimiter()
         self.capacity = Capacity(settings.max_concurrency, settings.max_queue, settings.queue_timeout_s)
         self.metrics = Metrics()
+        self.metrics.queued.set_function(lambda: self.capacity.waiting)  # read when scraped: never stale
         self._provider_names = sorted(n for n in available_names() if n != "mock" or settings.default_provider
                                       == "mock")
         self._jobs: asyncio.Queue[str] = asyncio.Queue()
@@ -106,14 +107,16 @@ class Service:
                       live: tuple[LiveInput, Emit] | None = None,
                       ) -> ExecutionResult:
         """Run one request under the caller's caps, within the server's capacity; record and count it.
-        With ``live`` (input, emit) it runs interactively (see ``Engine.execute``)."""
+        With ``live`` (input, emit) it runs interactively (see ``Engine.execute``). ``bounded``: waits at most
+        ``queue_timeout_s`` for a slot (async jobs pass False); ``admitted``: counted already (a batch's items,
+        which then wait their turn)."""
         policy = self.engine.policy.capped(principal.caps)
         provider = request.provider or self.providers.default
         labels = {"language": request.language, "provider": provider}
         start = time.monotonic()
         try:
-            async with self.capacity.slot(bounded=bounded, admitted=admitted):
-                self.metrics.queued.set(self.capacity.waiting)
+            alone = bounded and not admitted  # counted against the line and timed, or waits its turn
+            async with self.capacity.slot(counted=alone, timed=alone):
                 with self.metrics.in_progress(provider):
                     result = await self.engine.execute(request, policy, execution_id, live=live)
         except RequestError as e:
@@ -125,8 +128,6 @@ class Service:
         except SandboxError as e:
             self._log_failure(principal, labels, "internal_error", e, start)
             raise
-        finally:
-            self.metrics.queued.set(self.capacity.waiting)
         elapsed = time.monotonic() - start
         labels["language"] = result.language
         self.metrics.executions.labels(status=result.status.value, **labels).inc()
@@ -198,10 +199,10 @@ class Service:
     def submit(self, principal: Principal, body: ExecuteBody) -> str:
         self.check(body.to_request(), principal)
         if self.store.count_unfinished() >= self.settings.max_pending_jobs:
-            raise Refused(503, f"{self.settings.max_pending_jobs} jobs are pending already", 5)
+            raise AtCapacity(f"{self.settings.max_pending_jobs} jobs are pending already", 5)
         if self.store.count_unfinished(principal.name) >= self.settings.max_pending_jobs_per_key:
-            raise Refused(429, f"this key has {self.settings.max_pending_jobs_per_key} jobs pending already "
-                               "(the most a key may have): wait for some to finish", 5)
+            raise CapacityError(f"this key has {self.settings.max_pending_jobs_per_key} jobs pending already "
+                                "(the most a key may have): wait for some to finish", 5)
         job_id = uuid.uuid4().hex
         self.store.add_execution(job_id, principal.name, body.session_id, QUEUED, request=json.dumps(
             {"principal": principal.name, "body": body.model_dump(mode="json", exclude_unset=True)}))

@@ -41,10 +41,13 @@ class ServerSettings(BaseSettings):
     default_provider: str = Field("local", description="Provider used when a request names none.")
     max_concurrency: Annotated[int, Field(ge=1, le=1024)] = Field(
         default_factory=lambda: 2 * (os.cpu_count() or 1), description="Executions running at once.")
-    max_queue: Annotated[int, Field(ge=0, le=100_000)] = Field(
-        64, description="Synchronous requests waiting for a slot; beyond it: 503 with Retry-After.")
     queue_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
-        60, description="Longest a synchronous request waits for a slot before a 503.")
+        60, description="Longest a request waits for an execution slot; then 503 with Retry-After. This admits "
+                        "a burst: it waits in line as long as the server may clear it in time.")
+    max_queue: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        10_000, description="Requests waiting for a slot at once; beyond it: 503 with Retry-After at once. Only a "
+                            "bound on the memory waiting requests hold (each its connection and body: ~30 KiB "
+                            "for a small one), far above what a server clears within queue_timeout_s.")
     max_pending_jobs: Annotated[int, Field(ge=1)] = Field(
         10_000, description="Async jobs queued at once; beyond it: 503 with Retry-After.")
     max_pending_jobs_per_key: Annotated[int, Field(ge=1)] = Field(

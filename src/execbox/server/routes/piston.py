@@ -25,7 +25,6 @@ from execbox.models import ExecutionRequest, File, Limits, StepResult
 from execbox.models import Status as S
 from execbox.providers.base import LiveInput
 from execbox.server.deps import PrincipalDep, ServiceDep
-from execbox.server.limits import Refused
 
 PREFIX = "/api/v2/"
 log = logging.getLogger("execbox.server")
@@ -303,10 +302,9 @@ async def connect(ws: WebSocket) -> None:
         await ws.close(4999, "Job Completed")
     except _Close as e:
         await _close(ws, e.code, e.reason)
-    except (RequestError, Refused, ExecboxError) as e:
-        message = e.message if isinstance(e, Refused) else str(e)
+    except ExecboxError as e:
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await ws.send_json({"type": "error", "message": message})
+            await ws.send_json({"type": "error", "message": str(e)})
         await _close(ws, 4002, "Notified Error")
     except WebSocketDisconnect:
         pass

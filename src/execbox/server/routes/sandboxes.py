@@ -26,7 +26,6 @@ from execbox.models import ExecutionResult, FileInfo, Limits, check_file_name
 from execbox.sandbox import AsyncSandbox
 from execbox.server.auth import Principal
 from execbox.server.deps import PrincipalDep, ServiceDep
-from execbox.server.limits import Refused
 from execbox.server.routes.native import ERRORS
 from execbox.server.schemas import ErrorBody, ExecuteResponse, execute_response
 from execbox.server.service import Service
@@ -289,7 +288,7 @@ async def exec_stream(sandbox_id: str, body: ExecBody, service: ServiceDep,
 
     async def produce() -> None:
         try:
-            async with service.capacity.slot(admitted=True):
+            async with service.capacity.slot(counted=False):  # admitted above
                 async for ev in sb.stream(body.command, stdin=body.stdin, env=body.env, cwd=body.cwd,
                                           limits=body.exec_limits()):
                     if ev.type == "exit" and ev.result is not None:
@@ -297,7 +296,7 @@ async def exec_stream(sandbox_id: str, body: ExecBody, service: ServiceDep,
                         queue.put_nowait(_event("exit", execute_response(ev.result)))
                     else:
                         queue.put_nowait(_event(ev.type, {"data": ev.data}))
-        except (ExecboxError, Refused) as e:  # the headers are sent: the failure is the stream's last event
+        except ExecboxError as e:  # the headers are sent: the failure is the stream's last event
             queue.put_nowait(_event("error", {"detail": str(e)}))
         finally:
             queue.put_nowait(None)
