@@ -7,6 +7,9 @@ A user adds or overrides a language by dropping ``NAME.toml`` into ``$EXECBOX_LA
     {entry_stem}  the entry file without its extension, e.g. Main (for java's class name)
     {sources}     every submitted file with one of the language's extensions (expands to several args)
     {args}        the program's arguments (expands to several args)
+
+A language may ship support files (``[files]``, e.g. java's javac driver) written beside the program's, and a
+``[fast]`` compile step taken instead of ``compile`` when a named check (``FAST_CHECKS``) says it suffices.
 """
 
 from __future__ import annotations
