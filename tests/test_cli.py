@@ -42,6 +42,17 @@ def test_extra_files(tmp_path: Path) -> None:
     assert (p.returncode, p.stdout) == (0, "42\n")
 
 
+def test_run_java_of_any_file_name_and_class(tmp_path: Path) -> None:
+    # Piston's Java test program: a public class HelloWorld in test.java
+    (tmp_path / "test.java").write_text('public class HelloWorld {\n    public static void main(String[] args) {\n'
+                                        '        System.out.println("OK " + args.length);\n    }\n}\n')
+    p = execbox("run", str(tmp_path / "test.java"), "x")
+    assert (p.returncode, p.stdout) == (0, "OK 1\n"), p.stderr
+    p = execbox("run", "-c", 'class Prog { public static void main(String[] a) { System.out.println("np"); } }',
+                "-l", "java")
+    assert (p.returncode, p.stdout) == (0, "np\n"), p.stderr
+
+
 @pytest.mark.parametrize(
     ("code", "lang", "extra", "expected"),
     [

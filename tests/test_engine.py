@@ -180,7 +180,9 @@ async def test_argv_follows_each_toml_definition(make, languages: LanguageRegist
     expected.append(_expand(lang.run.command, lang.entry, sources, args))
     assert [s.argv for s in provider.calls] == expected
     assert all("{" not in a for s in expected for a in s[:-1] if a != "{entry}")  # every placeholder expanded
-    assert provider.instances[0].files == {lang.entry: b"code", helper: b"h", "notes.txt": b"n"}
+    # the program's files, and the language's support files (java's javac driver) beside them
+    support = {n: t.encode() for n, t in lang.files.items()}
+    assert provider.instances[0].files == {lang.entry: b"code", helper: b"h", "notes.txt": b"n", **support}
 
 
 def custom_registry() -> LanguageRegistry:
@@ -238,12 +240,28 @@ async def test_sources_fall_back_to_the_entry(make) -> None:
 
 
 async def test_java_entry_stem_is_the_class_name(make, languages: LanguageRegistry) -> None:
+    # the fast path (plain javac): the class run, named in the run step's argument file, is the entry's stem
     engine, provider = make()
-    await engine.execute(req("class Main {}", language="java"))
+    await engine.execute(req("class Main { public static void main(String[] a) {} }", language="java"))
     compile_, run = provider.calls
+    java = languages.get("java")
+    assert java.fast is not None and compile_.argv == _expand(java.fast.compile.command, "Main.java", ["Main.java"], [])
     assert compile_.argv[-1] == "Main.java"
-    assert "Main" in run.argv and "Main.java" not in run.argv
-    assert run.argv == _expand(languages.get("java").run.command, "Main.java", ["Main.java"], [])
+    assert provider.instances[0].files[".execbox_main"] == b"Main\n"
+    assert "@.execbox_main" in run.argv and "Main.java" not in run.argv
+    assert run.argv == _expand(java.run.command, "Main.java", ["Main.java"], [])
+
+
+async def test_java_general_step_finds_the_class(make, languages: LanguageRegistry) -> None:
+    # any other program: the javac driver compiles and names the class to run itself
+    engine, provider = make()
+    await engine.execute(req("class Prog { public static void main(String[] a) {} }", language="java"))
+    compile_, run = provider.calls
+    java = languages.get("java")
+    assert java.compile is not None
+    assert compile_.argv == _expand(java.compile.command, "Main.java", ["Main.java"], [])
+    assert ".execbox_main" not in provider.instances[0].files  # the driver writes it
+    assert run.argv == _expand(java.run.command, "Main.java", ["Main.java"], [])
 
 
 async def test_entry_with_code_names_the_code_file(make) -> None:

@@ -467,3 +467,97 @@ def test_go_test_links_against_prebuilt_cgo_free_packages() -> None:
                     env=go.env)
     assert r.ok, r.stderr
     assert r.stdout.split("\n")[:-1] == [f"{p} stale=false" for p in packages.split()], r.stdout
+
+
+# --- Java: the class to run is found as judges find it (DMOJ runs any class with main), in a file of any name
+
+PISTON_JAVA = ('public class HelloWorld {\n    public static void main(String[] args) {\n'
+               '        System.out.println("OK");\n    }\n}\n')  # Piston's own Java test program (test.java)
+
+JAVA_VARIANTS = {
+    "public class of another name": ({"test.java": PISTON_JAVA}, "OK\n"),
+    "not public": ({"Main.java": 'class Prog { public static void main(String[] a) { System.out.println("np"); } }'},
+                   "np\n"),
+    "final": ({"Main.java": 'final class Prog {\n  public static void main(String[] a) '
+                            '{ System.out.println("f"); }\n}'},
+              "f\n"),
+    "abstract": ({"sol.java": 'public abstract class Sol {\n  public static void main(String[] a) '
+                              '{ System.out.println("abs"); }\n}'}, "abs\n"),
+    "strictfp, varargs": ({"Main.java": 'strictfp class P { static public void main(String... a) '
+                                        '{ System.out.println("sfp"); } }'}, "sfp\n"),
+    "package": ({"Main.java": 'package com.example.app;\n\npublic class Main {\n  public static void main(String[] a) '
+                              '{ System.out.println(Main.class.getName()); }\n}\n'}, "com.example.app.Main\n"),
+    "two classes in one file": ({"Main.java": 'import java.util.*;\nclass Helper { static int two() { return 2; } }\n'
+                                              'class Prog { public static void main(String[] a) '
+                                              '{ System.out.println("two " + Helper.two()); } }\n'}, "two 2\n"),
+    "the entry's class named after it has no main": (
+        {"Main.java": 'public class Main { static String hi() { return "hi"; } }\n'
+                      'class Runner { public static void main(String[] a) { System.out.println(Main.hi()); } }\n'},
+        "hi\n"),
+    "main in a second file": ({"Main.java": 'class Util { static String s() { return "util"; } }\n',
+                               "runner.java": 'public class Runner { public static void main(String[] a) '
+                                              '{ System.out.println(Util.s()); } }\n'}, "util\n"),
+    "main in a comment does not count": ({"Main.java": '/* public class Main { public static void main(String[] a) '
+                                                       '{} } */\nclass Real { public static void main(String[] a) '
+                                                       '{ System.out.println("real"); } }\n'}, "real\n"),
+}
+
+
+@pytest.mark.parametrize("variant", list(JAVA_VARIANTS))
+def test_java_runs_the_class_with_main_whatever_the_files_are_called(variant: str) -> None:
+    files, stdout = JAVA_VARIANTS[variant]
+    result = execbox.run(files=files, language="java")  # the first file is the entry
+    _assert_ok(result, stdout)
+    assert result.compile is not None and result.compile.status is execbox.Status.OK
+
+
+def test_java_without_a_main_is_a_compile_error() -> None:
+    for files in ({"Main.java": "public class Main { static void helper() {} }\n"},
+                  {"test.java": "class A { public void main(String[] a) {} }\n"}):  # not static: no main
+        result = execbox.run(files=files, language="java")
+        assert result.status is execbox.Status.COMPILE_ERROR, _ok(result)
+        assert result.compile is not None and "no class has a method public static void main" in result.compile.stderr
+
+
+def test_java_with_mains_only_in_other_files_names_them() -> None:
+    result = execbox.run(files={"Main.java": "class Util {}\n",
+                                "A.java": "class A { public static void main(String[] a) {} }\n",
+                                "B.java": "class B { public static void main(String[] a) {} }\n"}, language="java")
+    assert result.status is execbox.Status.COMPILE_ERROR, _ok(result)
+    assert result.compile is not None and "several other files do (A, B)" in result.compile.stderr
+
+
+def test_java_support_file_names_are_reserved() -> None:
+    for name in (".execbox_main", ".execbox_javac.java"):
+        with pytest.raises(execbox.InvalidFileError, match="reserved"):
+            execbox.run(files={"Main.java": "class Main {}", name: "x"}, language="java")
+
+
+@pytest.mark.parametrize(("files", "fast"), [
+    ({"Main.java": JAVA_VARIANTS["two classes in one file"][0]["Main.java"]
+      .replace("class Prog", "public class Main")}, "two 2\n"),
+    ({"Main.java": "class Solution {}\npublic class Main {\n  public static void main(String[] args) {}\n}\n"}, ""),
+    ({"Main.java": "public class Main { public static void main(String[] a) {} }", "Util.java": "class Util {}"}, ""),
+    ({"test.java": PISTON_JAVA}, False),  # javac wants it in HelloWorld.java
+    ({"Main.java": "public class Main { public static void main(String[] a) {} }", "u.java": "public class U {}"},
+     False),
+    ({"Main.java": JAVA_VARIANTS["package"][0]["Main.java"]}, False),
+    ({"Main.java": JAVA_VARIANTS["not public"][0]["Main.java"]}, False),  # no class Main
+    ({"Main.java": JAVA_VARIANTS["the entry's class named after it has no main"][0]["Main.java"]}, False),
+    ({"Main.java": JAVA_VARIANTS["main in a comment does not count"][0]["Main.java"]}, False),
+    ({"Main.java": "public class Main { public static void main(int n) {} }"}, False),  # not main(String[])
+    ({"Main.java": "public class Main { public static void main(String[] a) { String s = \"\\u0041\"; } }"}, False),
+    ({"Main.java": "public class Main { public static void main(String[] a) { } "}, False),  # unbalanced
+])
+def test_java_fast_path_only_when_plain_javac_surely_suffices(files: dict[str, str], fast: str | bool) -> None:
+    """The fast compile step (plain javac, the stem as the class) is taken only when it surely works; the
+    general step finds the class itself, so a doubt costs time, never a wrong run. ``fast``: False, or the
+    output of the program, which then runs."""
+    java = default_registry().get("java")
+    data = {n: t.encode() for n, t in files.items()}
+    entry = next(iter(files))
+    build, support = java.build(data, entry)
+    assert java.fast is not None and (build == java.fast.compile) is (fast is not False)
+    assert (support.get(".execbox_main") == f"{entry[:-5]}\n".encode()) is (fast is not False)
+    if fast is not False:  # and then it does work
+        _assert_ok(execbox.run(files=files, language="java"), fast)

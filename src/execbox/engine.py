@@ -104,7 +104,7 @@ class Engine:
         return self._prepare(request, policy)[0]
 
     def _prepare(self, request: ExecutionRequest, policy: Policy | None
-                 ) -> tuple[Language, Limits, dict[str, bytes], str]:
+                 ) -> tuple[Language, Limits, dict[str, bytes], str, Step | None]:
         lang = self.languages.get(request.language)
         self.check_version(lang, request.version)
         if request.command == "test" and lang.test is None:
@@ -131,14 +131,14 @@ class Engine:
         With ``live`` (input, emit) the run is interactive: its run step reads the input as its stdin (and
         takes its signals) instead of ``request.stdin``, and each stage's start, output and end are emitted
         as they happen; it needs a provider whose persistent instances take live input (local, docker)."""
-        lang, limits, files, entry = self._prepare(request, policy)
+        lang, limits, files, entry, build = self._prepare(request, policy)
         provider = self.providers.get(request.provider)
         if live is not None and not provider.supports_persistent:
             raise RequestError(f"provider {provider.name!r} cannot run interactively")
         execution_id = execution_id or uuid.uuid4().hex
         spec = InstanceSpec(disk_mb=limits.disk_mb, network=limits.network)
         if live is not None:  # a persistent instance: it takes live input (and picks its image by the binaries)
-            steps = (lang.compile if request.command == "run" else None, self._main_step(lang, request))
+            steps = (build if request.command == "run" else None, self._main_step(lang, request))
             spec = replace(spec, persistent=True, memory_mb=limits.memory_mb, pids=limits.pids,
                            binaries=tuple(s.command[0] for s in steps if s is not None))
         try:
@@ -152,7 +152,7 @@ class Engine:
                 if live is not None and not instance.supports_live:
                     raise RequestError(f"provider {provider.name!r} cannot run interactively")
                 run = None if live is None else _live_runner(instance, *live)
-                result = await self._steps(instance, request, lang, limits, files, entry, run)
+                result = await self._steps(instance, request, lang, limits, files, entry, build, run)
         except ExecboxError:
             raise
         except Exception as e:
@@ -169,7 +169,9 @@ class Engine:
         if have is None or not (have == wanted or have.startswith(f"{wanted}.")):
             raise RequestError(f"{lang.name} {wanted} is not available; installed: {have or 'none'}")
 
-    def _files(self, request: ExecutionRequest, lang: Language, limits: Limits) -> tuple[dict[str, bytes], str]:
+    def _files(self, request: ExecutionRequest, lang: Language, limits: Limits
+               ) -> tuple[dict[str, bytes], str, Step | None]:
+        """The files to write (the program's and the language's), the entry file, the compile step."""
         files = {f.name: f.data() for f in request.files}
         if request.code is not None:
             entry = request.entry or lang.entry
@@ -180,6 +182,8 @@ class Engine:
             entry = request.entry or request.files[0].name
             if entry not in files:
                 raise InvalidFileError(f"entry file {entry!r} is not among the files")
+        if reserved := lang.reserved() & files.keys():
+            raise InvalidFileError(f"file name {sorted(reserved)[0]!r} is reserved by execbox")
         if request.arguments is not None:
             if lang.call_main is None:
                 raise RequestError(f"`arguments` (calling main) is not supported for {lang.name}")
@@ -193,13 +197,15 @@ class Engine:
             files[lang.call_main.file] = lang.driver(code, entry).encode()
             files[ARGS_FILE] = args_json.encode()
             entry = lang.call_main.file
+        build, support = lang.build(files, entry)
+        files.update(support)
         parents = {"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)}
         if clash := sorted(parents & files.keys()):
             raise InvalidFileError(f"{clash[0]!r} is given both as a file and as a directory of other files")
         size = sum(len(d) for d in files.values())
         if size > limits.disk_mb * 1024 * 1024:
             raise InvalidFileError(f"the files ({size} bytes) exceed the disk limit of {limits.disk_mb} MiB")
-        return files, entry
+        return files, entry, build
 
     def _spec(self, lang: Language, step: Step, limits: Limits, argv: tuple[str, ...], *, compile: bool,
               stdin: bytes = b"", env: dict[str, str] | None = None) -> ExecSpec:
@@ -213,15 +219,16 @@ class Engine:
         )
 
     async def _steps(self, instance: Instance, request: ExecutionRequest, lang: Language, limits: Limits,
-                     files: dict[str, bytes], entry: str, run: Runner | None = None) -> dict[str, object]:
+                     files: dict[str, bytes], entry: str, build: Step | None, run: Runner | None = None
+                     ) -> dict[str, object]:
         if run is None:
             async def run(spec: ExecSpec, stage: str) -> ProcessOutcome:
                 return await instance.exec(spec)
         await instance.write_files(files)
         sources = lang.sources(files) or [entry]
         compiled: StepResult | None = None
-        if lang.compile is not None and request.command == "run":  # a test runner builds what it tests
-            spec = self._spec(lang, lang.compile, limits, lang.expand(lang.compile, entry, sources, ()),
+        if build is not None and request.command == "run":  # a test runner builds what it tests
+            spec = self._spec(lang, build, limits, lang.expand(build, entry, sources, ()),
                               compile=True)
             compiled = step_result(await run(spec, "compile"), spec)
             if compiled.status is not Status.OK:

@@ -8,7 +8,7 @@ import pytest
 from execbox import Engine, ExecutionRequest, ExecutionResult, File, RequestError, Status
 from execbox.languages import default_registry
 from execbox.providers.docker.images import Catalog
-from test_languages import ARGS, ARGS_OUT, SPECS, STDIN, UNICODE
+from test_languages import ARGS, ARGS_OUT, JAVA_VARIANTS, SPECS, STDIN, UNICODE
 
 CATALOG = Catalog.load()
 
@@ -114,3 +114,16 @@ async def test_a_language_without_an_image_is_a_clear_error(docker_engine: Engin
 
     with pytest.raises(ProviderUnavailable, match="no docker image provides 'go'"):
         await _run(docker_engine, "go", "package main\nfunc main() {}\n")
+
+
+@pytest.mark.parametrize("variant", ["public class of another name", "package", "main in a second file"])
+async def test_java_finds_the_class_to_run(docker_engine: Engine, variant: str) -> None:
+    """java.toml's general compile step (a javac driver run by java's source launcher) works in the image."""
+    files, stdout = JAVA_VARIANTS[variant]
+    _ok(await _run(docker_engine, "java", files=files), stdout)
+
+
+async def test_java_without_a_main_is_a_compile_error(docker_engine: Engine) -> None:
+    r = await _run(docker_engine, "java", files={"test.java": "class A { static void helper() {} }\n"})
+    assert r.status is Status.COMPILE_ERROR and r.compile is not None, r
+    assert "no class has a method public static void main" in r.compile.stderr

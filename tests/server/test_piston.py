@@ -283,3 +283,14 @@ def test_unnamed_java_runs_whatever_its_class_is_called(client: httpx.Client, ru
     body = execute(client, "java", {"content": code}, args=["x"])
     assert body["compile"]["code"] == 0, body["compile"]
     assert body["run"]["stdout"] == "java 1\n" and body["run"]["code"] == 0, body["run"]
+
+
+def test_pistons_own_java_test_program_runs(client: httpx.Client, runtimes: list[dict]) -> None:
+    # Piston's packages/java test.java: a public class HelloWorld in a file named test.java
+    if not any(rt["language"] == "java" for rt in runtimes):
+        pytest.skip("java is not installed")
+    code = ('public class HelloWorld {\n    public static void main(String[] args) {\n'
+            '        System.out.println("OK");\n    }\n}\n')
+    body = execute(client, "java", {"name": "test.java", "content": code})
+    assert body["compile"]["code"] == 0, body["compile"]
+    assert body["run"]["stdout"] == "OK\n" and body["run"]["code"] == 0, body["run"]

@@ -99,13 +99,15 @@ def run_in_sandbox(*, url: str | None, api_key: str | None, keep: bool, labels: 
             sb = client.Sandbox.get_or_create(labels, language=lang.name, limits=limits, provider=provider)
         # first, so that the id is known even if what follows fails or is interrupted
         err.print(f"execbox: sandbox {sb.id}" + (" (kept)" if keep else ""), highlight=False, soft_wrap=True)
-        for name, data in all_files.items():
-            sb.files.write(name, data)
         sources = lang.sources(all_files)
+        build, support = lang.build({n: d.encode() if isinstance(d, str) else d for n, d in all_files.items()},
+                                    entry)
+        for name, data in {**all_files, **support}.items():
+            sb.files.write(name, data)
         argv = list(lang.expand(lang.run, entry, sources, args))
         result: ExecutionResult | None = None
-        if lang.compile is not None:
-            built = sb.exec(list(lang.expand(lang.compile, entry, sources, ())), env=env, limits=limits)
+        if build is not None:
+            built = sb.exec(list(lang.expand(build, entry, sources, ())), env=env, limits=limits)
             if not built.ok:  # reported as a one-shot run reports it: status compile_error, the step in `compile`
                 result = ExecutionResult(
                     execution_id=built.execution_id, language=lang.name, provider=built.provider,

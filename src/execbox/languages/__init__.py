@@ -7,6 +7,9 @@ A user adds or overrides a language by dropping ``NAME.toml`` into ``$EXECBOX_LA
     {entry_stem}  the entry file without its extension, e.g. Main (for java's class name)
     {sources}     every submitted file with one of the language's extensions (expands to several args)
     {args}        the program's arguments (expands to several args)
+
+A language may ship support files (``[files]``, e.g. java's javac driver) written beside the program's, and a
+``[fast]`` compile step taken instead of ``compile`` when a named check (``FAST_CHECKS``) says it suffices.
 """
 
 from __future__ import annotations
@@ -19,21 +22,41 @@ import re
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from execbox.errors import UnknownLanguageError
+from execbox.languages import java
 
 TOOL_PATH = "/usr/bin:/bin"  # where the sandbox finds toolchains (its root binds /usr)
+
+# name -> (files, entry, sources) -> whether a language's fast compile step suffices for them
+FAST_CHECKS: dict[str, Callable[[Mapping[str, bytes], str, list[str]], bool]] = {"java": java.javac_suffices}
 
 
 class Step(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     command: list[str] = Field(min_length=1, description="argv with placeholders")
     output_bytes: int | None = Field(None, description="Output kept for this step (default: the limit's).")
+
+
+class FastPath(BaseModel):
+    """A cheaper compile step, taken instead of ``compile`` when the language's check says the files allow it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    check: str = Field(description=f"The check's name: one of {sorted(FAST_CHECKS)}.")
+    compile: Step
+    files: dict[str, str] = Field({}, description="Files written when it is taken ({entry_stem} expanded).")
+
+    @field_validator("check")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in FAST_CHECKS:
+            raise ValueError(f"unknown check {v!r}; known: {sorted(FAST_CHECKS)}")
+        return v
 
 
 class CallMain(BaseModel):
@@ -56,9 +79,12 @@ class Language(BaseModel):
     version_pattern: str = r"(\d+\.\d+(?:\.\d+)?)"
     env: dict[str, str] = {}
     compile: Step | None = None
+    fast: FastPath | None = None
     run: Step
     test: Step | None = None
     call_main: CallMain | None = None
+    files: dict[str, str] = Field({}, description="Support files written beside the program's, e.g. a driver "
+                                  "the compile step runs; their names are reserved, and not among {sources}.")
 
     def missing(self) -> list[str]:
         """Required binaries not installed here."""
@@ -86,7 +112,21 @@ class Language(BaseModel):
 
     def sources(self, names: Iterable[str]) -> list[str]:
         exts = tuple(f".{e}" for e in self.extensions)
-        return sorted(n for n in names if n.endswith(exts))
+        return sorted(n for n in names if n.endswith(exts) and n not in self.files)
+
+    def build(self, files: Mapping[str, bytes], entry: str) -> tuple[Step | None, dict[str, bytes]]:
+        """The compile step for the program ``files`` (the fast one when its check allows) and the support
+        files to write beside them."""
+        support = {name: text.encode() for name, text in self.files.items()}
+        fast = self.fast
+        if fast is None or not FAST_CHECKS[fast.check](files, entry, self.sources(files)):
+            return self.compile, support
+        stem = posixpath.splitext(entry)[0]
+        return fast.compile, {**support, **{n: t.replace("{entry_stem}", stem).encode() for n, t in fast.files.items()}}
+
+    def reserved(self) -> set[str]:
+        """File names a program cannot use: the language's support files (call_main's are checked apart)."""
+        return set(self.files) | (set(self.fast.files) if self.fast else set())
 
     def driver(self, code: str, entry: str) -> str:
         assert self.call_main is not None

@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import signal as signals
 from typing import Any, Literal
 
@@ -161,35 +160,13 @@ def _limits(body: PistonExecute) -> Limits | None:
         raise RequestError(f"{field}: out of range ({err['msg']} in execbox's units)") from None
 
 
-_JAVA_PUBLIC = re.compile(
-    r"^[ \t]*public\s+(?:(?:final|abstract|sealed|non-sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+"
-    r"([A-Za-z_$][\w$]*)", re.M)
-_JAVA_TYPE = re.compile(r"\b(?:class|interface|enum|record)\s+([A-Za-z_$][\w$]*)")
-_JAVA_MAIN = re.compile(r"\bvoid\s+main\s*\(")
-
-
-def _java_entry(source: str | bytes) -> str | None:
-    """The file name javac wants for an unnamed Java entry file. Piston runs Java with the single-file launcher
-    (``java file.java``), which takes any class name; javac needs a public class in a file of its name, and
-    ``java`` the class with ``main``: the public class, else the last type declared before ``main``."""
-    text = source.decode(errors="replace") if isinstance(source, bytes) else source
-    if m := _JAVA_PUBLIC.search(text):
-        return f"{m.group(1)}.java"
-    if main := _JAVA_MAIN.search(text):
-        before = _JAVA_TYPE.findall(text, 0, main.start())
-        if before:
-            return f"{before[-1]}.java"
-    return None
-
-
 def _request(body: PistonExecute, lang: Language) -> ExecutionRequest:
     files = []
     for i, f in enumerate(body.files):
-        content = f.data()
         name = f.name
-        if name is None and i == 0:
-            name = (_java_entry(content) if lang.entry.endswith(".java") else None) or lang.entry
-        files.append(File(name=name or f"file{i}.code", content=content))
+        if name is None and i == 0:  # any language's entry; java's may hold a class of any name (java.toml)
+            name = lang.entry
+        files.append(File(name=name or f"file{i}.code", content=f.data()))
     return ExecutionRequest(language=lang.name, files=files, stdin=body.stdin, args=body.args, limits=_limits(body))
 
 
