@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -18,7 +19,7 @@ from execbox import Engine, ExecutionRequest, Limits, Status
 from execbox.errors import ProviderUnavailable
 from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.docker import DockerProvider, State
-from execbox.providers.docker.provider import HOST_LABEL, OWNER_LABEL, PID_LABEL
+from execbox.providers.docker.provider import HOST_LABEL, OWNER_LABEL, PID_LABEL, Container
 from execbox.providers.registry import ProviderRegistry
 
 DISK = 32
@@ -147,6 +148,39 @@ async def test_close_removes_every_container(make: list[DockerProvider]) -> None
     p.close()
     left = set(_mine(p)) & made
     assert not left
+
+
+async def test_a_cancel_during_a_cold_create_leaves_no_container(make: list[DockerProvider]) -> None:
+    """An execution cancelled while its container is made cold: the create runs to its end and what it
+    made is destroyed (its handle was dropped before: a container no pool knew, left until the next start)."""
+    p = provider(make, size=0)
+    started, go, made = threading.Event(), threading.Event(), []
+    create = p.pool._create
+
+    def held_create(k: tuple[str, int, bool]) -> Container:
+        started.set()
+        go.wait(30)
+        c = create(k)
+        made.append(c.id)
+        return c
+
+    p.pool._create = held_create
+    acquire = asyncio.create_task(p.pool.acquire(key(p)))
+    try:
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        acquire.cancel()
+        await asyncio.sleep(0.1)
+    finally:
+        go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await acquire
+    deadline = time.monotonic() + 30
+    while not made:  # (without the fix the cancel returns at once: wait for the orphan)
+        assert time.monotonic() < deadline, "the create never ended"
+        await asyncio.sleep(0.05)
+    assert not _exists(p, made[0]), "a container made for a cancelled execution was left behind"
+    assert p.pool.count() == 0
 
 
 def test_leftovers_of_a_crashed_run_are_removed_on_start(make: list[DockerProvider]) -> None:

@@ -24,8 +24,11 @@ import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any, TypeVar
 
 from execbox.errors import SandboxError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,26 @@ async def stream_run(run: Callable[[Callable[[OutputChunk], None]], Awaitable[Pr
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def to_thread_to_end(fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None) -> T:
+    """``asyncio.to_thread`` for work a cancel must not lose: making or removing what an instance holds
+    (containers, processes, cgroups). A cancel that lands before a thread has taken the job drops it
+    (a queued ``concurrent.futures`` job is cancelled: on a loaded host, a container left behind), and one
+    that lands while it runs leaves what it makes to nobody. So ``fn`` always runs to its end and the
+    caller's cancels meanwhile are raised once it has; ``undo`` then gets what ``fn`` made (in a thread too)."""
+    job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            cancelled = True
+    if not cancelled:
+        return job.result()
+    if undo is not None and not job.cancelled() and job.exception() is None:
+        await to_thread_to_end(undo, job.result())
+    raise asyncio.CancelledError
 
 
 LIVE_SIGNAL_RETRY_S = 0.005

@@ -63,6 +63,7 @@ from execbox.providers.docker.provider import (
     _read_number,
     _Session,
     _thread,
+    _thread_to_end,
 )
 from execbox.providers.local import cgroups, files
 
@@ -125,13 +126,13 @@ class DockerSandbox(files.WorkdirInstance):
             raise IsolationError(f"persistent docker sandboxes need {problem}")
         tag = p.catalog.tag(p.image_for_any(spec.binaries), p.settings.official)
         await p.ensure_image(tag)
-        c = await _thread("create a sandbox container", p._create, (tag, spec.disk_mb, spec.network),
-                          spec.memory_mb, spec.pids + EXTRA_PIDS, "sandbox")
+        c = await _thread_to_end("create a sandbox container", p._create, (tag, spec.disk_mb, spec.network),
+                                 spec.memory_mb, spec.pids + EXTRA_PIDS, "sandbox", undo=p._destroy)
         inst = cls(p, spec, c)
         with p._sandboxes_lock:
             p._sandboxes.add(inst)
         try:
-            await _thread("open the sandbox", inst._open)
+            await _thread_to_end("open the sandbox", inst._open)  # (done before a cancel's close)
         except BaseException:
             await asyncio.shield(inst.close())
             raise
@@ -169,7 +170,8 @@ class DockerSandbox(files.WorkdirInstance):
         self._closed = True
         with self.provider._sandboxes_lock:
             self.provider._sandboxes.discard(self)
-        await _thread("remove the sandbox container", self.teardown)
+        # to the end whatever cancels the caller: this sandbox is no longer the provider's to remove
+        await _thread_to_end("remove the sandbox container", self.teardown)
 
     def teardown(self) -> None:
         with self._agent_lock:  # (waits for a prestart under way: its AGENT is closed with the container)

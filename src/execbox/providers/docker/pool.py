@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from execbox.errors import SandboxError
+from execbox.providers.base import to_thread_to_end
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
@@ -132,7 +133,8 @@ class WarmPool(Generic[K]):
                                    f"({self.settings.max_items} per pool are busy)")
             await asyncio.sleep(0.005)
         try:
-            cold.handle = await asyncio.to_thread(self._create, key)
+            # (a cancel meanwhile: the container is made, then destroyed; never left to nobody)
+            cold.handle = await to_thread_to_end(self._create, key, undo=self._destroy)
         except BaseException:
             with self._cond:
                 self._remove(cold)

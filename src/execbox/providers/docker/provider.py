@@ -50,6 +50,7 @@ from execbox.providers.base import (
     Provider,
     StopReason,
     pump_live,
+    to_thread_to_end,
 )
 from execbox.providers.docker import images
 from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
@@ -580,6 +581,14 @@ def _alive(pid: int) -> bool:
 async def _thread(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
+    except Exception as e:
+        raise _map_error(e, what) from e
+
+
+async def _thread_to_end(what: str, fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None) -> T:
+    """``_thread`` for making or removing a container: a cancel never loses it (base.to_thread_to_end)."""
+    try:
+        return await to_thread_to_end(fn, *args, undo=undo)
     except Exception as e:
         raise _map_error(e, what) from e
 

@@ -46,6 +46,7 @@ from execbox.providers.base import (
     ProcessOutcome,
     StopReason,
     pump_live,
+    to_thread_to_end,
 )
 from execbox.providers.local import bwrap, cgroups, files
 from execbox.providers.local.supervise import CPU_POLL_S, PIPE_GRACE_S, READ_CHUNK, stdin_fd
@@ -261,7 +262,7 @@ class PersistentInstance(files.WorkdirInstance):
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._teardown)
+        await to_thread_to_end(self._teardown)  # (to the end whatever cancels the caller)
 
     def _teardown(self) -> None:
         if self.control is not None:
