@@ -70,9 +70,10 @@ async def aexecute_code(
     code: str, language: str = "python", timeout: float = 30, arguments: Mapping[str, Any] | None = None,
 ) -> ExecutionResult:
     """RAGFlow's contract: run ``code``; with ``arguments``, call its ``main(**arguments)`` and put the JSON
-    return value in ``result.return_value``. ``timeout`` is the wall-time limit in seconds."""
+    return value in ``result.return_value``. ``timeout`` is the time limit in seconds: the wall time, and the CPU
+    time with it."""
     try:
-        limits = Limits(wall_time_s=timeout, cpu_time_s=timeout)
+        limits = Limits.with_timeout(timeout)
     except ValidationError as e:
         raise RequestError(f"invalid timeout {timeout!r}: {e}") from e
     return await arun(code, language, limits=limits, arguments=arguments)

@@ -45,6 +45,19 @@ class Limits(_Model):
         256, description="Open file descriptors per process.")
     network: bool = Field(False, description="Give the sandbox the host's network. Off: loopback only.")
 
+    @classmethod
+    def with_timeout(cls, timeout_s: float | None, limits: Limits | None = None, **fields: Any) -> Limits | None:
+        """What ``timeout`` means on every face (CLI, library, HTTP): the wall time, and the CPU time with it
+        unless the caller sets CPU time itself (in ``limits`` or ``fields``). ``fields`` are other shorthands
+        (``memory_mb=...``; None: not given) over ``limits``; only fields set are kept, so the rest take the
+        operator's defaults. None when nothing is set. ValidationError for a bad value."""
+        values: dict[str, Any] = limits.model_dump(include=limits.model_fields_set) if limits is not None else {}
+        values.update({k: v for k, v in fields.items() if v is not None})
+        if timeout_s is not None:
+            values.setdefault("cpu_time_s", timeout_s)
+            values["wall_time_s"] = timeout_s
+        return cls(**values) if values else None
+
 
 class Policy(_Model):
     """Operator policy: the defaults a request starts from and the maxima it can never exceed."""

@@ -64,7 +64,8 @@ def run(
                                                   "(repeatable).")] = None,
     extra: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Extra file to put beside the "
                                                      "entry file (repeatable).")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Wall-time limit, seconds.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Time limit, seconds: the wall time, "
+                                                  "and the CPU time with it.")] = None,
     memory: Annotated[int | None, typer.Option("--memory", "-m", help="Memory limit, MiB.")] = None,
     network: Annotated[bool, typer.Option("--network", help="Give the program the host's network.")] = False,
     provider: Annotated[str | None, typer.Option("--provider", help="Isolation provider.")] = None,
@@ -131,20 +132,19 @@ def run(
         if not sep:
             raise _fail(f"--env wants KEY=VAL, got {item!r}")
         variables[key] = value
-    limit_fields = {"wall_time_s": timeout, "memory_mb": memory, "network": network or None}
     try:
         files = {p.name: p.read_bytes() for p in extra or []}
         language = execbox.LanguageRegistry.load().get(lang)
         if entry is not None and not entry.endswith(tuple(f".{e}" for e in language.extensions)):
             entry = None
-        limits = Limits(**{k: v for k, v in limit_fields.items() if v is not None})
+        limits = Limits.with_timeout(timeout, memory_mb=memory, network=network or None)
         if remote:
             from execbox.cli.sandboxes import parse_labels, run_in_sandbox
 
             raise typer.Exit(run_in_sandbox(
                 url=url, api_key=api_key, keep=keep, labels=parse_labels(labels), lang=language, source=source,
                 entry=entry, files=files, args=positional, stdin=stdin or "", env=variables,
-                limits=limits if limits.model_fields_set else None, provider=provider,
+                limits=limits, provider=provider,
                 as_json=as_json))
         result = execbox.run(source, lang, stdin=stdin or "", files=files, entry=entry, args=positional,
                              env=variables, limits=limits, provider=provider)

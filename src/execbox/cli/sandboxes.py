@@ -164,8 +164,8 @@ def exec_(
     stdin: Annotated[str | None, typer.Option("--stdin", help="Text given to the command's stdin.")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VAL environment variable "
                                                   "(repeatable).")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Wall-time limit, seconds (at most "
-                                                  "the sandbox's).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Time limit, seconds: the wall time "
+                                                  "and the CPU time with it (at most the sandbox's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ExecutionResult as JSON.")] = False,
     url: Url = None,
     api_key: ApiKey = None,
@@ -179,7 +179,7 @@ def exec_(
             raise _fail(f"--env wants KEY=VAL, got {item!r}")
         variables[key] = value
     try:
-        limits = None if timeout is None else Limits(wall_time_s=timeout)
+        limits = Limits.with_timeout(timeout)
     except ValueError as e:
         raise _fail(f"bad request: --timeout: {e}") from None
     cmd: str | list[str] = command[0] if len(command) == 1 else command

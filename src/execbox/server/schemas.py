@@ -48,9 +48,10 @@ class ExecuteBody(_Body):
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
     args: list[str] = Field(default_factory=list, description="Command-line arguments of the program.")
     timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
-        None, description="Wall and CPU time limit of the run, seconds (capped by the server's maxima).")
+        None, description="Time limit of the run, seconds: the wall time, and the CPU time with it unless "
+                          "`limits.cpu_time_s` is given (capped by the server's maxima).")
     memory_mb: Annotated[int, Field(ge=8, le=65536)] | None = Field(None, description="Memory limit, MiB.")
-    limits: Limits | None = Field(None, description="Every limit; `timeout`/`memory_mb` override theirs.")
+    limits: Limits | None = Field(None, description="Every limit; `timeout` and `memory_mb` override theirs.")
     files: list[FileIn] = Field(default_factory=list, max_length=MAX_FILES,
                                 description="Extra files; with no code, the first one (or `entry`) is run.")
     entry: str | None = Field(None, description="Which file is the entry file.")
@@ -64,16 +65,12 @@ class ExecuteBody(_Body):
 
     def to_request(self) -> ExecutionRequest:
         """The library's request, or RequestError naming what is wrong."""
-        limits: dict[str, Any] = self.limits.model_dump(include=self.limits.model_fields_set) if self.limits else {}
-        if self.timeout is not None:
-            limits.update(wall_time_s=self.timeout, cpu_time_s=self.timeout)
-        if self.memory_mb is not None:
-            limits["memory_mb"] = self.memory_mb
         try:
             return ExecutionRequest(
                 language=self.language, code=self.code, files=[f.to_file() for f in self.files], entry=self.entry,
                 version=self.version, stdin=self.stdin, args=self.args, env=self.environment,
-                arguments=self.arguments, limits=Limits(**limits) if limits else None, provider=self.provider,
+                arguments=self.arguments, provider=self.provider,
+                limits=Limits.with_timeout(self.timeout, self.limits, memory_mb=self.memory_mb),
                 command=self.command)
         except ValidationError as e:
             raise RequestError("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}"

@@ -109,14 +109,16 @@ Command = (Annotated[str, Field(min_length=1, max_length=1 << 20)]
 
 
 class ExecBody(_Body):
-    """One command in the sandbox. `timeout` is a shorthand for `limits.wall_time_s` and `cpu_time_s`."""
+    """One command in the sandbox. `timeout` is a shorthand for `limits.wall_time_s` and (unless `limits`
+    sets it) `cpu_time_s`."""
 
     command: Command = Field(description="A shell command (run by /bin/sh -c) or an argv list.")
     stdin: str = Field("", description="Standard input of the command.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
     cwd: str = Field(".", max_length=4096, description="Working directory, relative to the workdir.")
     timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
-        None, description="Wall and CPU time limit of this command, seconds (capped by the sandbox's).")
+        None, description="Time limit of this command, seconds: the wall time, and the CPU time with it unless "
+                          "`limits.cpu_time_s` is given (capped by the sandbox's).")
     limits: Limits | None = Field(None, description="Limits of this command; they can only tighten the sandbox's.")
 
     @field_validator("command")
@@ -140,10 +142,7 @@ class ExecBody(_Body):
     _env = field_validator("env")(_check_env)
 
     def exec_limits(self) -> Limits | None:
-        values: dict[str, Any] = self.limits.model_dump(include=self.limits.model_fields_set) if self.limits else {}
-        if self.timeout is not None:
-            values.update(wall_time_s=self.timeout, cpu_time_s=self.timeout)
-        return Limits(**values) if values else None
+        return Limits.with_timeout(self.timeout, self.limits)
 
     def check_cwd(self) -> None:
         if self.cwd not in ("", "."):
