@@ -402,3 +402,10 @@ def test_timeout_is_the_wall_time_and_the_cpu_time_unless_it_is_set() -> None:
     assert t is not None and t.model_fields_set == {"pids", "memory_mb"}
     with pytest.raises(pydantic.ValidationError):
         Limits.with_timeout(-1)
+
+
+def test_none_is_nothing_for_stdin_args_env_and_files() -> None:
+    r = ExecutionRequest(language="python", code="x", stdin=None, args=None, env=None, files=None)
+    assert (r.stdin, r.args, r.env, r.files) == ("", [], {}, [])
+    with pytest.raises(pydantic.ValidationError):
+        ExecutionRequest(language="python", code=None, files=None)  # still: code or a file

@@ -35,10 +35,10 @@ async def arun(
     code: str | None = None,
     language: str = "python",
     *,
-    stdin: str | bytes = "",
+    stdin: str | bytes | None = "",
     files: Mapping[str, str | bytes] | Sequence[File] | None = None,
     entry: str | None = None,
-    args: Sequence[str] = (),
+    args: Sequence[str] | None = (),
     env: Mapping[str, str] | None = None,
     limits: Limits | None = None,
     version: str | None = None,
@@ -55,7 +55,7 @@ async def arun(
     try:
         request = ExecutionRequest(
             language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
-            args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
+            args=list(args or ()), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
             limits=limits, provider=provider, command=command,
         )
     except ValidationError as e:  # one error root: a client's mistake is a RequestError (still a ValueError)

@@ -248,10 +248,10 @@ class AsyncClient:
         code: str | None = None,
         language: str = "python",
         *,
-        stdin: str | bytes = "",
+        stdin: str | bytes | None = "",
         files: Mapping[str, str | bytes] | Sequence[File] | None = None,
         entry: str | None = None,
-        args: Sequence[str] = (),
+        args: Sequence[str] | None = (),
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
         version: str | None = None,
@@ -267,7 +267,7 @@ class AsyncClient:
         try:  # the library's checks first: the same RequestErrors before anything is sent
             request = ExecutionRequest(
                 language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
-                args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
+                args=list(args or ()), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
                 limits=limits, provider=provider, command=command)
         except ValidationError as e:
             raise RequestError(f"invalid request: {e}") from e
@@ -431,16 +431,16 @@ class RemoteAsyncSandbox:
         self._check_alive()
         return await self._client._request(method, path, **kw)
 
-    def _exec_body(self, cmd: Command, stdin: str | bytes, env: Mapping[str, str] | None, cwd: str,
+    def _exec_body(self, cmd: Command, stdin: str | bytes | None, env: Mapping[str, str] | None, cwd: str,
                    limits: Limits | None) -> dict[str, Any]:
         _argv(cmd)  # the library's checks, with its errors
         if cwd not in (".", ""):
             check_file_name(cwd)
-        body = {"command": cmd if isinstance(cmd, str) else list(cmd), "stdin": _text(stdin, "stdin"),
+        body = {"command": cmd if isinstance(cmd, str) else list(cmd), "stdin": _text(stdin or "", "stdin"),
                 "env": dict(env or {}), "cwd": cwd or ".", "limits": _limits(limits)}
         return {k: v for k, v in body.items() if v is not None}
 
-    async def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    async def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                    cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
         """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
         its result. Files and background processes persist between execs; each exec has its own limits
@@ -452,7 +452,7 @@ class RemoteAsyncSandbox:
             raise ExecutionFailed(result)
         return result
 
-    async def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    async def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                      cwd: str = ".", limits: Limits | None = None) -> AsyncIterator[ExecEvent]:
         """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
         "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
@@ -528,10 +528,10 @@ class Client:
         code: str | None = None,
         language: str = "python",
         *,
-        stdin: str | bytes = "",
+        stdin: str | bytes | None = "",
         files: Mapping[str, str | bytes] | Sequence[File] | None = None,
         entry: str | None = None,
-        args: Sequence[str] = (),
+        args: Sequence[str] | None = (),
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
         version: str | None = None,
@@ -645,12 +645,12 @@ class RemoteSandbox:
         return self._sb.alive
 
     @_same_doc(RemoteAsyncSandbox.exec)
-    def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
              cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
         return _call(self._sb.exec(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits, check=check))
 
     @_same_doc(RemoteAsyncSandbox.stream)
-    def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
         agen = self._sb.stream(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits)
         try:

@@ -9,7 +9,7 @@ import enum
 import posixpath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from execbox.errors import InvalidFileError
 
@@ -164,6 +164,14 @@ class ExecutionRequest(_Model):
     command: Literal["run", "test"] = Field(
         "run", description="'run': the compile step (if any), then the program; 'test': the language's test "
         "runner over the files, where the language defines one (it builds what it tests: no compile step).")
+
+    @field_validator("stdin", "args", "env", "files", mode="before")
+    @classmethod
+    def _none_is_nothing(cls, v: Any, info: ValidationInfo) -> Any:
+        """None where nothing is meant (no stdin, no arguments...), as subprocess-like APIs take it."""
+        if v is None and info.field_name is not None:
+            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+        return v
 
     @field_validator("files")
     @classmethod

@@ -416,7 +416,7 @@ class AsyncSandbox:
             self._busy -= 1
             self._touch()
 
-    def _spec(self, cmd: Command, stdin: str | bytes, env: Mapping[str, str] | None, cwd: str,
+    def _spec(self, cmd: Command, stdin: str | bytes | None, env: Mapping[str, str] | None, cwd: str,
               limits: Limits | None) -> ExecSpec:
         lim = self.limits
         if limits is not None:  # tighten only: each field it sets, capped by the sandbox's
@@ -430,8 +430,8 @@ class AsyncSandbox:
             raise RequestError("invalid environment variable name or value")
         return ExecSpec(argv=_argv(cmd), wall_time_s=lim.wall_time_s, cpu_time_s=lim.cpu_time_s,
                         memory_mb=lim.memory_mb, pids=lim.pids, output_bytes=lim.output_bytes,
-                        file_size_mb=lim.file_size_mb, open_files=lim.open_files,
-                        stdin=stdin.encode() if isinstance(stdin, str) else stdin, env=merged, cwd=cwd or ".")
+                        file_size_mb=lim.file_size_mb, open_files=lim.open_files, env=merged, cwd=cwd or ".",
+                        stdin=stdin.encode() if isinstance(stdin, str) else stdin or b"")
 
     def _result(self, outcome: ProcessOutcome, spec: ExecSpec) -> ExecutionResult:
         step = step_result(outcome, spec)
@@ -439,7 +439,7 @@ class AsyncSandbox:
                                **step.model_dump())
 
     # ------------------------------------------------------------------ running
-    async def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    async def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                    cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
         """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
         its result. Files and background processes persist between execs; each exec has its own limits
@@ -451,7 +451,7 @@ class AsyncSandbox:
             raise ExecutionFailed(result)
         return result
 
-    async def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    async def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                      cwd: str = ".", limits: Limits | None = None) -> AsyncIterator[ExecEvent]:
         """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
         "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
@@ -643,7 +643,7 @@ class Sandbox:
         """The live sandbox with this id; NotFoundError when there is none."""
         return cls(_portal().call(AsyncSandbox.get(sandbox_id)))
 
-    def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
              cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
         """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
         its result. Files and background processes persist between execs; each exec has its own limits
@@ -651,7 +651,7 @@ class Sandbox:
         failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
         return _portal().call(self._sb.exec(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits, check=check))
 
-    def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
         """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
         "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early

@@ -196,6 +196,19 @@ def test_one_shot_run_is_the_same_in_process_and_over_http(run: Any) -> None:
         run(None, "python")
 
 
+def test_none_means_nothing_in_process_and_over_http(run: Any, SandboxAPI: Any) -> None:
+    """As subprocess takes it: stdin/args/env/files None are none (`run(code, stdin=None)` was an invalid
+    request)."""
+    r = run("import sys, os; print(repr(sys.stdin.read()), sys.argv[1:], 'K' in os.environ)", "python",
+            stdin=None, args=None, env=None, files=None)
+    assert (r.status, r.stdout) == (Status.OK, "'' [] False\n"), r
+    with SandboxAPI.create("bash", labels=unique(), env=None) as sb:
+        r = sb.exec("cat; echo done", stdin=None, env=None)
+        assert (r.status, r.stdout) == (Status.OK, "done\n"), r
+        events = list(sb.stream("cat; echo streamed", stdin=None, env=None))
+        assert events[-1].result is not None and events[-1].result.stdout == "streamed\n"
+
+
 # --- the remote client's own behaviour ----------------------------------------------------------------------------
 
 async def test_concurrent_get_or_create_through_the_client_makes_one_sandbox(server: Server) -> None:
