@@ -196,12 +196,15 @@ def test_one_shot_run_is_the_same_in_process_and_over_http(run: Any) -> None:
         run(None, "python")
 
 
-def test_none_means_nothing_in_process_and_over_http(run: Any, SandboxAPI: Any) -> None:
+def test_none_means_nothing_in_process_and_over_http(run: Any) -> None:
     """As subprocess takes it: stdin/args/env/files None are none (`run(code, stdin=None)` was an invalid
     request)."""
     r = run("import sys, os; print(repr(sys.stdin.read()), sys.argv[1:], 'K' in os.environ)", "python",
             stdin=None, args=None, env=None, files=None)
     assert (r.status, r.stdout) == (Status.OK, "'' [] False\n"), r
+
+
+def test_none_means_nothing_in_a_sandbox(SandboxAPI: Any) -> None:
     with SandboxAPI.create("bash", labels=unique(), env=None) as sb:
         r = sb.exec("cat; echo done", stdin=None, env=None)
         assert (r.status, r.stdout) == (Status.OK, "done\n"), r
