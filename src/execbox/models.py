@@ -7,14 +7,29 @@ from __future__ import annotations
 
 import enum
 import posixpath
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from execbox.errors import InvalidFileError
+from execbox.errors import InvalidFileError, RequestError
 
 MAX_FILES = 256
 MAX_FILE_NAME_BYTES = 255
+MAX_LABELS = 32
+LabelKey = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+LabelValue = Annotated[str, Field(max_length=256)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
 
 
 class _Model(BaseModel):
@@ -112,6 +127,47 @@ def check_file_name(name: str) -> str:
     return posixpath.normpath(name)
 
 
+def check_cwd(cwd: str) -> str:
+    """A working directory: '.' (the workdir; '' too) or a safe relative path inside it, or InvalidFileError."""
+    return "." if cwd in ("", ".") else check_file_name(cwd)
+
+
+def check_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Environment variables: names non-empty without '='; names and values UTF-8 text without NUL.
+    RequestError naming the first bad one."""
+    for k, v in env.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k or "\x00" in k + v:
+            raise RequestError(f"invalid environment variable {k!r}")
+        try:
+            (k + v).encode()
+        except UnicodeEncodeError:
+            raise RequestError(f"environment variable {k!r} is not valid UTF-8 text (lone surrogate)") from None
+    return dict(env)
+
+
+def check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """A sandbox's labels (or a filter of them): at most MAX_LABELS, keys of letters, digits and ``._/-``
+    (no ``=`` or ``:``, which separate a label written ``key=value``), values of at most 256 characters.
+    RequestError naming the first bad one."""
+    try:
+        return _LABELS.validate_python(dict(labels or {}), strict=True)
+    except (ValidationError, TypeError, ValueError) as e:
+        why = e.errors(include_url=False)[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+        where = ".".join(map(str, why["loc"]))
+        raise RequestError(f"invalid labels{f' ({where})' if where else ''}: {why['msg']}") from None
+
+
+def parse_labels(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["key=value", ...]`` (``key:value`` is accepted too) -> checked labels; RequestError naming a bad one."""
+    out: dict[str, str] = {}
+    for item in items:
+        cut = min((i for i in (item.find("="), item.find(":")) if i >= 0), default=-1)  # keys hold neither
+        if cut <= 0:
+            raise RequestError(f"label {item[:80]!r} is not KEY=VALUE (key:value is accepted too)")
+        out[item[:cut]] = item[cut + 1:]
+    return check_labels(out)
+
+
 def _utf8(text: str, what: str) -> str:
     """``text`` when it can be encoded as UTF-8 (no lone surrogates), else ValueError naming ``what``."""
     try:
@@ -189,11 +245,8 @@ class ExecutionRequest(_Model):
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, val in v.items():
-            if not k or "=" in k or "\x00" in k or "\x00" in val:
-                raise ValueError(f"invalid environment variable {k!r}")
-        return v
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
 
     @field_validator("args")
     @classmethod
@@ -210,8 +263,8 @@ class ExecutionRequest(_Model):
         for what, text in texts.items():
             if isinstance(text, str):
                 _utf8(text, what)
-        for text in (*self.args, *self.env, *self.env.values()):
-            _utf8(text, "an argument or environment variable")
+        for text in self.args:
+            _utf8(text, "an argument")
         return self
 
 

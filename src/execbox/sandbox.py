@@ -49,7 +49,16 @@ from execbox.errors import (
     SandboxError,
 )
 from execbox.interpreter import CellResult, CellStatus, Kernel
-from execbox.models import ExecEvent, ExecutionResult, FileInfo, Limits, check_file_name
+from execbox.models import (
+    ExecEvent,
+    ExecutionResult,
+    FileInfo,
+    Limits,
+    check_cwd,
+    check_env,
+    check_file_name,
+    check_labels,
+)
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, OutputChunk, ProcessOutcome, Provider
 
 T = TypeVar("T")
@@ -80,12 +89,7 @@ def _path(path: str, allow_root: bool = False) -> str:
     return check_file_name(path)
 
 
-def _labels(labels: Mapping[str, str] | None) -> dict[str, str]:
-    out = dict(labels or {})
-    for k, v in out.items():
-        if not isinstance(k, str) or not isinstance(v, str) or not k:
-            raise RequestError(f"labels are non-empty string keys with string values, not {k!r}: {v!r}")
-    return out
+_labels = check_labels  # the one rule of labels (models.py), the HTTP API's too
 
 
 class SandboxManager:
@@ -423,14 +427,11 @@ class AsyncSandbox:
             capped = {k: min(getattr(limits, k), getattr(lim, k)) for k in limits.model_fields_set
                       if k not in ("disk_mb", "network")}
             lim = lim.model_copy(update=capped)
-        if cwd not in (".", ""):
-            cwd = _path(cwd)
-        merged = {**self._env, **(env or {})}
-        if any(not k or "=" in k or "\0" in k or "\0" in v for k, v in merged.items()):
-            raise RequestError("invalid environment variable name or value")
+        cwd = check_cwd(cwd)
+        merged = check_env({**self._env, **(env or {})})
         return ExecSpec(argv=_argv(cmd), wall_time_s=lim.wall_time_s, cpu_time_s=lim.cpu_time_s,
                         memory_mb=lim.memory_mb, pids=lim.pids, output_bytes=lim.output_bytes,
-                        file_size_mb=lim.file_size_mb, open_files=lim.open_files, env=merged, cwd=cwd or ".",
+                        file_size_mb=lim.file_size_mb, open_files=lim.open_files, env=merged, cwd=cwd,
                         stdin=stdin.encode() if isinstance(stdin, str) else stdin or b"")
 
     def _result(self, outcome: ProcessOutcome, spec: ExecSpec) -> ExecutionResult:

@@ -335,6 +335,37 @@ def test_get_or_create_is_in_the_openapi(client: httpx.Client) -> None:
     assert "Concurrent calls" in op["description"]
 
 
+def test_one_table_maps_statuses_and_exceptions_both_ways() -> None:
+    """What the server answers for an exception, the client reads back as that kind of exception."""
+    from execbox import errors
+    from execbox.wire import ERROR_STATUS, error_of, status_of
+
+    for cls in (errors.NotFoundError, errors.RequestError, errors.CapacityError, errors.ProviderUnavailable,
+                errors.SandboxError, errors.IsolationError, errors.InvalidFileError, errors.AuthenticationError):
+        status, retry = status_of(cls("x"))
+        back = error_of(status, retry is not None)
+        assert back is not None and issubclass(cls, back), (cls, status, back)
+    assert (error_of(503, True), error_of(503, False)) == (errors.CapacityError, errors.ProviderUnavailable)
+    assert error_of(422, False) is errors.RequestError and error_of(418, False) is None
+    assert {cls for cls, _, _ in ERROR_STATUS} >= {errors.ExecboxError}
+    err = client_module._http_error(429, {}, b'{"detail": "slow down"}', None)
+    assert isinstance(err, errors.CapacityError) and "slow down" in str(err)
+
+
+def test_the_client_serialises_the_wire_models() -> None:
+    """The execute body is ExecutionRequest's fields (not written again), env spelt as the library's."""
+    from execbox.models import ExecutionRequest, File
+    from execbox.wire import ExecuteBody
+
+    assert set(ExecutionRequest.model_fields) <= set(ExecuteBody.model_fields)
+    req = ExecutionRequest(language="python", code="x", env={"A": "1"}, files=[File(name="b", content=b"\xff")],
+                           limits=Limits(pids=3))
+    body = client_module._dump(ExecuteBody.of(req))
+    assert body["env"] == {"A": "1"} and "environment" not in body and body["limits"] == {"pids": 3}
+    assert body["files"] == [{"name": "b", "content": "/w==", "encoding": "base64"}]
+    assert ExecuteBody.model_validate(body).to_request() == req
+
+
 # --- the surface: parity with the library and between the client's sync and async faces ---------------------
 
 def _params(f: Any) -> list[tuple[str, Any, Any, Any]]:

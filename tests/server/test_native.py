@@ -111,6 +111,13 @@ def test_timeout_sets_the_cpu_time_unless_the_limits_set_it(client: httpx.Client
     assert r["stdout"] == "2\n", r
 
 
+def test_the_body_says_env_as_the_library_does_and_environment_still_works(client: httpx.Client) -> None:
+    code = "import os; print(os.environ['A'])"
+    for name in ("env", "environment"):
+        r = client.post("/api/v1/execute", json={**PY, "code": code, name: {"A": name}}).json()
+        assert r["stdout"] == f"{name}\n", r
+
+
 def test_test_command_runs_the_languages_test_runner(client: httpx.Client) -> None:
     files = [{"name": "test_x.py", "content": "import unittest\nclass T(unittest.TestCase):\n"
                                               "    def test_a(self): self.assertEqual(2, 3)\n"}]

@@ -212,6 +212,8 @@ def test_list_filters_by_labels(client: httpx.Client) -> None:
         assert ids("project:a", "stage:prod") == set()
         assert ids("project:b") == {b}
         assert ids("project:c") == set()
+        assert ids("project=a", "stage:dev") == {a}  # key=value, as the CLI and the client write it
+        assert ids("project=b") == {b}
         r = client.get(API, params={"label": "nocolon"})
         assert r.status_code == 400 and "key:value" in r.json()["detail"]
         assert client.get(API, params={"label": ":v"}).status_code == 400

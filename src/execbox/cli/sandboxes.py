@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from execbox import models
 from execbox.cli.app import EXIT_EXECBOX, err, exit_code
 from execbox.client import Client, RemoteSandbox, default_url
 from execbox.errors import AuthenticationError, ExecboxError, NotFoundError, RequestError, ServerUnreachable
@@ -38,13 +39,11 @@ def _fail(message: str) -> typer.Exit:
 
 
 def parse_labels(items: list[str] | None) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _fail(f"a label is KEY=VAL, got {item!r}")
-        labels[key] = value
-    return labels
+    """KEY=VAL labels (key:value accepted too), as the HTTP API's label filters are read."""
+    try:
+        return models.parse_labels(items or [])
+    except RequestError as e:
+        raise _fail(str(e)) from None
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """The FastAPI app factory: one port for the native API, the Piston and Codapi drop-ins, /health and /metrics.
 
-Errors are translated here, once, by a table; each API answers in its own error shape (Piston's
-``{"message"}``, Codapi's result with ``ok: false``, the native ``{"detail"}``). Nothing a client sends
-produces a 5xx or a stack trace: the sandbox failing is the only 5xx (500, or 503 when retrying may help).
+Errors are translated here, once, by the wire schema's table (execbox.wire.ERROR_STATUS); each API answers
+in its own error shape (Piston's ``{"message"}``, Codapi's result with ``ok: false``, the native ``{"detail"}``).
+Nothing a client sends produces a 5xx or a stack trace: the sandbox failing is the only 5xx (500, or 503 when
+retrying may help).
 """
 
 from __future__ import annotations
@@ -24,33 +25,14 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbox import __version__
-from execbox.errors import (
-    CapacityError,
-    ExecboxError,
-    NotFoundError,
-    ProviderUnavailable,
-    RequestError,
-    UnknownLanguageError,
-)
+from execbox.errors import ExecboxError, UnknownLanguageError
 from execbox.server.limits import Refused
 from execbox.server.routes import codapi, native, piston, run_code, sandboxes
 from execbox.server.service import Service
 from execbox.server.settings import ServerSettings
+from execbox.wire import status_of
 
 log = logging.getLogger("execbox.server")
-
-# exception -> HTTP status, first match wins
-ERROR_STATUS: list[tuple[type[Exception], int]] = [
-    (NotFoundError, 404),  # no such sandbox (or another key's) or file
-    (RequestError, 400),
-    (CapacityError, 429),  # too many live sandboxes (the key's or the server's): destroy one or wait for a TTL
-    (ProviderUnavailable, 503),  # the provider is down: retrying (or another provider) may help
-    (ExecboxError, 500),
-]
-# exception -> Retry-After seconds, first match wins
-RETRY_AFTER_S: list[tuple[type[Exception], int]] = [
-    (CapacityError, 5),
-]
 
 # Each API's error shape, by path prefix; the native shape is the default.
 ErrorShape = Callable[[str, Any], dict[str, Any]]
@@ -170,12 +152,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(ExecboxError)
     async def _execbox_error(request: Request, exc: ExecboxError) -> JSONResponse:
-        status = next(code for cls, code in ERROR_STATUS if isinstance(exc, cls))
+        status, retry = status_of(exc)  # the wire schema's table, which the client reads back
         extra = {"supported": exc.supported} if isinstance(exc, UnknownLanguageError) else None
-        if status >= 500:
+        if status >= 500 and retry is None:  # a loaded server (503 + Retry-After) is not a failure
             log.error("sandbox failure", extra={"fields": {"path": request.url.path, "error": str(exc)}})
-        retry = next((str(s) for cls, s in RETRY_AFTER_S if isinstance(exc, cls)), None)
-        return error_response(request, status, str(exc), extra, headers={"Retry-After": retry} if retry else None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return error_response(request, status, str(exc), extra, headers=headers)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
