@@ -105,3 +105,29 @@ def test_doctor_reports_every_isolation_feature_ok_here() -> None:
     assert p.returncode == 0
     for name in ("bubblewrap", "cgroups", "seccomp", "user namespaces", "sandbox smoke test", "languages"):
         assert checks[name]["state"] == "ok", checks[name]
+
+
+CPU_RLIMIT = "import resource; print(resource.getrlimit(resource.RLIMIT_CPU)[0])"
+
+
+def test_timeout_is_the_wall_and_the_cpu_time() -> None:
+    """`--timeout` means what HTTP's `timeout` and execute_code's do: the CPU time too (the local provider's
+    RLIMIT_CPU is the CPU limit + 1 s). It was the wall time only: `-t 60` still died at 10 s of CPU."""
+    p = execbox("run", "-t", "3", "-c", CPU_RLIMIT, "-l", "python")
+    assert (p.returncode, p.stdout) == (0, "4\n"), p.stderr
+
+
+def test_no_command_module_imports_the_app() -> None:
+    """The shared helpers live in cli/common.py, so no command module imports cli/app.py (which registers them
+    all): no import circle between the CLI's modules (sandboxes imported app, app imported sandboxes)."""
+    import ast
+
+    import execbox.cli
+
+    for path in Path(execbox.cli.__file__).parent.glob("*.py"):
+        if path.name in ("app.py", "__init__.py", "__main__.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {"execbox.cli.app", "execbox.cli"} & imported, path.name

@@ -388,3 +388,24 @@ def test_policy_capped_lowers_only_the_fields_the_caps_set() -> None:
     assert base.capped(Limits(wall_time_s=1000)).maxima.wall_time_s == base.maxima.wall_time_s  # never raised
     assert base.capped(None) is base and base.capped(Limits()) is base
     assert capped.apply(Limits(wall_time_s=60)).wall_time_s == 5
+
+
+def test_timeout_is_the_wall_time_and_the_cpu_time_unless_it_is_set() -> None:
+    assert Limits.with_timeout(None) is None
+    t = Limits.with_timeout(60)
+    assert t is not None and (t.wall_time_s, t.cpu_time_s) == (60, 60)
+    assert t.model_fields_set == {"wall_time_s", "cpu_time_s"}  # the rest take the operator's defaults
+    t = Limits.with_timeout(60, Limits(cpu_time_s=5, wall_time_s=1, pids=3), memory_mb=64, network=None)
+    assert t is not None and (t.wall_time_s, t.cpu_time_s, t.pids, t.memory_mb) == (60, 5, 3, 64)
+    assert t.model_fields_set == {"wall_time_s", "cpu_time_s", "pids", "memory_mb"}
+    t = Limits.with_timeout(None, Limits(pids=3), memory_mb=64)
+    assert t is not None and t.model_fields_set == {"pids", "memory_mb"}
+    with pytest.raises(pydantic.ValidationError):
+        Limits.with_timeout(-1)
+
+
+def test_none_is_nothing_for_stdin_args_env_and_files() -> None:
+    r = ExecutionRequest(language="python", code="x", stdin=None, args=None, env=None, files=None)
+    assert (r.stdin, r.args, r.env, r.files) == ("", [], {}, [])
+    with pytest.raises(pydantic.ValidationError):
+        ExecutionRequest(language="python", code=None, files=None)  # still: code or a file

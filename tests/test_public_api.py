@@ -239,6 +239,14 @@ async def test_sync_facade_inside_a_loop_raises_the_same_errors(mock) -> None:
         execbox.run("x", "no-such-language")
 
 
+def test_none_means_nothing(mock) -> None:
+    """`run(code, stdin=None)` was an invalid request; None is no stdin, no args, no env, no files."""
+    provider, _ = mock
+    r = execbox.run("print(1)", "python", stdin=None, args=None, env=None, files=None)
+    assert r.status is execbox.Status.OK and r.stdout == "python3 main.py\n"
+    assert provider.calls[-1].stdin == b"" and provider.calls[-1].argv[-1] == "main.py"
+
+
 def test_execute_code_sync_and_async_agree(mock) -> None:
     provider, _ = mock
     r = execbox.execute_code(

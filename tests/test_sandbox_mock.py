@@ -72,4 +72,6 @@ async def test_refusals(manager) -> None:
         await manager.create("python", ttl_s=0)
     with pytest.raises(RequestError):
         await manager.create("python", labels={"k": 1})  # type: ignore[dict-item]
+    with pytest.raises(RequestError, match="labels"):  # the HTTP API's rule of labels, in process too
+        await manager.create("python", labels={"bad key!": "v"})
     assert len(manager) == 0

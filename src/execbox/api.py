@@ -35,10 +35,10 @@ async def arun(
     code: str | None = None,
     language: str = "python",
     *,
-    stdin: str | bytes = "",
+    stdin: str | bytes | None = "",
     files: Mapping[str, str | bytes] | Sequence[File] | None = None,
     entry: str | None = None,
-    args: Sequence[str] = (),
+    args: Sequence[str] | None = (),
     env: Mapping[str, str] | None = None,
     limits: Limits | None = None,
     version: str | None = None,
@@ -55,7 +55,7 @@ async def arun(
     try:
         request = ExecutionRequest(
             language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
-            args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
+            args=list(args or ()), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
             limits=limits, provider=provider, command=command,
         )
     except ValidationError as e:  # one error root: a client's mistake is a RequestError (still a ValueError)
@@ -70,9 +70,10 @@ async def aexecute_code(
     code: str, language: str = "python", timeout: float = 30, arguments: Mapping[str, Any] | None = None,
 ) -> ExecutionResult:
     """RAGFlow's contract: run ``code``; with ``arguments``, call its ``main(**arguments)`` and put the JSON
-    return value in ``result.return_value``. ``timeout`` is the wall-time limit in seconds."""
+    return value in ``result.return_value``. ``timeout`` is the time limit in seconds: the wall time, and the CPU
+    time with it."""
     try:
-        limits = Limits(wall_time_s=timeout, cpu_time_s=timeout)
+        limits = Limits.with_timeout(timeout)
     except ValidationError as e:
         raise RequestError(f"invalid timeout {timeout!r}: {e}") from e
     return await arun(code, language, limits=limits, arguments=arguments)

@@ -25,7 +25,6 @@ else the dev key a local server wrote (``$EXECBOX_DATA_DIR/dev-api-key``, defaul
 
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
 import functools
@@ -37,10 +36,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from execbox.errors import (
-    AtCapacity,
     AuthenticationError,
     CapacityError,
     ExecboxError,
@@ -53,8 +51,30 @@ from execbox.errors import (
     UnknownLanguageError,
 )
 from execbox.interpreter import CellResult
-from execbox.models import ExecEvent, ExecutionRequest, ExecutionResult, File, FileInfo, Limits, check_file_name
-from execbox.sandbox import Command, _argv, _labels, _portal
+from execbox.models import (
+    ExecEvent,
+    ExecutionRequest,
+    ExecutionResult,
+    File,
+    FileInfo,
+    Limits,
+    check_file_name,
+    check_labels,
+)
+from execbox.sandbox import Command, _argv, _portal
+from execbox.wire import (
+    CreateBody,
+    ExecBody,
+    ExecuteBody,
+    Listing,
+    OutputData,
+    RunCodeBody,
+    SandboxInfo,
+    SandboxList,
+    error_of,
+    field_errors,
+    parse_result,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -90,27 +110,8 @@ def _check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _text(data: str | bytes, what: str) -> str:
-    if isinstance(data, str):
-        return data
-    try:
-        return bytes(data).decode()
-    except UnicodeDecodeError:
-        raise RequestError(f"{what} given as bytes must be UTF-8 text over HTTP") from None
-
-
-def _limits(limits: Limits | None) -> dict[str, Any] | None:
-    """Only the fields set: the server fills the others from its defaults, as the library does."""
-    return None if limits is None else limits.model_dump(mode="json", exclude_unset=True)
-
-
-def _result(body: Any) -> ExecutionResult:
-    """The ExecutionResult inside an execute-shaped answer (it adds success/output/error/execution_time)."""
-    return ExecutionResult.model_validate({k: v for k, v in body.items() if k in ExecutionResult.model_fields})
-
-
 def _output(stream: str, data: Any) -> ExecEvent:
-    return ExecEvent.model_validate({"type": stream, "data": data["data"]})
+    return ExecEvent(type=stream, data=OutputData.model_validate(data).data)
 
 
 def _make(data: Any, what: str, make: Callable[[Any], T]) -> T:
@@ -144,25 +145,23 @@ def _detail(status: int, content: bytes) -> tuple[str, list[str] | None]:
 
 
 def _http_error(status: int, headers: Mapping[str, str], content: bytes, language: str | None) -> ExecboxError:
+    """The exception of an error answer, by the wire schema's table (the server's, read back)."""
     detail, supported = _detail(status, content)
     retry = headers.get("retry-after")
-    if status in (401, 403):
-        return AuthenticationError(f"{detail} (give api_key= or EXECBOX_API_KEY)")
-    if status == 404:
-        return NotFoundError(detail)
-    if status == 400 and supported is not None and language is not None:
+    kind = error_of(status, retry is not None)
+    if kind is None:
+        kind = SandboxError if status >= 500 else ExecboxError
+        return kind(f"unexpected HTTP {status} from the execbox server: {detail}")
+    if issubclass(kind, AuthenticationError):
+        return kind(f"{detail} (give api_key= or EXECBOX_API_KEY)")
+    if issubclass(kind, RequestError) and status == 400 and supported is not None and language is not None:
         return UnknownLanguageError(language, [str(s) for s in supported])
-    if status in (400, 413, 422):
-        return RequestError(detail)
-    if status == 429 or (status == 503 and retry):  # a 503 with Retry-After: the server's slots are busy
+    if issubclass(kind, CapacityError):
         seconds = float(retry) if retry and retry.isdigit() else None  # (an HTTP date is not worth parsing)
-        kind = AtCapacity if status == 503 else CapacityError
         return kind(f"{detail} (retry after {retry} s)" if retry else detail, seconds)
-    if status == 503:
-        return ProviderUnavailable(detail)
-    if status >= 500:
-        return SandboxError(f"the execbox server failed: {detail}")
-    return ExecboxError(f"unexpected HTTP {status} from the execbox server: {detail}")
+    if status >= 500 and not issubclass(kind, ProviderUnavailable):
+        return kind(f"the execbox server failed: {detail}")
+    return kind(detail)
 
 
 async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any]]:
@@ -251,10 +250,10 @@ class AsyncClient:
         code: str | None = None,
         language: str = "python",
         *,
-        stdin: str | bytes = "",
+        stdin: str | bytes | None = "",
         files: Mapping[str, str | bytes] | Sequence[File] | None = None,
         entry: str | None = None,
-        args: Sequence[str] = (),
+        args: Sequence[str] | None = (),
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
         version: str | None = None,
@@ -270,19 +269,12 @@ class AsyncClient:
         try:  # the library's checks first: the same RequestErrors before anything is sent
             request = ExecutionRequest(
                 language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
-                args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
+                args=list(args or ()), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
                 limits=limits, provider=provider, command=command)
         except ValidationError as e:
             raise RequestError(f"invalid request: {e}") from e
-        body = {"language": language, "code": code, "version": version, "stdin": _text(request.stdin, "stdin"),
-                "environment": request.env, "args": request.args, "limits": _limits(limits),
-                "files": [{"name": f.name, "content": f.content, "encoding": "utf8"} if isinstance(f.content, str)
-                          else {"name": f.name, "content": base64.b64encode(f.content).decode(), "encoding": "base64"}
-                          for f in request.files],
-                "entry": entry, "arguments": request.arguments, "provider": provider, "command": command}
-        resp = await self._request("POST", f"{API}/execute", language=language,
-                                   json={k: v for k, v in body.items() if v is not None})
-        result = _parse(resp, "an execution result", _result)
+        resp = await self._request("POST", f"{API}/execute", language=language, json=_dump(ExecuteBody.of(request)))
+        result = _parse(resp, "an execution result", parse_result)
         if check and not result.ok:
             raise ExecutionFailed(result)
         return result
@@ -301,12 +293,10 @@ class AsyncClient:
         return f"<AsyncClient {self.url}>"
 
 
-def _create_body(language: str, labels: Mapping[str, str] | None, ttl_s: float | None,
-                 max_lifetime_s: float | None, limits: Limits | None, provider: str | None,
-                 env: Mapping[str, str] | None) -> dict[str, Any]:
-    body = {"language": language, "labels": _labels(labels), "ttl_s": ttl_s, "max_lifetime_s": max_lifetime_s,
-            "limits": _limits(limits), "provider": provider, "env": dict(env or {})}
-    return {k: v for k, v in body.items() if v is not None}
+def _dump(body: BaseModel) -> dict[str, Any]:
+    """A request body as JSON data: the fields given (a Limits' too: the server fills the others from its
+    defaults, as the library does), nulls left out."""
+    return body.model_dump(exclude_unset=True, exclude_none=True)
 
 
 class AsyncSandboxes:
@@ -321,7 +311,7 @@ class AsyncSandboxes:
         """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
         ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
         ``env`` variables of every exec."""
-        body = _create_body(language, labels, ttl_s, max_lifetime_s, limits, provider, env)
+        body = _dump(CreateBody.of(language, labels, ttl_s, max_lifetime_s, limits, provider, env))
         resp = await self._client._request("POST", f"{API}/sandboxes", json=body, language=language)
         return self._sandbox(resp)
 
@@ -330,7 +320,7 @@ class AsyncSandboxes:
                             limits: Limits | None = None, provider: str | None = None,
                             env: Mapping[str, str] | None = None) -> RemoteAsyncSandbox:
         """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
-        body = _create_body(language, labels, ttl_s, max_lifetime_s, limits, provider, env)
+        body = _dump(CreateBody.of(language, labels, ttl_s, max_lifetime_s, limits, provider, env))
         resp = await self._client._request("POST", f"{API}/sandboxes/get_or_create", json=body, language=language)
         return self._sandbox(resp)
 
@@ -341,10 +331,10 @@ class AsyncSandboxes:
 
     async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[RemoteAsyncSandbox]:
         """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
-        params = [("label", f"{k}:{v}") for k, v in _labels(labels).items()]
+        params = [("label", f"{k}={v}") for k, v in check_labels(labels).items()]
         resp = await self._client._request("GET", f"{API}/sandboxes", params=params)
-        return _parse(resp, "a list of sandboxes",
-                      lambda b: [RemoteAsyncSandbox(self._client, info) for info in b["sandboxes"]])
+        return _parse(resp, "a list of sandboxes", lambda b: [
+            RemoteAsyncSandbox(self._client, info.model_dump()) for info in SandboxList.model_validate(b).sandboxes])
 
     async def get(self, sandbox_id: str) -> RemoteAsyncSandbox:
         """The live sandbox with this id; NotFoundError when there is none."""
@@ -354,7 +344,8 @@ class AsyncSandboxes:
         return self._sandbox(resp)
 
     def _sandbox(self, resp: httpx.Response) -> RemoteAsyncSandbox:
-        return _parse(resp, "a sandbox", lambda b: RemoteAsyncSandbox(self._client, b))
+        return _parse(resp, "a sandbox",
+                      lambda b: RemoteAsyncSandbox(self._client, SandboxInfo.model_validate(b).model_dump()))
 
 
 class RemoteAsyncFiles:
@@ -390,7 +381,7 @@ class RemoteAsyncFiles:
         """The entries of a workdir directory, sorted by name."""
         rel = "." if path in ("", ".") else check_file_name(path)
         resp = await self._sb._request("GET", f"{self._sb._path}/files", params={"dir": rel})
-        return _parse(resp, "a directory listing", lambda b: [FileInfo.model_validate(e) for e in b["entries"]])
+        return _parse(resp, "a directory listing", lambda b: Listing.model_validate(b).entries)
 
     async def remove(self, path: str) -> bool:
         """Remove a file, symlink or directory tree; False when nothing was there."""
@@ -434,28 +425,25 @@ class RemoteAsyncSandbox:
         self._check_alive()
         return await self._client._request(method, path, **kw)
 
-    def _exec_body(self, cmd: Command, stdin: str | bytes, env: Mapping[str, str] | None, cwd: str,
+    def _exec_body(self, cmd: Command, stdin: str | bytes | None, env: Mapping[str, str] | None, cwd: str,
                    limits: Limits | None) -> dict[str, Any]:
         _argv(cmd)  # the library's checks, with its errors
-        if cwd not in (".", ""):
-            check_file_name(cwd)
-        body = {"command": cmd if isinstance(cmd, str) else list(cmd), "stdin": _text(stdin, "stdin"),
-                "env": dict(env or {}), "cwd": cwd or ".", "limits": _limits(limits)}
-        return {k: v for k, v in body.items() if v is not None}
+        return _dump(ExecBody.of(cmd if isinstance(cmd, str) else list(cmd), stdin, env, cwd, limits))
 
-    async def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    async def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                    cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
         """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
         its result. Files and background processes persist between execs; each exec has its own limits
         and a runaway one is killed (with everything it started) while the sandbox lives on. The command
         failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
         body = self._exec_body(cmd, stdin, env, cwd, limits)
-        result = _parse(await self._request("POST", f"{self._path}/exec", json=body), "an execution result", _result)
+        result = _parse(await self._request("POST", f"{self._path}/exec", json=body), "an execution result",
+                        parse_result)
         if check and not result.ok:
             raise ExecutionFailed(result)
         return result
 
-    async def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    async def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                      cwd: str = ".", limits: Limits | None = None) -> AsyncIterator[ExecEvent]:
         """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
         "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
@@ -467,7 +455,7 @@ class RemoteAsyncSandbox:
                 if event in ("stdout", "stderr"):
                     yield _make(data, "an output event", functools.partial(_output, event))
                 elif event == "exit":
-                    yield ExecEvent(type="exit", result=_make(data, "an execution result", _result))
+                    yield ExecEvent(type="exit", result=_make(data, "an execution result", parse_result))
                     return
                 elif event == "error":  # the sandbox failed or went away after the answer had begun
                     raise SandboxError(f"sandbox {self.id}: {data.get('detail') if isinstance(data, dict) else data}")
@@ -477,7 +465,10 @@ class RemoteAsyncSandbox:
         """Run a Python cell in the sandbox's IPython kernel (POST .../run_code), as ``AsyncSandbox.run_code``:
         state is kept between calls; the value, rich outputs (image/png as bytes), stdout, stderr and the
         exception come back as data in a CellResult."""
-        body: dict[str, Any] = {"code": code} if timeout_s is None else {"code": code, "timeout": timeout_s}
+        try:
+            body = _dump(RunCodeBody(code=code, timeout=timeout_s))
+        except ValidationError as e:
+            raise RequestError(field_errors(e)) from None
         resp = await self._request("POST", f"{self._path}/run_code", json=body)
         return _parse(resp, "a cell result", CellResult.model_validate)
 
@@ -531,10 +522,10 @@ class Client:
         code: str | None = None,
         language: str = "python",
         *,
-        stdin: str | bytes = "",
+        stdin: str | bytes | None = "",
         files: Mapping[str, str | bytes] | Sequence[File] | None = None,
         entry: str | None = None,
-        args: Sequence[str] = (),
+        args: Sequence[str] | None = (),
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
         version: str | None = None,
@@ -648,12 +639,12 @@ class RemoteSandbox:
         return self._sb.alive
 
     @_same_doc(RemoteAsyncSandbox.exec)
-    def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
              cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
         return _call(self._sb.exec(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits, check=check))
 
     @_same_doc(RemoteAsyncSandbox.stream)
-    def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
         agen = self._sb.stream(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits)
         try:

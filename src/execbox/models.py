@@ -7,14 +7,29 @@ from __future__ import annotations
 
 import enum
 import posixpath
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from execbox.errors import InvalidFileError
+from execbox.errors import InvalidFileError, RequestError
 
 MAX_FILES = 256
 MAX_FILE_NAME_BYTES = 255
+MAX_LABELS = 32
+LabelKey = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+LabelValue = Annotated[str, Field(max_length=256)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
 
 
 class _Model(BaseModel):
@@ -44,6 +59,19 @@ class Limits(_Model):
     open_files: Annotated[int, Field(ge=16, le=65536)] = Field(
         256, description="Open file descriptors per process.")
     network: bool = Field(False, description="Give the sandbox the host's network. Off: loopback only.")
+
+    @classmethod
+    def with_timeout(cls, timeout_s: float | None, limits: Limits | None = None, **fields: Any) -> Limits | None:
+        """What ``timeout`` means on every face (CLI, library, HTTP): the wall time, and the CPU time with it
+        unless the caller sets CPU time itself (in ``limits`` or ``fields``). ``fields`` are other shorthands
+        (``memory_mb=...``; None: not given) over ``limits``; only fields set are kept, so the rest take the
+        operator's defaults. None when nothing is set. ValidationError for a bad value."""
+        values: dict[str, Any] = limits.model_dump(include=limits.model_fields_set) if limits is not None else {}
+        values.update({k: v for k, v in fields.items() if v is not None})
+        if timeout_s is not None:
+            values.setdefault("cpu_time_s", timeout_s)
+            values["wall_time_s"] = timeout_s
+        return cls(**values) if values else None
 
 
 class Policy(_Model):
@@ -99,6 +127,47 @@ def check_file_name(name: str) -> str:
     return posixpath.normpath(name)
 
 
+def check_cwd(cwd: str) -> str:
+    """A working directory: '.' (the workdir; '' too) or a safe relative path inside it, or InvalidFileError."""
+    return "." if cwd in ("", ".") else check_file_name(cwd)
+
+
+def check_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Environment variables: names non-empty without '='; names and values UTF-8 text without NUL.
+    RequestError naming the first bad one."""
+    for k, v in env.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k or "\x00" in k + v:
+            raise RequestError(f"invalid environment variable {k!r}")
+        try:
+            (k + v).encode()
+        except UnicodeEncodeError:
+            raise RequestError(f"environment variable {k!r} is not valid UTF-8 text (lone surrogate)") from None
+    return dict(env)
+
+
+def check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """A sandbox's labels (or a filter of them): at most MAX_LABELS, keys of letters, digits and ``._/-``
+    (no ``=`` or ``:``, which separate a label written ``key=value``), values of at most 256 characters.
+    RequestError naming the first bad one."""
+    try:
+        return _LABELS.validate_python(dict(labels or {}), strict=True)
+    except (ValidationError, TypeError, ValueError) as e:
+        why = e.errors(include_url=False)[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+        where = ".".join(map(str, why["loc"]))
+        raise RequestError(f"invalid labels{f' ({where})' if where else ''}: {why['msg']}") from None
+
+
+def parse_labels(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["key=value", ...]`` (``key:value`` is accepted too) -> checked labels; RequestError naming a bad one."""
+    out: dict[str, str] = {}
+    for item in items:
+        cut = min((i for i in (item.find("="), item.find(":")) if i >= 0), default=-1)  # keys hold neither
+        if cut <= 0:
+            raise RequestError(f"label {item[:80]!r} is not KEY=VALUE (key:value is accepted too)")
+        out[item[:cut]] = item[cut + 1:]
+    return check_labels(out)
+
+
 def _utf8(text: str, what: str) -> str:
     """``text`` when it can be encoded as UTF-8 (no lone surrogates), else ValueError naming ``what``."""
     try:
@@ -152,6 +221,14 @@ class ExecutionRequest(_Model):
         "run", description="'run': the compile step (if any), then the program; 'test': the language's test "
         "runner over the files, where the language defines one (it builds what it tests: no compile step).")
 
+    @field_validator("stdin", "args", "env", "files", mode="before")
+    @classmethod
+    def _none_is_nothing(cls, v: Any, info: ValidationInfo) -> Any:
+        """None where nothing is meant (no stdin, no arguments...), as subprocess-like APIs take it."""
+        if v is None and info.field_name is not None:
+            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+        return v
+
     @field_validator("files")
     @classmethod
     def _file_count(cls, v: list[File]) -> list[File]:
@@ -168,11 +245,8 @@ class ExecutionRequest(_Model):
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, val in v.items():
-            if not k or "=" in k or "\x00" in k or "\x00" in val:
-                raise ValueError(f"invalid environment variable {k!r}")
-        return v
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
 
     @field_validator("args")
     @classmethod
@@ -189,8 +263,8 @@ class ExecutionRequest(_Model):
         for what, text in texts.items():
             if isinstance(text, str):
                 _utf8(text, what)
-        for text in (*self.args, *self.env, *self.env.values()):
-            _utf8(text, "an argument or environment variable")
+        for text in self.args:
+            _utf8(text, "an argument")
         return self
 
 

@@ -49,7 +49,16 @@ from execbox.errors import (
     SandboxError,
 )
 from execbox.interpreter import CellResult, CellStatus, Kernel
-from execbox.models import ExecEvent, ExecutionResult, FileInfo, Limits, check_file_name
+from execbox.models import (
+    ExecEvent,
+    ExecutionResult,
+    FileInfo,
+    Limits,
+    check_cwd,
+    check_env,
+    check_file_name,
+    check_labels,
+)
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, OutputChunk, ProcessOutcome, Provider
 
 T = TypeVar("T")
@@ -80,12 +89,7 @@ def _path(path: str, allow_root: bool = False) -> str:
     return check_file_name(path)
 
 
-def _labels(labels: Mapping[str, str] | None) -> dict[str, str]:
-    out = dict(labels or {})
-    for k, v in out.items():
-        if not isinstance(k, str) or not isinstance(v, str) or not k:
-            raise RequestError(f"labels are non-empty string keys with string values, not {k!r}: {v!r}")
-    return out
+_labels = check_labels  # the one rule of labels (models.py), the HTTP API's too
 
 
 class SandboxManager:
@@ -416,22 +420,19 @@ class AsyncSandbox:
             self._busy -= 1
             self._touch()
 
-    def _spec(self, cmd: Command, stdin: str | bytes, env: Mapping[str, str] | None, cwd: str,
+    def _spec(self, cmd: Command, stdin: str | bytes | None, env: Mapping[str, str] | None, cwd: str,
               limits: Limits | None) -> ExecSpec:
         lim = self.limits
         if limits is not None:  # tighten only: each field it sets, capped by the sandbox's
             capped = {k: min(getattr(limits, k), getattr(lim, k)) for k in limits.model_fields_set
                       if k not in ("disk_mb", "network")}
             lim = lim.model_copy(update=capped)
-        if cwd not in (".", ""):
-            cwd = _path(cwd)
-        merged = {**self._env, **(env or {})}
-        if any(not k or "=" in k or "\0" in k or "\0" in v for k, v in merged.items()):
-            raise RequestError("invalid environment variable name or value")
+        cwd = check_cwd(cwd)
+        merged = check_env({**self._env, **(env or {})})
         return ExecSpec(argv=_argv(cmd), wall_time_s=lim.wall_time_s, cpu_time_s=lim.cpu_time_s,
                         memory_mb=lim.memory_mb, pids=lim.pids, output_bytes=lim.output_bytes,
-                        file_size_mb=lim.file_size_mb, open_files=lim.open_files,
-                        stdin=stdin.encode() if isinstance(stdin, str) else stdin, env=merged, cwd=cwd or ".")
+                        file_size_mb=lim.file_size_mb, open_files=lim.open_files, env=merged, cwd=cwd,
+                        stdin=stdin.encode() if isinstance(stdin, str) else stdin or b"")
 
     def _result(self, outcome: ProcessOutcome, spec: ExecSpec) -> ExecutionResult:
         step = step_result(outcome, spec)
@@ -439,7 +440,7 @@ class AsyncSandbox:
                                **step.model_dump())
 
     # ------------------------------------------------------------------ running
-    async def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    async def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                    cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
         """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
         its result. Files and background processes persist between execs; each exec has its own limits
@@ -451,7 +452,7 @@ class AsyncSandbox:
             raise ExecutionFailed(result)
         return result
 
-    async def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    async def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                      cwd: str = ".", limits: Limits | None = None) -> AsyncIterator[ExecEvent]:
         """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
         "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
@@ -643,7 +644,7 @@ class Sandbox:
         """The live sandbox with this id; NotFoundError when there is none."""
         return cls(_portal().call(AsyncSandbox.get(sandbox_id)))
 
-    def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
              cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
         """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
         its result. Files and background processes persist between execs; each exec has its own limits
@@ -651,7 +652,7 @@ class Sandbox:
         failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
         return _portal().call(self._sb.exec(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits, check=check))
 
-    def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
         """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
         "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early

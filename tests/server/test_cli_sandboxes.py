@@ -96,6 +96,25 @@ def test_a_compiled_language_is_built_in_the_sandbox(server: Server, tmp_path: P
         execbox(server, "destroy", sb)
 
 
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5: pass\nprint('burnt')"
+CPU_RLIMIT = "import resource; print(resource.getrlimit(resource.RLIMIT_CPU)[0])"
+
+
+def test_timeout_is_the_wall_and_the_cpu_time(make_server, label: str) -> None:  # type: ignore[no-untyped-def]
+    """`-t` of `run --keep` and of `exec` sets the CPU time with the wall time, as HTTP's `timeout` does: with a
+    server's CPU default of 1 s, `run --keep -t 8` burns 1.5 s of CPU (it was killed at 1 s: -t set the wall
+    time only), and `exec -t 3` lowers the CPU limit to 3 s (RLIMIT_CPU: the limit + 1 s; it stayed 2)."""
+    s = make_server(env={"EXECBOX_DEFAULTS__CPU_TIME_S": "1"})
+    p = execbox(s, "run", "--keep", "-l", label, "-t", "8", "-c", BURN, "-l", "python")
+    assert (p.returncode, p.stdout) == (0, "burnt\n"), p.stderr
+    sb = sandbox_id(p)
+    try:
+        p = execbox(s, "exec", sb, "-t", "3", "--", "python3", "-c", CPU_RLIMIT)
+        assert (p.returncode, p.stdout) == (0, "4\n"), p.stderr
+    finally:
+        execbox(s, "destroy", sb)
+
+
 def test_clear_failures(server: Server, tmp_path: Path) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     p = execbox(None, "list", "--url", nowhere)

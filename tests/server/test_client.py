@@ -196,6 +196,22 @@ def test_one_shot_run_is_the_same_in_process_and_over_http(run: Any) -> None:
         run(None, "python")
 
 
+def test_none_means_nothing_in_process_and_over_http(run: Any) -> None:
+    """As subprocess takes it: stdin/args/env/files None are none (`run(code, stdin=None)` was an invalid
+    request)."""
+    r = run("import sys, os; print(repr(sys.stdin.read()), sys.argv[1:], 'K' in os.environ)", "python",
+            stdin=None, args=None, env=None, files=None)
+    assert (r.status, r.stdout) == (Status.OK, "'' [] False\n"), r
+
+
+def test_none_means_nothing_in_a_sandbox(SandboxAPI: Any) -> None:
+    with SandboxAPI.create("bash", labels=unique(), env=None) as sb:
+        r = sb.exec("cat; echo done", stdin=None, env=None)
+        assert (r.status, r.stdout) == (Status.OK, "done\n"), r
+        events = list(sb.stream("cat; echo streamed", stdin=None, env=None))
+        assert events[-1].result is not None and events[-1].result.stdout == "streamed\n"
+
+
 # --- the remote client's own behaviour ----------------------------------------------------------------------------
 
 async def test_concurrent_get_or_create_through_the_client_makes_one_sandbox(server: Server) -> None:
@@ -317,6 +333,37 @@ def test_get_or_create_is_in_the_openapi(client: httpx.Client) -> None:
     op = client.get("/openapi.json").json()["paths"][f"{API}/get_or_create"]["post"]
     assert "200" in op["responses"] and "429" in op["responses"]
     assert "Concurrent calls" in op["description"]
+
+
+def test_one_table_maps_statuses_and_exceptions_both_ways() -> None:
+    """What the server answers for an exception, the client reads back as that kind of exception."""
+    from execbox import errors
+    from execbox.wire import ERROR_STATUS, error_of, status_of
+
+    for cls in (errors.NotFoundError, errors.RequestError, errors.CapacityError, errors.ProviderUnavailable,
+                errors.SandboxError, errors.IsolationError, errors.InvalidFileError, errors.AuthenticationError):
+        status, retry = status_of(cls("x"))
+        back = error_of(status, retry is not None)
+        assert back is not None and issubclass(cls, back), (cls, status, back)
+    assert (error_of(503, True), error_of(503, False)) == (errors.CapacityError, errors.ProviderUnavailable)
+    assert error_of(422, False) is errors.RequestError and error_of(418, False) is None
+    assert {cls for cls, _, _ in ERROR_STATUS} >= {errors.ExecboxError}
+    err = client_module._http_error(429, {}, b'{"detail": "slow down"}', None)
+    assert isinstance(err, errors.CapacityError) and "slow down" in str(err)
+
+
+def test_the_client_serialises_the_wire_models() -> None:
+    """The execute body is ExecutionRequest's fields (not written again), env spelt as the library's."""
+    from execbox.models import ExecutionRequest, File
+    from execbox.wire import ExecuteBody
+
+    assert set(ExecutionRequest.model_fields) <= set(ExecuteBody.model_fields)
+    req = ExecutionRequest(language="python", code="x", env={"A": "1"}, files=[File(name="b", content=b"\xff")],
+                           limits=Limits(pids=3))
+    body = client_module._dump(ExecuteBody.of(req))
+    assert body["env"] == {"A": "1"} and "environment" not in body and body["limits"] == {"pids": 3}
+    assert body["files"] == [{"name": "b", "content": "/w==", "encoding": "base64"}]
+    assert ExecuteBody.model_validate(body).to_request() == req
 
 
 # --- the surface: parity with the library and between the client's sync and async faces ---------------------

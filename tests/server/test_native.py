@@ -98,6 +98,26 @@ def test_timeout_memory_env_args_files_arguments(client: httpx.Client) -> None:
     assert r["return_value"] == {"sum": 3}
 
 
+CPU_RLIMIT = "import resource; print(resource.getrlimit(resource.RLIMIT_CPU)[0])"  # the CPU limit + 1 s
+
+
+def test_timeout_sets_the_cpu_time_unless_the_limits_set_it(client: httpx.Client) -> None:
+    """`timeout` is the wall time and the CPU time with it; a `limits.cpu_time_s` given beside it is kept (it
+    was overridden by `timeout`)."""
+    r = client.post("/api/v1/execute", json={**PY, "code": CPU_RLIMIT, "timeout": 3}).json()
+    assert r["stdout"] == "4\n", r
+    r = client.post("/api/v1/execute", json={**PY, "code": CPU_RLIMIT, "timeout": 3,
+                                            "limits": {"cpu_time_s": 1}}).json()
+    assert r["stdout"] == "2\n", r
+
+
+def test_the_body_says_env_as_the_library_does_and_environment_still_works(client: httpx.Client) -> None:
+    code = "import os; print(os.environ['A'])"
+    for name in ("env", "environment"):
+        r = client.post("/api/v1/execute", json={**PY, "code": code, name: {"A": name}}).json()
+        assert r["stdout"] == f"{name}\n", r
+
+
 def test_test_command_runs_the_languages_test_runner(client: httpx.Client) -> None:
     files = [{"name": "test_x.py", "content": "import unittest\nclass T(unittest.TestCase):\n"
                                               "    def test_a(self): self.assertEqual(2, 3)\n"}]

@@ -97,6 +97,13 @@ def test_exec_takes_stdin_env_and_a_timeout(client: httpx.Client, sb: str) -> No
     assert r["exit_code"] == 3 and not r["success"]
 
 
+def test_exec_timeout_sets_the_cpu_time_unless_the_limits_set_it(client: httpx.Client, sb: str) -> None:
+    rlimit = ["sh", "-c", "ulimit -t"]  # the CPU limit + 1 s
+    assert run(client, sb, rlimit, timeout=3)["stdout"] == "4\n"
+    assert run(client, sb, rlimit, timeout=3, limits={"cpu_time_s": 1})["stdout"] == "2\n"  # was overridden: 4
+    assert run(client, sb, rlimit)["stdout"] == "11\n"  # the sandbox's own, 10 s
+
+
 def test_stream_delivers_the_first_event_before_the_command_ends(client: httpx.Client, sb: str) -> None:
     start = time.monotonic()
     events: list[tuple[str, dict, float]] = []
@@ -205,6 +212,8 @@ def test_list_filters_by_labels(client: httpx.Client) -> None:
         assert ids("project:a", "stage:prod") == set()
         assert ids("project:b") == {b}
         assert ids("project:c") == set()
+        assert ids("project=a", "stage:dev") == {a}  # key=value, as the CLI and the client write it
+        assert ids("project=b") == {b}
         r = client.get(API, params={"label": "nocolon"})
         assert r.status_code == 400 and "key:value" in r.json()["detail"]
         assert client.get(API, params={"label": ":v"}).status_code == 400

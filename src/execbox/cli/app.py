@@ -1,13 +1,5 @@
-"""Exit codes of `execbox run` (documented in the README):
-
-    the program's own exit code      ok / runtime_error
-    128 + N                          the program was killed by signal N
-    121                              output limit
-    122                              memory limit
-    123                              compile error
-    124                              timeout (wall or CPU time), as coreutils' timeout
-    125                              execbox failed: bad request, unknown language, sandbox failure
-"""
+"""`execbox run`, `execbox languages`, `execbox doctor`; the other commands are registered from their modules.
+Exit codes: execbox.cli.common."""
 
 from __future__ import annotations
 
@@ -18,36 +10,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import execbox
+from execbox.cli.common import EXIT_HELP, exit_code, fail, out, parse_env, parse_labels, report
 from execbox.errors import ExecboxError, RequestError
-from execbox.models import ExecutionResult, Limits, Status
+from execbox.models import Limits, Status
 
-app = typer.Typer(help="Run untrusted code in a sandbox, in many languages, with hard limits.",
-                  epilog="Exit codes of `run`: the program's own; 128+N when killed by signal N; 121 output "
-                         "limit; 122 memory limit; 123 compile error; 124 timeout; 125 execbox failed.",
+app = typer.Typer(help="Run untrusted code in a sandbox, in many languages, with hard limits.", epilog=EXIT_HELP,
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-err = Console(stderr=True)
-
-EXIT_OUTPUT, EXIT_MEMORY, EXIT_COMPILE, EXIT_TIMEOUT, EXIT_EXECBOX = 121, 122, 123, 124, 125
-STATUS_EXIT = {Status.OUTPUT_LIMIT: EXIT_OUTPUT, Status.MEMORY_LIMIT: EXIT_MEMORY,
-               Status.COMPILE_ERROR: EXIT_COMPILE, Status.TIMEOUT: EXIT_TIMEOUT,
-               Status.INTERNAL_ERROR: EXIT_EXECBOX, Status.KILLED: 128 + 9}
-
-
-def exit_code(result: ExecutionResult) -> int:
-    if result.status in STATUS_EXIT:
-        return STATUS_EXIT[result.status]
-    if result.signal:
-        return 128 + result.signal
-    return result.exit_code or 0
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]execbox:[/red] {message}", highlight=False)
-    return typer.Exit(EXIT_EXECBOX)
 
 
 @app.command()
@@ -64,7 +35,8 @@ def run(
                                                   "(repeatable).")] = None,
     extra: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Extra file to put beside the "
                                                      "entry file (repeatable).")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Wall-time limit, seconds.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Time limit, seconds: the wall time, "
+                                                  "and the CPU time with it.")] = None,
     memory: Annotated[int | None, typer.Option("--memory", "-m", help="Memory limit, MiB.")] = None,
     network: Annotated[bool, typer.Option("--network", help="Give the program the host's network.")] = False,
     provider: Annotated[str | None, typer.Option("--provider", help="Isolation provider.")] = None,
@@ -92,20 +64,20 @@ def run(
     labels = [v for v in lang_opts or [] if "=" in v] + list(label or [])
     langs = [v for v in lang_opts or [] if "=" not in v]
     if keep and reuse:
-        raise _fail("give --keep (a new sandbox) or --reuse, not both")
+        raise fail("give --keep (a new sandbox) or --reuse, not both")
     if not remote and (labels or url or api_key):
-        raise _fail("labels, --url and --api-key go with --keep or --reuse")
+        raise fail("labels, --url and --api-key go with --keep or --reuse")
     if reuse and not labels:
-        raise _fail("--reuse finds the sandbox by its labels: give -l KEY=VAL")
+        raise fail("--reuse finds the sandbox by its labels: give -l KEY=VAL")
     if len(langs) > 1:
-        raise _fail(f"give one language, not {', '.join(langs)}")
+        raise fail(f"give one language, not {', '.join(langs)}")
     lang = langs[0] if langs else None
     for pool in ("EXECBOX_LOCAL_WARM_POOL", "EXECBOX_DOCKER_POOL_SIZE"):  # one execution: pre-starting only costs
         os.environ.setdefault(pool, "0")
     positional = list(target or [])
     file = positional.pop(0) if code is None and positional else None
     if file is None and code is None:
-        raise _fail("give a FILE (or '-') or --code")
+        raise fail("give a FILE (or '-') or --code")
     entry = None
     if file == "-":
         source = sys.stdin.read()
@@ -114,43 +86,37 @@ def run(
         try:
             source = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise _fail(f"cannot read {file}: {e}") from None
+            raise fail(f"cannot read {file}: {e}") from None
         entry = path.name
         if lang is None:
             found = execbox.LanguageRegistry.load().by_extension(path.suffix)
             if found is None:
-                raise _fail(f"cannot tell the language of {file}; give --lang")
+                raise fail(f"cannot tell the language of {file}; give --lang")
             lang = found.name
     else:
         source = code or ""
     if lang is None:
-        raise _fail("give --lang (the language cannot be told from stdin or --code)")
-    variables = {}
-    for item in env or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise _fail(f"--env wants KEY=VAL, got {item!r}")
-        variables[key] = value
-    limit_fields = {"wall_time_s": timeout, "memory_mb": memory, "network": network or None}
+        raise fail("give --lang (the language cannot be told from stdin or --code)")
+    variables = parse_env(env)
     try:
         files = {p.name: p.read_bytes() for p in extra or []}
         language = execbox.LanguageRegistry.load().get(lang)
         if entry is not None and not entry.endswith(tuple(f".{e}" for e in language.extensions)):
             entry = None
-        limits = Limits(**{k: v for k, v in limit_fields.items() if v is not None})
+        limits = Limits.with_timeout(timeout, memory_mb=memory, network=network or None)
         if remote:
-            from execbox.cli.sandboxes import parse_labels, run_in_sandbox
+            from execbox.cli.sandboxes import run_in_sandbox  # the client: only with --keep/--reuse
 
             raise typer.Exit(run_in_sandbox(
                 url=url, api_key=api_key, keep=keep, labels=parse_labels(labels), lang=language, source=source,
                 entry=entry, files=files, args=positional, stdin=stdin or "", env=variables,
-                limits=limits if limits.model_fields_set else None, provider=provider,
+                limits=limits, provider=provider,
                 as_json=as_json))
         result = execbox.run(source, lang, stdin=stdin or "", files=files, entry=entry, args=positional,
                              env=variables, limits=limits, provider=provider)
     except (ExecboxError, ValueError, OSError) as e:
         kind = "bad request" if isinstance(e, RequestError | ValueError) else "sandbox failure"
-        raise _fail(f"{kind}: {e}") from None
+        raise fail(f"{kind}: {e}") from None
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
@@ -159,9 +125,7 @@ def run(
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr)
         sys.stdout.flush()
-        if result.status is not Status.OK:
-            err.print(f"[yellow]execbox:[/yellow] {result.status.value}"
-                      + (f": {result.message}" if result.message else ""), highlight=False)
+        report(result)
     raise typer.Exit(exit_code(result))
 
 
@@ -179,7 +143,7 @@ def languages(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
         missing = lang.missing()
         state = f"[red]no[/red] (missing {', '.join(missing)})" if missing else "[green]yes[/green]"
         table.add_row(lang.name, lang.version() or "-", state, ", ".join(lang.aliases))
-    Console().print(table)
+    out.print(table)
 
 
 @app.command()
@@ -195,7 +159,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         table = Table("check", "state", "detail", "fix")
         for c in results:
             table.add_row(c.name, f"[{colors[c.state]}]{c.state}[/]", c.detail, c.fix)
-        Console().print(table)
+        out.print(table)
     raise typer.Exit(1 if any(c.state == "missing" for c in results) else 0)
 
 

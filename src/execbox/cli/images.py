@@ -7,14 +7,13 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from execbox.cli.common import err, fail, out
 from execbox.errors import ExecboxError
 
 app = typer.Typer(help="Build and list the docker provider's runtime images (images/<name>/Dockerfile).",
                   no_args_is_help=True)
-err = Console(stderr=True)
 
 
 @app.command()
@@ -42,8 +41,7 @@ def build(
     try:
         tags = images.build(names, official=official, force=force, log=log)
     except ExecboxError as e:
-        err.print(f"[red]execbox:[/red] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(e), 1) from None
     for name, tag in tags.items():
         typer.echo(f"{name}\t{tag}")
 
@@ -57,8 +55,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
         catalog = images.Catalog.load()
         found = images.status(catalog)
     except ExecboxError as e:
-        err.print(f"[red]execbox:[/red] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(e), 1) from None
     binaries = {name: list(d.binaries) for name, d in catalog.images.items()}
     if as_json:
         typer.echo(json.dumps([{"name": n, "tag": t, "built": b, "binaries": binaries.get(n, [])}
@@ -67,5 +64,5 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     table = Table("image", "tag", "built", "runs")
     for n, (t, b) in found.items():
         table.add_row(n, t, "yes" if b else "[red]no[/red]", " ".join(binaries.get(n, [])))
-    Console().print(table)
+    out.print(table)
     raise typer.Exit(0 if all(b for _, b in found.values()) else 1)

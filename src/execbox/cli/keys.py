@@ -8,15 +8,14 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
+from execbox.cli.common import err, fail, out
 from execbox.models import Limits
 from execbox.store import SQLiteStore
 
 app = typer.Typer(help="Manage the HTTP service's API keys (stored hashed; a key is shown once).",
                   no_args_is_help=True)
-err = Console(stderr=True)
 
 
 def _store() -> SQLiteStore:
@@ -41,16 +40,13 @@ def create(
     try:
         caps = Limits(**{k: v for k, v in caps_fields.items() if v is not None})
     except ValidationError as e:
-        err.print(f"[red]execbox:[/red] invalid cap: {e}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(f"invalid cap: {e}", 2) from None
     try:
         key, record = create_key(_store(), name, rate_limit, caps)
     except NameTaken as e:
-        err.print(f"[red]execbox:[/red] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(e), 1) from None
     except ValueError as e:
-        err.print(f"[red]execbox:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(str(e), 2) from None
     if as_json:
         print(json.dumps({"name": record.name, "key": key, "rate_limit_per_min": record.rate_limit_per_min,
                           "caps": record.caps}))
@@ -73,13 +69,12 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
         created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M")
         table.add_row(r.name, r.prefix + "…", "-" if r.rate_limit_per_min is None else f"{r.rate_limit_per_min:g}",
                       json.dumps(r.caps) if r.caps else "-", created, "revoked" if r.revoked_at else "active")
-    Console().print(table)
+    out.print(table)
 
 
 @app.command()
 def revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
     """Revoke a key: it stops working at once."""
     if not _store().revoke_key(name):
-        err.print(f"[red]execbox:[/red] no active key named {name!r}", highlight=False)
-        raise typer.Exit(1)
+        raise fail(f"no active key named {name!r}", 1)
     err.print(f"key {name!r} revoked", highlight=False)

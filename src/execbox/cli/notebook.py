@@ -22,13 +22,13 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from execbox.cli.app import EXIT_TIMEOUT, err
-from execbox.cli.sandboxes import ApiKey, Url, _fail, connected, parse_labels
+from execbox.cli.common import EXIT_KILLED, EXIT_TIMEOUT, err, fail, parse_labels
+from execbox.cli.sandboxes import ApiKey, Url, connected
 from execbox.client import RemoteSandbox
 from execbox.interpreter import CellResult, CellStatus
 
 CELL_EXIT = {CellStatus.OK: 0, CellStatus.ERROR: 1, CellStatus.TIMEOUT: EXIT_TIMEOUT,
-             CellStatus.KERNEL_DIED: 128 + 9}
+             CellStatus.KERNEL_DIED: EXIT_KILLED}
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp",
               "application/pdf": "pdf"}
 
@@ -60,22 +60,22 @@ def run_code(
     args = list(target or [])
     sandbox_id = None if labels else (args.pop(0) if args else None)
     if sandbox_id is None and not labels:
-        raise _fail("give the sandbox's ID (see `execbox list`) or its labels with -l KEY=VAL")
+        raise fail("give the sandbox's ID (see `execbox list`) or its labels with -l KEY=VAL")
     if len(args) > 1:
-        raise _fail("give the cell as one argument (quote it), with -f FILE, or on stdin")
+        raise fail("give the cell as one argument (quote it), with -f FILE, or on stdin")
     if args and file is not None:
-        raise _fail("give the cell as an argument or with -f, not both")
+        raise fail("give the cell as an argument or with -f, not both")
     if save is not None:
         try:
             save.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _fail(f"--save: {e}") from None
+            raise fail(f"--save: {e}") from None
     code: str | None = args[0] if args else None
     if file is not None:
         try:
             code = file.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise _fail(f"cannot read {file}: {e}") from None
+            raise fail(f"cannot read {file}: {e}") from None
     if code == "-" or (code is None and not sys.stdin.isatty()):
         code = sys.stdin.read()
     with connected(url, api_key) as client:

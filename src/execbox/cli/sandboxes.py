@@ -15,11 +15,9 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Column, Table
 
-from execbox.cli.app import EXIT_EXECBOX, err, exit_code
+from execbox.cli.common import err, exit_code, fail, out, parse_env, parse_labels, report
 from execbox.client import Client, RemoteSandbox, default_url
 from execbox.errors import AuthenticationError, ExecboxError, NotFoundError, RequestError, ServerUnreachable
 from execbox.languages import Language
@@ -31,22 +29,6 @@ ApiKey = Annotated[str | None, typer.Option("--api-key", help="Its API key (defa
                                             "dev key of a server started here).", show_default=False)]
 
 
-def _fail(message: str) -> typer.Exit:
-    """As `run`'s, unwrapped: these messages carry URLs and commands to copy."""
-    err.print(f"[red]execbox:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_EXECBOX)
-
-
-def parse_labels(items: list[str] | None) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _fail(f"a label is KEY=VAL, got {item!r}")
-        labels[key] = value
-    return labels
-
-
 @contextlib.contextmanager
 def connected(url: str | None, api_key: str | None) -> Iterator[Client]:
     """A client; execbox's errors become a message and exit code 125 (with how to start a server)."""
@@ -55,21 +37,15 @@ def connected(url: str | None, api_key: str | None) -> Iterator[Client]:
         with Client(url, api_key) as client:
             yield client
     except ServerUnreachable as e:
-        raise _fail(f"{e}\n  start a server with `make serve` (or `execbox serve`), or point --url / EXECBOX_URL "
+        raise fail(f"{e}\n  start a server with `make serve` (or `execbox serve`), or point --url / EXECBOX_URL "
                     "at one") from None
     except AuthenticationError as e:
-        raise _fail(f"the server at {where} refused the API key: {e}; `execbox serve` prints its dev key") from None
+        raise fail(f"the server at {where} refused the API key: {e}; `execbox serve` prints its dev key") from None
     except NotFoundError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     except ExecboxError as e:
         kind = "bad request" if isinstance(e, RequestError) else "failure"
-        raise _fail(f"{kind}: {e}") from None
-
-
-def _report(result: ExecutionResult) -> None:
-    if result.status is not Status.OK:
-        err.print(f"[yellow]execbox:[/yellow] {result.status.value}"
-                  + (f": {result.message}" if result.message else ""), highlight=False)
+        raise fail(f"{kind}: {e}") from None
 
 
 def _stream(sb: RemoteSandbox, argv: list[str] | str, *, stdin: str, env: Mapping[str, str],
@@ -123,7 +99,7 @@ def run_in_sandbox(*, url: str | None, api_key: str | None, keep: bool, labels: 
     if as_json:
         print(json.dumps({"sandbox_id": sb.id, **result.model_dump(mode="json")}, indent=2))
     else:
-        _report(result)
+        report(result)
     return exit_code(result)
 
 
@@ -150,7 +126,7 @@ def list_(
     for sb in found:
         table.add_row(sb.id, sb.language, ", ".join(f"{k}={v}" for k, v in sb.labels.items()) or "-",
                       _duration(now - sb.created_at), _duration(sb.idle_expires_at - now), sb.provider)
-    Console().print(table)
+    out.print(table)
 
 
 def _duration(seconds: float) -> str:
@@ -166,24 +142,19 @@ def exec_(
     stdin: Annotated[str | None, typer.Option("--stdin", help="Text given to the command's stdin.")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VAL environment variable "
                                                   "(repeatable).")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Wall-time limit, seconds (at most "
-                                                  "the sandbox's).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="Time limit, seconds: the wall time "
+                                                  "and the CPU time with it (at most the sandbox's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ExecutionResult as JSON.")] = False,
     url: Url = None,
     api_key: ApiKey = None,
 ) -> None:
     """Run a command in a live sandbox, printing its output as it comes; exit with its exit code (or
     121-125, as `run`)."""
-    variables = {}
-    for item in env or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise _fail(f"--env wants KEY=VAL, got {item!r}")
-        variables[key] = value
+    variables = parse_env(env)
     try:
-        limits = None if timeout is None else Limits(wall_time_s=timeout)
+        limits = Limits.with_timeout(timeout)
     except ValueError as e:
-        raise _fail(f"bad request: --timeout: {e}") from None
+        raise fail(f"bad request: --timeout: {e}") from None
     cmd: str | list[str] = command[0] if len(command) == 1 else command
     with connected(url, api_key) as client:
         sb = client.Sandbox.get(sandbox_id)
@@ -192,7 +163,7 @@ def exec_(
             print(result.model_dump_json(indent=2))
         else:
             result = _stream(sb, cmd, stdin=stdin or "", env=variables, limits=limits)
-            _report(result)
+            report(result)
     raise typer.Exit(exit_code(result))
 
 

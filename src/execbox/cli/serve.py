@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
-out = Console(stderr=True)
+from execbox.cli.common import EXIT_EXECBOX, err, fail
 
 
 def serve(
@@ -27,16 +26,15 @@ def serve(
     try:
         settings = ServerSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
-        out.print(f"[red]execbox:[/red] invalid settings: {e}", highlight=False)
-        raise typer.Exit(125) from None
+        raise fail(f"invalid settings: {e}", EXIT_EXECBOX) from None
     configure_logging(settings.log_level)
     key = dev_key(settings)
     url = f"http://{settings.host}:{settings.port}"
-    out.print(f"execbox {url}  (API docs: {url}/docs)", highlight=False)
+    err.print(f"execbox {url}  (API docs: {url}/docs)", highlight=False)
     if key:
-        out.print(f"dev API key: {key}  (from {settings.data_dir / 'dev-api-key'}; EXECBOX_DEV_KEY=false "
+        err.print(f"dev API key: {key}  (from {settings.data_dir / 'dev-api-key'}; EXECBOX_DEV_KEY=false "
                   "turns it off)", highlight=False)
     if settings.env_keys:
-        out.print(f"{len(settings.env_keys)} key(s) from EXECBOX_API_KEY", highlight=False)
+        err.print(f"{len(settings.env_keys)} key(s) from EXECBOX_API_KEY", highlight=False)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                 access_log=False, server_header=False)

@@ -1,8 +1,9 @@
 """The FastAPI app factory: one port for the native API, the Piston and Codapi drop-ins, /health and /metrics.
 
-Errors are translated here, once, by a table; each API answers in its own error shape (Piston's
-``{"message"}``, Codapi's result with ``ok: false``, the native ``{"detail"}``). Nothing a client sends
-produces a 5xx or a stack trace: the sandbox failing is the only 5xx (500, or 503 when retrying may help).
+Errors are translated here, once, by the wire schema's table (execbox.wire.ERROR_STATUS); each API answers
+in its own error shape (Piston's ``{"message"}``, Codapi's result with ``ok: false``, the native ``{"detail"}``).
+Nothing a client sends produces a 5xx or a stack trace: the sandbox failing is the only 5xx (500, or 503 when
+retrying may help).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -25,39 +25,13 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbox import __version__
-from execbox.errors import (
-    AtCapacity,
-    CapacityError,
-    ExecboxError,
-    NotFoundError,
-    ProviderUnavailable,
-    RequestError,
-    UnknownLanguageError,
-)
+from execbox.errors import ExecboxError, UnknownLanguageError
 from execbox.server.routes import codapi, native, piston, run_code, sandboxes
 from execbox.server.service import Service
 from execbox.server.settings import ServerSettings
+from execbox.wire import status_of
 
 log = logging.getLogger("execbox.server")
-
-# exception -> HTTP status, first match wins
-ERROR_STATUS: list[tuple[type[Exception], int]] = [
-    (NotFoundError, 404),  # no such sandbox (or another key's) or file
-    (RequestError, 400),
-    (AtCapacity, 503),  # no execution slot freed in time (or the queue is full): the server is loaded
-    (CapacityError, 429),  # a key's rate limit or pending jobs; too many live sandboxes: destroy one or wait
-    (ProviderUnavailable, 503),  # the provider is down: retrying (or another provider) may help
-    (ExecboxError, 500),
-]
-RETRY_AFTER_S = 5  # of a CapacityError that does not say
-
-
-def retry_after(exc: Exception) -> str | None:
-    """The Retry-After header of ``exc``: whole seconds, at least 1; None when retrying cannot help."""
-    if not isinstance(exc, CapacityError):
-        return None
-    return str(max(1, math.ceil(RETRY_AFTER_S if exc.retry_after_s is None else exc.retry_after_s)))
-
 
 # Each API's error shape, by path prefix; the native shape is the default.
 ErrorShape = Callable[[str, Any], dict[str, Any]]
@@ -177,12 +151,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(ExecboxError)
     async def _execbox_error(request: Request, exc: ExecboxError) -> JSONResponse:
-        status = next(code for cls, code in ERROR_STATUS if isinstance(exc, cls))
+        status, retry = status_of(exc)  # the wire schema's table, which the client reads back
         extra = {"supported": exc.supported} if isinstance(exc, UnknownLanguageError) else None
-        if status >= 500 and not isinstance(exc, CapacityError):  # a loaded server is not a failure
+        if status >= 500 and retry is None:  # a loaded server (503 + Retry-After) is not a failure
             log.error("sandbox failure", extra={"fields": {"path": request.url.path, "error": str(exc)}})
-        retry = retry_after(exc)
-        return error_response(request, status, str(exc), extra, headers={"Retry-After": retry} if retry else None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return error_response(request, status, str(exc), extra, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,9 +22,9 @@ from execbox.sandbox import AsyncSandbox, SandboxManager
 from execbox.server.auth import KeyRing, Principal
 from execbox.server.limits import Capacity, RateLimiter
 from execbox.server.metrics import Metrics
-from execbox.server.schemas import ExecuteBody
 from execbox.server.settings import ServerSettings
 from execbox.store import COMPLETED, QUEUED, SQLiteStore
+from execbox.wire import ExecuteBody
 
 log = logging.getLogger("execbox.server")
 EXPIRE_EVERY_S = 60

@@ -15,7 +15,9 @@ from starlette.exceptions import HTTPException
 from execbox.errors import RequestError
 from execbox.models import Limits
 from execbox.server.deps import PrincipalDep, ServiceDep, get_principal
-from execbox.server.schemas import (
+from execbox.server.service import internal_error
+from execbox.store import ExecutionRecord
+from execbox.wire import (
     ErrorBody,
     ExecuteBody,
     ExecuteResponse,
@@ -28,8 +30,6 @@ from execbox.server.schemas import (
     SessionId,
     execute_response,
 )
-from execbox.server.service import internal_error
-from execbox.store import ExecutionRecord
 
 log = logging.getLogger("execbox.server")
 

@@ -9,31 +9,17 @@ Ownership as for every sandbox route: another key's sandbox is a 404.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import Field, field_validator
 
 from execbox.interpreter import CellResult
 from execbox.server.deps import PrincipalDep, ServiceDep
 from execbox.server.routes.native import ERRORS
-from execbox.server.routes.sandboxes import NOT_FOUND, PREFIX, _Body, _get, _text
+from execbox.server.routes.sandboxes import NOT_FOUND, PREFIX, _get
+from execbox.wire import RunCodeBody
 
 log = logging.getLogger("execbox.server")
 router = APIRouter(prefix=PREFIX, tags=["sandboxes"], responses={**ERRORS, **NOT_FOUND})
-
-
-class RunCodeBody(_Body):
-    """One Python cell. `timeout` is the cell's wall time (default and maximum: the sandbox's wall_time_s)."""
-
-    code: str = Field(max_length=1 << 22, description="Python source of the cell (IPython syntax: %magics too).")
-    timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
-        None, description="Seconds before the cell is interrupted (then its kernel killed if it does not stop).")
-
-    @field_validator("code")
-    @classmethod
-    def _code(cls, v: str) -> str:
-        return _text(v, "code")
 
 
 @router.post("/{sandbox_id}/run_code", response_model=CellResult)

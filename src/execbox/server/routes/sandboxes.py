@@ -18,145 +18,35 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
-from execbox.errors import ExecboxError, RequestError
-from execbox.models import ExecutionResult, FileInfo, Limits, check_file_name
+from execbox.errors import ExecboxError
+from execbox.models import MAX_LABELS, ExecutionResult, check_file_name, parse_labels
 from execbox.sandbox import AsyncSandbox
 from execbox.server.auth import Principal
 from execbox.server.deps import PrincipalDep, ServiceDep
 from execbox.server.routes.native import ERRORS
-from execbox.server.schemas import ErrorBody, ExecuteResponse, execute_response
 from execbox.server.service import Service
+from execbox.wire import (
+    LABEL_HELP,
+    CreateBody,
+    ErrorBody,
+    ExecBody,
+    ExecuteResponse,
+    Listing,
+    OutputData,
+    SandboxInfo,
+    SandboxList,
+    Written,
+    execute_response,
+)
 
 log = logging.getLogger("execbox.server")
 PREFIX = "/api/v1/sandboxes"
-MAX_LABELS = 32
-LabelKey = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
-LabelValue = Annotated[str, Field(max_length=256)]
-LABEL_HELP = "A label filter `key:value` (repeat for several; a sandbox matches when it has them all)."
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such sandbox (destroyed, expired or another key's) or file."}}
 router = APIRouter(prefix=PREFIX, tags=["sandboxes"], responses={**ERRORS, **NOT_FOUND})
-
-
-def _text(v: str, what: str) -> str:
-    """UTF-8 text without NUL (what argv, environments and paths can carry)."""
-    try:
-        v.encode()
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid UTF-8 text (lone surrogate)") from None
-    if "\0" in v:
-        raise ValueError(f"{what} contains NUL")
-    return v
-
-
-def _check_env(v: dict[str, str]) -> dict[str, str]:
-    for k, val in v.items():
-        if not k or "=" in k:
-            raise ValueError(f"invalid environment variable name {k!r}")
-        _text(k, "an environment variable name")
-        _text(val, f"environment variable {k!r}")
-    return v
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class CreateBody(_Body):
-    """A new sandbox. Its limits are each exec's defaults and the sandbox's caps (memory and pids of everything
-    alive in it at once, disk of its workdir), capped by the server's maxima and the key's caps."""
-
-    language: str = Field("python", max_length=64, description="Language (its environment and runtime).")
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS,
-                                               description="Labels to find it again: GET ?label=key:value.")
-    ttl_s: Annotated[float, Field(gt=0, le=365 * 86400)] | None = Field(
-        None, description="Idle seconds before it is destroyed (default and maximum: the server's settings).")
-    max_lifetime_s: Annotated[float, Field(gt=0, le=365 * 86400)] | None = Field(
-        None, description="Hard maximum age, seconds, used or not (default and maximum: the server's "
-                          "sandbox_max_lifetime_s).")
-    limits: Limits | None = Field(None, description="Limits of every exec and caps of the sandbox.")
-    provider: str | None = Field(None, max_length=64, description="Provider (GET /api/v1/providers).")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of every exec.")
-
-    _env = field_validator("env")(_check_env)
-
-
-class SandboxInfo(_Body):
-    id: str
-    language: str
-    provider: str
-    labels: dict[str, str]
-    created_at: float = Field(description="Unix time of creation, seconds.")
-    last_used_at: float = Field(description="Unix time of the last operation's start or end, seconds.")
-    ttl_s: float = Field(description="Idle seconds before it is destroyed.")
-    idle_expires_at: float = Field(description="Unix time it is destroyed if nothing uses it before.")
-    max_lifetime_s: float = Field(description="Hard maximum age, seconds.")
-    expires_at: float = Field(description="Unix time it is destroyed at the latest, used or not.")
-    limits: Limits = Field(description="Each exec's defaults and the sandbox's caps.")
-
-
-class SandboxList(_Body):
-    sandboxes: list[SandboxInfo]
-
-
-Command = (Annotated[str, Field(min_length=1, max_length=1 << 20)]
-           | Annotated[list[Annotated[str, Field(max_length=1 << 20)]], Field(min_length=1, max_length=4096)])
-
-
-class ExecBody(_Body):
-    """One command in the sandbox. `timeout` is a shorthand for `limits.wall_time_s` and `cpu_time_s`."""
-
-    command: Command = Field(description="A shell command (run by /bin/sh -c) or an argv list.")
-    stdin: str = Field("", description="Standard input of the command.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
-    cwd: str = Field(".", max_length=4096, description="Working directory, relative to the workdir.")
-    timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
-        None, description="Wall and CPU time limit of this command, seconds (capped by the sandbox's).")
-    limits: Limits | None = Field(None, description="Limits of this command; they can only tighten the sandbox's.")
-
-    @field_validator("command")
-    @classmethod
-    def _command(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, str):
-            if not v.strip():
-                raise ValueError("empty command")
-            return _text(v, "command")
-        return [_text(a, "an argument") for a in v]
-
-    @field_validator("stdin")
-    @classmethod
-    def _stdin(cls, v: str) -> str:
-        try:
-            v.encode()
-        except UnicodeEncodeError:
-            raise ValueError("stdin is not valid UTF-8 text (lone surrogate)") from None
-        return v
-
-    _env = field_validator("env")(_check_env)
-
-    def exec_limits(self) -> Limits | None:
-        values: dict[str, Any] = self.limits.model_dump(include=self.limits.model_fields_set) if self.limits else {}
-        if self.timeout is not None:
-            values.update(wall_time_s=self.timeout, cpu_time_s=self.timeout)
-        return Limits(**values) if values else None
-
-    def check_cwd(self) -> None:
-        if self.cwd not in ("", "."):
-            check_file_name(self.cwd)
-
-
-class Written(_Body):
-    path: str
-    size_bytes: int
-
-
-class Listing(_Body):
-    dir: str
-    entries: list[FileInfo]
 
 
 def _info(sb: AsyncSandbox) -> SandboxInfo:
@@ -177,17 +67,6 @@ def _log_exec(principal: Principal, sb: AsyncSandbox, result: ExecutionResult, s
 def _get(service: Service, principal: Principal, sandbox_id: str) -> AsyncSandbox:
     service.admit(principal)
     return service.sandboxes.get(sandbox_id, owner=principal.name)
-
-
-def parse_labels(items: list[str]) -> dict[str, str]:
-    """``["k:v", ...]`` -> ``{"k": "v"}``; RequestError naming the first bad one."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition(":")
-        if not sep or not key:
-            raise RequestError(f"label filter {item[:80]!r} is not key:value")
-        out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------------- lifecycle
@@ -295,9 +174,9 @@ async def exec_stream(sandbox_id: str, body: ExecBody, service: ServiceDep,
                         _log_exec(principal, sb, ev.result, streamed=True)
                         queue.put_nowait(_event("exit", execute_response(ev.result)))
                     else:
-                        queue.put_nowait(_event(ev.type, {"data": ev.data}))
+                        queue.put_nowait(_event(ev.type, OutputData(data=ev.data).model_dump()))
         except ExecboxError as e:  # the headers are sent: the failure is the stream's last event
-            queue.put_nowait(_event("error", {"detail": str(e)}))
+            queue.put_nowait(_event("error", ErrorBody(detail=str(e)).model_dump(exclude_none=True)))
         finally:
             queue.put_nowait(None)
 
