@@ -341,11 +341,12 @@ def test_one_table_maps_statuses_and_exceptions_both_ways() -> None:
     from execbox.wire import ERROR_STATUS, error_of, status_of
 
     for cls in (errors.NotFoundError, errors.RequestError, errors.CapacityError, errors.ProviderUnavailable,
-                errors.SandboxError, errors.IsolationError, errors.InvalidFileError, errors.AuthenticationError):
+                errors.SandboxError, errors.IsolationError, errors.InvalidFileError, errors.AuthenticationError,
+                errors.AtCapacity, errors.RateLimited):
         status, retry = status_of(cls("x"))
         back = error_of(status, retry is not None)
         assert back is not None and issubclass(cls, back), (cls, status, back)
-    assert (error_of(503, True), error_of(503, False)) == (errors.CapacityError, errors.ProviderUnavailable)
+    assert (error_of(503, True), error_of(503, False)) == (errors.AtCapacity, errors.ProviderUnavailable)
     assert error_of(422, False) is errors.RequestError and error_of(418, False) is None
     assert {cls for cls, _, _ in ERROR_STATUS} >= {errors.ExecboxError}
     err = client_module._http_error(429, {}, b'{"detail": "slow down"}', None)
