@@ -65,6 +65,7 @@ from execbox.providers.docker.provider import (
     _thread,
 )
 from execbox.providers.local import cgroups, files
+from execbox.providers.supervisor import signal_stop
 
 EXEC_START_S = 10.0  # a docker exec's process has a pid within this
 
@@ -314,7 +315,9 @@ class DockerSandbox(files.WorkdirInstance):
         oom1 = _read_number(c.oom_file, c.oom_key)
         if stopped_by is None and (cg.oom_killed() or (oom0 is not None and oom1 is not None and oom1 > oom0)):
             stopped_by = StopReason.MEMORY
-        return replace(outcome, stopped_by=stopped_by, cpu_time_s=cg.cpu_time_s(), max_rss_mb=cg.peak_memory_mb())
+        cpu = cg.cpu_time_s()
+        return replace(outcome, stopped_by=stopped_by or signal_stop(outcome.signal, cpu, spec.cpu_time_s),
+                       cpu_time_s=cpu, max_rss_mb=cg.peak_memory_mb())
 
 
 __all__ = ["DockerSandbox"]

@@ -55,6 +55,7 @@ from execbox.providers.docker import images
 from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
 from execbox.providers.local import seccomp
 from execbox.providers.stall import MemoryStall
+from execbox.providers.supervisor import signal_stop
 
 if TYPE_CHECKING:
     from execbox.providers.docker.persistent import DockerSandbox
@@ -702,10 +703,10 @@ class DockerInstance(Instance):
         if stopped_by is None and oom0 is not None and oom1 is not None and oom1 > oom0:
             stopped_by = StopReason.MEMORY
         cpu1 = _cpu_seconds(c)
+        cpu = None if cpu0 is None or cpu1 is None else max(cpu1 - cpu0, 0.0)
         peak = _read_number(c.peak_file)
-        return replace(outcome, stopped_by=stopped_by,
-                       cpu_time_s=None if cpu0 is None or cpu1 is None else max(cpu1 - cpu0, 0.0),
-                       max_rss_mb=None if peak is None else peak / (1024 * 1024))
+        return replace(outcome, stopped_by=stopped_by or signal_stop(outcome.signal, cpu, spec.cpu_time_s),
+                       cpu_time_s=cpu, max_rss_mb=None if peak is None else peak / (1024 * 1024))
 
     async def close(self) -> None:
         if self._closed:
@@ -893,8 +894,6 @@ class _Session:
         sig: int | None = None
         if code is not None and 128 < int(code) < 128 + 32:  # a shell's "killed by signal N"
             exit_code, sig = None, int(code) - 128
-        if sig == signal.SIGXCPU and self.stopped_by is None:
-            self.stopped_by = StopReason.CPU_TIME
         return ProcessOutcome(
             exit_code=exit_code, signal=sig, stdout=bytes(self.data[1]), stderr=bytes(self.data[2]),
             stdout_truncated=self.truncated[1], stderr_truncated=self.truncated[2], wall_time_s=wall,

@@ -49,6 +49,7 @@ from execbox.providers.base import (
 )
 from execbox.providers.local import bwrap, cgroups, files
 from execbox.providers.local.supervise import CPU_POLL_S, PIPE_GRACE_S, READ_CHUNK, stdin_fd
+from execbox.providers.supervisor import signal_stop
 
 if TYPE_CHECKING:
     from execbox.providers.local.provider import LocalProvider, _Workdir
@@ -454,8 +455,8 @@ class PersistentInstance(files.WorkdirInstance):
             stopped_by = StopReason.MEMORY
         exit_code: int | None = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        if sig == signal.SIGXCPU and stopped_by is None:
-            stopped_by = StopReason.CPU_TIME
+        if stopped_by is None:
+            stopped_by = signal_stop(sig, cpu, spec.cpu_time_s)
         return ProcessOutcome(exit_code=exit_code, signal=sig, stdout=bytes(so[1]), stderr=bytes(se[1]),
                               stdout_truncated=so[2][0], stderr_truncated=se[2][0], wall_time_s=wall,
                               cpu_time_s=cpu, max_rss_mb=peak, stopped_by=stopped_by)

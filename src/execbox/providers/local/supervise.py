@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from execbox.providers.base import ProcessOutcome, StopReason
 from execbox.providers.local.cgroups import Cgroup
+from execbox.providers.supervisor import signal_stop
 
 READ_CHUNK = 65536
 CPU_POLL_S = 0.05
@@ -244,8 +245,8 @@ async def watch(pid: int, stdout: int, stderr: int, cgroup: Cgroup | None, start
     elif 128 < code < 128 + 32:
         # bubblewrap reports a child killed by signal N as exit code 128+N, as shells do.
         exit_code, sig = None, code - 128
-    if sig == signal.SIGXCPU and stopped_by is None:
-        stopped_by = StopReason.CPU_TIME
+    if stopped_by is None:
+        stopped_by = signal_stop(sig, cpu, cpu_time_s)
     out_s, err_s = list(streams.values())
     return ProcessOutcome(
         exit_code=exit_code, signal=sig, stdout=bytes(out_s.data), stderr=bytes(err_s.data),
