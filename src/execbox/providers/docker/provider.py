@@ -76,7 +76,11 @@ WRITABLE = (WORKDIR, "/tmp", "/dev/shm", "/dev/mqueue")
 FILES_FAILED = 218
 CPU_POLL_S = 0.05
 PIPE_GRACE_S = 0.2  # after the program ends, descendants holding its output pipes get this long, then die
-EXTRA_PIDS = 8  # tini, sleep, the exec's bash wrapper, the kill/reset helpers
+# execbox's own processes in a container while a program runs: tini, its sleep (root: out of the program's
+# reach) and the exec's bash wrapper (AGENT). The container's pids.max is the request's pids plus exactly
+# these. The reset and the other helpers run between programs, with the limit raised to HELPER_PIDS if lower.
+EXTRA_PIDS = 3
+HELPER_PIDS = 16
 
 # The process every execution starts as: bash reading a header from stdin (NUL-terminated fields: magic, bytes
 # of tar, cwd, CPU seconds soft/hard, file size KiB, open files, the environment's count and entries, argv's
@@ -527,6 +531,8 @@ class DockerProvider(Provider):
 
     def _reset(self, c: Container) -> None:
         _close_agent(c)  # (an unused one is killed by the reset with everything else)
+        if c.pids < HELPER_PIDS:  # (the next program's exec sets its own again)
+            self.set_limits(c, c.memory_mb, HELPER_PIDS)
         code, out, err = self._run_helper(c, ["bash", "-c", RESET, "reset"])
         if code != 0 or not out.strip().endswith(b"clean"):
             raise SandboxError(f"reset failed ({code}): {(out + err).decode(errors='replace').strip()[:300]}")

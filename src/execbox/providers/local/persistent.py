@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 READY_TIMEOUT_S = 10.0
 REPORT_TIMEOUT_S = 10.0  # after a kill, the agent's report of the exec's end
 REPORT_SIZE = 13  # kind (1), exec id (u64), wait status or errno (i32)
-AGENT_PIDS = 4  # the launcher, bubblewrap and the agent, in the sandbox's cgroup besides the programs
+AGENT_PIDS = 3  # the launcher, bubblewrap and the agent, in the sandbox's cgroup besides the programs
+# (each exec's own cgroup holds its program's tree only: its pids.max is exactly the exec's pids)
 IDLE_MEMORY_MB = 64  # a pre-started sandbox's caps until it is handed out
 IDLE_PIDS = 8
 PRESTART_CPU_S = 1 << 40
@@ -66,7 +67,7 @@ RLIM_INFINITY = (1 << 64) - 1
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str) -> bytes:
+def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str, nproc: int) -> bytes:
     """The agent's exec message (see agent.c)."""
     env = {**env, "PWD": cwd}
     strings = [*spec.argv, *(f"{k}={v}" for k, v in env.items()), cwd]
@@ -74,7 +75,7 @@ def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str
         raise RequestError("empty argv, embedded null byte or bad variable name in the argv or environment")
     mb = 1024 * 1024
     cpu = int(spec.cpu_time_s) + 1
-    header = [exec_id, cpu, cpu + 1, spec.file_size_mb * mb, spec.open_files, spec.pids, 0, len(spec.argv),
+    header = [exec_id, cpu, cpu + 1, spec.file_size_mb * mb, spec.open_files, nproc, 0, len(spec.argv),
               len(env)]
     body = struct.pack("<9Q", *header) + b"".join(x.encode() + b"\0" for x in strings)
     return struct.pack("<Q", len(body)) + body
@@ -307,7 +308,9 @@ class PersistentInstance(files.WorkdirInstance):
         exec_id = next(self._ids)
         cwd = os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd))
         env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
-        message = _exec_message(exec_id, spec, env, cwd)
+        # RLIMIT_NPROC counts every process of the sandbox's uid in its user namespace (the agent, every
+        # exec's, background ones too): the sandbox's cap, not the exec's (its cgroup holds that exactly)
+        message = _exec_message(exec_id, spec, env, cwd, self.spec.pids + 1)
         self._sweep_groups()
         group = f"e{exec_id}"
         try:
