@@ -38,8 +38,8 @@ from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.docker import DockerProvider, DockerSettings, PoolSettings, State
 from execbox.providers.docker import images as docker_images
 from execbox.providers.docker.provider import PID_LABEL, DockerInstance
+from execbox.providers.host.cgroups import Cgroup
 from execbox.providers.local import LocalProvider, LocalSettings
-from execbox.providers.local.cgroups import Cgroup
 from execbox.providers.local.provider import _kill_uid, _umount
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import SandboxManager

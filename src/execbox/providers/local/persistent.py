@@ -47,9 +47,10 @@ from execbox.providers.base import (
     StopReason,
     pump_live,
 )
-from execbox.providers.local import bwrap, cgroups, files
-from execbox.providers.local.supervise import CPU_POLL_S, PIPE_GRACE_S, READ_CHUNK, stdin_fd
-from execbox.providers.supervisor import signal_stop
+from execbox.providers.host import cgroups, files
+from execbox.providers.local import bwrap
+from execbox.providers.local.supervise import stdin_fd
+from execbox.providers.supervisor import PIPE_GRACE_S, FdReaders, Scope, Watch, exit_of_status
 
 if TYPE_CHECKING:
     from execbox.providers.local.provider import LocalProvider, _Workdir
@@ -369,100 +370,33 @@ class PersistentInstance(files.WorkdirInstance):
         assert self.cgroup is not None
         ended = asyncio.wrap_future(report)
         sandbox_ooms = _oom_count(self.cgroup)
-        # 2. its output, its limits, its end
-        stopped_by: StopReason | None = None
-        streams: dict[int, tuple[str, bytearray, list[bool], asyncio.Event]] = {
-            out_r: ("stdout", bytearray(), [False], asyncio.Event()),
-            err_r: ("stderr", bytearray(), [False], asyncio.Event()),
-        }
-
-        def kill(reason: StopReason) -> None:
-            nonlocal stopped_by
-            if stopped_by is None:
-                stopped_by = reason
-                cg.kill_all(wait=False)
-
-        def on_readable(fd: int) -> None:
-            name, data, truncated, eof = streams[fd]
-            try:
-                chunk = os.read(fd, READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError:
-                chunk = b""
-            if not chunk:
-                loop.remove_reader(fd)
-                eof.set()
-                return
-            room = spec.output_bytes - len(data)
-            if len(chunk) > room:
-                chunk = chunk[:max(room, 0)]
-                truncated[0] = True
-                kill(StopReason.OUTPUT)
-            data += chunk
-            if chunk and on_chunk is not None:
-                on_chunk(OutputChunk(name, chunk))
-
-        for fd in streams:
-            os.set_blocking(fd, False)
-            loop.add_reader(fd, on_readable, fd)
-
-        async def watch_cpu() -> None:  # and memory: a group stuck at its limit is out of memory (stall.py)
-            stall = cg.memory_stall()
-            while True:
-                await asyncio.sleep(CPU_POLL_S)
-                used = cg.cpu_time_s()
-                if used is not None and used > spec.cpu_time_s:
-                    kill(StopReason.CPU_TIME)
-                    return
-                if stall.stalled():
-                    kill(StopReason.MEMORY)
-                    return
-
-        cpu_task = asyncio.create_task(watch_cpu())
+        # 2. its output, its limits, its end (supervisor.Watch); a kill takes the exec's group only
+        w = Watch(Scope(lambda: cg.kill_all(wait=False), cg.cpu_time_s, cg.memory_stall()),
+                  output_bytes=spec.output_bytes, wall_time_s=spec.wall_time_s, cpu_time_s=spec.cpu_time_s,
+                  on_chunk=on_chunk)
+        readers = FdReaders(loop, w, {out_r: "stdout", err_r: "stderr"})
         try:
-            try:
-                await asyncio.wait_for(asyncio.shield(ended), spec.wall_time_s)
-            except TimeoutError:
-                kill(StopReason.WALL_TIME)
-                await asyncio.wait_for(asyncio.shield(ended), REPORT_TIMEOUT_S)
+            await w.run(lambda: asyncio.shield(ended), start, after_kill_s=REPORT_TIMEOUT_S)
             wall = time.monotonic() - start
             # what it wrote is in the pipes; background processes may hold them open: a short grace
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(s[3].wait() for s in streams.values())),
-                                       0.01 if not cg.pids() else PIPE_GRACE_S)
-            for fd, s in streams.items():  # whatever is left readable now
-                while not s[3].is_set() and not s[2][0]:
-                    size = len(s[1])
-                    on_readable(fd)
-                    if len(s[1]) == size:
-                        break
+            await readers.all_eof(0.01 if not cg.pids() else PIPE_GRACE_S)
+            readers.drain()  # whatever is left readable now
         except BaseException:
-            kill(StopReason.CANCELLED)
+            w.stop(StopReason.CANCELLED)
             raise
         finally:
-            cpu_task.cancel()
-            for fd in streams:
-                loop.remove_reader(fd)
+            readers.close()
         end, status = ended.result()
         if end == "D":
             raise SandboxError("the sandbox died during the exec")
         if end == "E":
             raise SandboxError(f"the sandbox could not start the exec: {os.strerror(status)}")
-        so, se = streams[out_r], streams[err_r]
-        if status == 126 << 8 and se[1].startswith(b"execbox: joining the exec's cgroup"):
-            raise IsolationError(f"the exec could not join its cgroup: {bytes(se[1]).decode(errors='replace')}")
-        cpu = cg.cpu_time_s()
-        peak = cg.peak_memory_mb()
-        if stopped_by is None and (cg.oom_killed() or _oom_count(self.cgroup) > sandbox_ooms):
-            stopped_by = StopReason.MEMORY
-        exit_code: int | None = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        if stopped_by is None:
-            stopped_by = signal_stop(sig, cpu, spec.cpu_time_s)
-        return ProcessOutcome(exit_code=exit_code, signal=sig, stdout=bytes(so[1]), stderr=bytes(se[1]),
-                              stdout_truncated=so[2][0], stderr_truncated=se[2][0], wall_time_s=wall,
-                              cpu_time_s=cpu, max_rss_mb=peak, stopped_by=stopped_by)
+        stderr = w.streams["stderr"].data
+        if status == 126 << 8 and stderr.startswith(b"execbox: joining the exec's cgroup"):
+            raise IsolationError(f"the exec could not join its cgroup: {bytes(stderr).decode(errors='replace')}")
+        exit_code, sig = exit_of_status(status)
+        return w.outcome(exit_code, sig, wall_time_s=wall, cpu_time_s=cg.cpu_time_s(), max_rss_mb=cg.peak_memory_mb(),
+                         oom_killed=cg.oom_killed() or _oom_count(self.cgroup) > sandbox_ooms)
 
 
 async def _pump_live(live: LiveInput, fd: int, cg: cgroups.Cgroup) -> None:

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from execbox.errors import IsolationError, ProviderUnavailable, RequestError, SandboxError
 from execbox.pool import WarmPool
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
-from execbox.providers.local import bwrap, cgroups, seccomp
+from execbox.providers.host import cgroups, seccomp
+from execbox.providers.local import bwrap
 from execbox.providers.local.supervise import Launch, Waiter, stdin_fd, supervise, watch
 
 if TYPE_CHECKING:
