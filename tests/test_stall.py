@@ -1,4 +1,4 @@
-"""The memory-stall watch (providers/stall.py) on cgroup files written by the test: which states count as stuck
+"""The memory-stall watch (providers/host/stall.py) on cgroup files written by the test: which states count as stuck
 at the limit. The real case (a node program the kernel never OOM-kills in a docker container on cgroup v1) is
 tests/escapes/test_resources.py::test_memory_bomb_javascript_buffers[docker]."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from execbox.providers import stall
-from execbox.providers.stall import MemoryStall
+from execbox.providers.host import stall
+from execbox.providers.host.stall import MemoryStall
 
 LIMIT = 160 << 20
 TICK = stall._TICK_S

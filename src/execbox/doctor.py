@@ -67,7 +67,7 @@ def _docker_check() -> Check:
 
 def checks() -> list[Check]:
     from execbox.languages import default_registry
-    from execbox.providers.local import cgroups, seccomp
+    from execbox.providers.host import cgroups, seccomp
 
     out: list[Check] = []
     version = _bwrap_version()

@@ -36,7 +36,7 @@ from execbox import Engine, ExecutionRequest, ExecutionResult, File, Limits
 from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.docker import DockerProvider, State
 from execbox.providers.docker.provider import PID_LABEL, DockerInstance
-from execbox.providers.local.cgroups import Cgroup
+from execbox.providers.host.cgroups import Cgroup
 from execbox.providers.local.provider import _kill_uid, _umount
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import SandboxManager

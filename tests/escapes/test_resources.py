@@ -14,10 +14,10 @@ if TYPE_CHECKING:
 
 
 def _max_children(sandbox: Sandbox, pids: int) -> int:
-    """The most processes (or threads) a program may add to itself under ``pids``: the local provider adds 4
-    for bubblewrap's own processes; docker's container limit is pids + EXTRA_PIDS, of which docker-init, its
-    sleep and the exec's agent shell take 3."""
-    return pids + EXTRA_PIDS - 3 - 1 if sandbox.docker else pids + 4 - 1
+    """The most processes (or threads) a program may add to itself under ``pids``: pids - 1 (execbox's own
+    processes are counted apart: the local provider's launcher, bubblewrap and init; docker's container
+    limit is pids + EXTRA_PIDS, of which docker-init, its sleep and the exec's agent shell take 3)."""
+    return pids + EXTRA_PIDS - 3 - 1 if sandbox.docker else pids - 1
 
 
 def _count(pattern: str, text: str) -> int:
@@ -56,7 +56,7 @@ int main(void) {
 """
     r = await sandbox.run("c", code, wall_time_s=1.5, pids=16)
     assert r.status.value == "timeout", r
-    # pids=16 for the program's tree (execbox adds 4 for bubblewrap's own processes)
+    # pids=16 for the program's tree (execbox's own processes are counted apart)
     assert _count(r"forked (\d+) then: Resource temporarily unavailable", r.stdout) <= _max_children(sandbox, 16)
 
 

@@ -21,7 +21,7 @@ container's init, which runc's execs would then fail to join); elsewhere persist
 
 Files: the host reaches the container's ``/work`` through ``/proc/<init pid>/root/work``, opened once when
 the container starts (before any program ran), then only with ``openat2(RESOLVE_BENEATH)`` beneath that
-descriptor (local/files.py, as for local sandboxes): no ``docker exec`` per operation, byte-exact, and a
+descriptor (host/files.py, as for local sandboxes): no ``docker exec`` per operation, byte-exact, and a
 symlink the program plants or swaps cannot lead the host out of the workdir. (``docker cp`` cannot write
 into a tmpfs of a container with a read-only root, and an in-container helper would resolve paths racing
 the program.)
@@ -48,7 +48,6 @@ from execbox.providers.base import (
     InstanceSpec,
     OutputChunk,
     ProcessOutcome,
-    StopReason,
 )
 from execbox.providers.docker.provider import (
     EXTRA_PIDS,
@@ -57,7 +56,6 @@ from execbox.providers.docker.provider import (
     WORKDIR,
     Container,
     DockerProvider,
-    Scope,
     _header,
     _NotRunning,
     _read_number,
@@ -65,7 +63,8 @@ from execbox.providers.docker.provider import (
     _thread,
     _thread_to_end,
 )
-from execbox.providers.local import cgroups, files
+from execbox.providers.host import cgroups, files
+from execbox.providers.supervisor import Scope, stop_reason
 
 EXEC_START_S = 10.0  # a docker exec's process has a pid within this
 
@@ -312,11 +311,11 @@ class DockerSandbox(files.WorkdirInstance):
             raise SandboxError("the sandbox died during the exec")
         if session.exit_status is None and outcome.exit_code == FILES_FAILED:  # the AGENT's cd failed
             raise SandboxError("cannot start the exec: " + outcome.stderr.decode(errors="replace").strip()[-300:])
-        stopped_by = outcome.stopped_by
         oom1 = _read_number(c.oom_file, c.oom_key)
-        if stopped_by is None and (cg.oom_killed() or (oom0 is not None and oom1 is not None and oom1 > oom0)):
-            stopped_by = StopReason.MEMORY
-        return replace(outcome, stopped_by=stopped_by, cpu_time_s=cg.cpu_time_s(), max_rss_mb=cg.peak_memory_mb())
+        oom = cg.oom_killed() or (oom0 is not None and oom1 is not None and oom1 > oom0)
+        cpu = cg.cpu_time_s()
+        return replace(outcome, stopped_by=stop_reason(outcome.stopped_by, outcome.signal, cpu, spec.cpu_time_s, oom),
+                       cpu_time_s=cpu, max_rss_mb=cg.peak_memory_mb())
 
 
 __all__ = ["DockerSandbox"]

@@ -54,8 +54,9 @@ from execbox.providers.base import (
 )
 from execbox.providers.docker import images
 from execbox.providers.docker.pool import Item, PoolSettings, State, WarmPool
-from execbox.providers.local import seccomp
-from execbox.providers.stall import MemoryStall
+from execbox.providers.host import seccomp
+from execbox.providers.host.stall import MemoryStall
+from execbox.providers.supervisor import PIPE_GRACE_S, Scope, Watch, exit_of_code, stop_reason
 
 if TYPE_CHECKING:
     from execbox.providers.docker.persistent import DockerSandbox
@@ -74,9 +75,11 @@ WORKDIR = "/work"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 WRITABLE = (WORKDIR, "/tmp", "/dev/shm", "/dev/mqueue")
 FILES_FAILED = 218
-CPU_POLL_S = 0.05
-PIPE_GRACE_S = 0.2  # after the program ends, descendants holding its output pipes get this long, then die
-EXTRA_PIDS = 8  # tini, sleep, the exec's bash wrapper, the kill/reset helpers
+# execbox's own processes in a container while a program runs: tini, its sleep (root: out of the program's
+# reach) and the exec's bash wrapper (AGENT). The container's pids.max is the request's pids plus exactly
+# these. The reset and the other helpers run between programs, with the limit raised to HELPER_PIDS if lower.
+EXTRA_PIDS = 3
+HELPER_PIDS = 16
 
 # The process every execution starts as: bash reading a header from stdin (NUL-terminated fields: magic, bytes
 # of tar, cwd, CPU seconds soft/hard, file size KiB, open files, the environment's count and entries, argv's
@@ -527,6 +530,8 @@ class DockerProvider(Provider):
 
     def _reset(self, c: Container) -> None:
         _close_agent(c)  # (an unused one is killed by the reset with everything else)
+        if c.pids < HELPER_PIDS:  # (the next program's exec sets its own again)
+            self.set_limits(c, c.memory_mb, HELPER_PIDS)
         code, out, err = self._run_helper(c, ["bash", "-c", RESET, "reset"])
         if code != 0 or not out.strip().endswith(b"clean"):
             raise SandboxError(f"reset failed ({code}): {(out + err).decode(errors='replace').strip()[:300]}")
@@ -706,15 +711,13 @@ class DockerInstance(Instance):
         if outcome.exit_code == FILES_FAILED and b"execbox: cannot write the files" in outcome.stderr:
             raise SandboxError("cannot write the files into the sandbox: "
                                + outcome.stderr.decode(errors="replace").strip()[-300:])
-        stopped_by = outcome.stopped_by
         oom1 = _read_number(c.oom_file, c.oom_key)
-        if stopped_by is None and oom0 is not None and oom1 is not None and oom1 > oom0:
-            stopped_by = StopReason.MEMORY
         cpu1 = _cpu_seconds(c)
+        cpu = None if cpu0 is None or cpu1 is None else max(cpu1 - cpu0, 0.0)
         peak = _read_number(c.peak_file)
-        return replace(outcome, stopped_by=stopped_by,
-                       cpu_time_s=None if cpu0 is None or cpu1 is None else max(cpu1 - cpu0, 0.0),
-                       max_rss_mb=None if peak is None else peak / (1024 * 1024))
+        oom = oom0 is not None and oom1 is not None and oom1 > oom0
+        return replace(outcome, stopped_by=stop_reason(outcome.stopped_by, outcome.signal, cpu, spec.cpu_time_s, oom),
+                       cpu_time_s=cpu, max_rss_mb=None if peak is None else peak / (1024 * 1024))
 
     async def close(self) -> None:
         if self._closed:
@@ -733,25 +736,9 @@ class _NotRunning(Exception):
     pass
 
 
-@dataclass
-class Scope:
-    """What one process's limits act on: the whole container (a one-shot instance: everything of the sandbox
-    uid in it is the execution's) or one exec's own cgroup (a persistent sandbox, whose other processes must
-    live on)."""
-
-    kill: Callable[[], None]  # SIGKILL every process of the execution
-    cpu_seconds: Callable[[], float | None]
-    stall: MemoryStall | None
-    # the program ended but descendants still hold its output pipes: kill them (one-shot: the reset would
-    # anyway) or leave them running and stop reading (persistent: background processes are the point)
-    kill_lingering: bool = True
-    # a client's signal to the execution's processes (never the AGENT that reports its end); how many it
-    # reached. Only where an execution's processes can be told from everything else (a persistent
-    # sandbox's exec cgroup): an execution with ExecSpec.live needs it
-    signal: Callable[[int], int] | None = None
-
-
 def _container_scope(p: DockerProvider, c: Container) -> Scope:
+    """A one-shot instance's limits act on the whole container: everything of the sandbox uid in it is the
+    execution's."""
     stall = None
     if c.oom_file is not None and c.cpu_file is not None:
         stall = MemoryStall(c.oom_file.parent, c.cpu_file.parent, 2 if c.cpu_file.name == "cpu.stat" else 1)
@@ -759,30 +746,29 @@ def _container_scope(p: DockerProvider, c: Container) -> Scope:
 
 
 class _Session:
-    """One docker exec's attached stream: stdin in, multiplexed stdout/stderr out with caps, limits enforced."""
+    """One docker exec's attached stream: stdin in, multiplexed stdout/stderr out into a supervisor.Watch
+    (caps, limits, stop reason); the program's end is the AGENT's trailer, or the stream's end."""
 
     def __init__(self, provider: DockerProvider, c: Container, sock: socket.socket, spec: ExecSpec, stdin: bytes,
                  start: float, cpu0: float | None, exec_id: str, nonce: str, scope: Scope | None = None,
                  on_chunk: Callable[[OutputChunk], None] | None = None) -> None:
         self.p, self.c, self.sock, self.spec, self.stdin = provider, c, sock, spec, stdin
-        self.start, self.cpu0, self.exec_id = start, cpu0, exec_id
+        self.start, self.exec_id = start, exec_id
         self.scope = scope or _container_scope(provider, c)
-        self.on_chunk = on_chunk
+        # no baseline: no CPU watch (a remote dockerd); the kill runs on a thread (it may ask dockerd)
+        watched = replace(self.scope, kill=self._kill, cpu_base_s=cpu0 or 0.0,
+                          cpu_seconds=self.scope.cpu_seconds if cpu0 is not None else None)
+        self.watch = Watch(watched, output_bytes=spec.output_bytes, wall_time_s=spec.wall_time_s,
+                           cpu_time_s=spec.cpu_time_s, on_chunk=on_chunk)
         self.trailer = re.compile(b"\\x00execbox-exit:" + nonce.encode() + b":(\\d+)\\n\\Z")
         self.exit_status: int | None = None  # from the trailer
         self.exited = asyncio.Event()
         self.ended_at: float | None = None
-        self.data = {1: bytearray(), 2: bytearray()}
-        self.truncated = {1: False, 2: False}
-        self.stopped_by: StopReason | None = None
-
-    def kill(self, reason: StopReason) -> None:
-        if self.stopped_by is not None:
-            return
-        self.stopped_by = reason
-        threading.Thread(target=self._kill, daemon=True).start()
 
     def _kill(self) -> None:
+        threading.Thread(target=self._kill_now, daemon=True).start()
+
+    def _kill_now(self) -> None:
         with contextlib.suppress(Exception):
             self.scope.kill()
 
@@ -804,7 +790,6 @@ class _Session:
 
     async def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         buf = bytearray()
-        cap = self.spec.output_bytes
         while True:
             chunk = await loop.sock_recv(self.sock, 65536)
             if not chunk:
@@ -823,64 +808,42 @@ class _Session:
                     self.exit_status = int(m.group(1))
                     self.ended_at = time.monotonic()
                     self.exited.set()
-                room = cap - len(self.data[kind])
-                if len(payload) > room:
-                    payload = payload[:max(room, 0)]
-                    self.truncated[kind] = True
-                    self.kill(StopReason.OUTPUT)
-                self.data[kind] += payload
-                if payload and self.on_chunk is not None:
-                    self.on_chunk(OutputChunk("stdout" if kind == 1 else "stderr", payload))
-
-    async def _watch_cpu(self) -> None:
-        stall = self.scope.stall
-        while self.cpu0 is not None or stall is not None:
-            await asyncio.sleep(CPU_POLL_S)
-            now = self.scope.cpu_seconds()
-            if self.cpu0 is not None and now is not None and now - self.cpu0 > self.spec.cpu_time_s:
-                self.kill(StopReason.CPU_TIME)
-                return
-            if stall is not None and stall.stalled():
-                self.kill(StopReason.MEMORY)
-                return
+                self.watch.add("stdout" if kind == 1 else "stderr", payload)
 
     async def run(self) -> ProcessOutcome:
         loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
         sender = asyncio.create_task(self._send(loop))
         reader = asyncio.create_task(self._read(loop))
-        watcher = asyncio.create_task(self._watch_cpu())
         exited = asyncio.create_task(self.exited.wait())
+
+        async def ended() -> None:  # the trailer came, or the stream ended
+            await asyncio.wait({reader, exited}, return_when=asyncio.FIRST_COMPLETED)
+
         try:
             try:
-                left = self.spec.wall_time_s - (time.monotonic() - self.start)
-                done, _ = await asyncio.wait({reader, exited}, timeout=max(left, 0.001),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    raise TimeoutError
-                if reader.done():
-                    reader.result()  # (raises the stream's error, if any)
-                else:  # the program ended; its pipes close at once unless a descendant still holds them
-                    try:
-                        await asyncio.wait_for(asyncio.shield(reader), PIPE_GRACE_S)
-                    except TimeoutError:
-                        if self.scope.kill_lingering:
-                            await _thread("kill the sandbox's processes", self.scope.kill)
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(asyncio.shield(reader), 10)
-            except TimeoutError:
-                self.kill(StopReason.WALL_TIME)
-                try:
+                if await self.watch.run(ended, self.start, after_kill_s=10):
+                    if reader.done():
+                        reader.result()  # (raises the stream's error, if any)
+                    else:  # the program ended; its pipes close at once unless a descendant still holds them
+                        try:
+                            await asyncio.wait_for(asyncio.shield(reader), PIPE_GRACE_S)
+                        except TimeoutError:
+                            if self.scope.kill_lingering:
+                                await _thread("kill the sandbox's processes", self.scope.kill)
+                                with contextlib.suppress(TimeoutError):
+                                    await asyncio.wait_for(asyncio.shield(reader), 10)
+                elif not reader.done():  # (the trailer came just as the wall time ran out)
                     await asyncio.wait_for(asyncio.shield(reader), 10)
-                except TimeoutError as e:
-                    raise SandboxError("the container did not stop its processes after a kill") from e
+            except TimeoutError as e:
+                raise SandboxError("the container did not stop its processes after a kill") from e
             except OSError as e:
                 raise SandboxError(f"docker exec stream failed: {e}") from e
         except asyncio.CancelledError:
-            self.kill(StopReason.CANCELLED)
+            self.watch.stop(StopReason.CANCELLED)
             raise
         finally:
-            tasks = (sender, reader, watcher, exited)
+            tasks = (sender, reader, exited)
             for t in tasks:
                 t.cancel()
             try:  # ended before the socket closes: none may still wait on its descriptor's number
@@ -896,16 +859,8 @@ class _Session:
             await asyncio.sleep(0.01)
         else:
             if self.exit_status is None:
-                self.kill(self.stopped_by or StopReason.WALL_TIME)
+                self.watch.stop(StopReason.WALL_TIME)
         code = info.get("ExitCode")
-        exit_code: int | None = None if code is None else int(code)
-        sig: int | None = None
-        if code is not None and 128 < int(code) < 128 + 32:  # a shell's "killed by signal N"
-            exit_code, sig = None, int(code) - 128
-        if sig == signal.SIGXCPU and self.stopped_by is None:
-            self.stopped_by = StopReason.CPU_TIME
-        return ProcessOutcome(
-            exit_code=exit_code, signal=sig, stdout=bytes(self.data[1]), stderr=bytes(self.data[2]),
-            stdout_truncated=self.truncated[1], stderr_truncated=self.truncated[2], wall_time_s=wall,
-            stopped_by=self.stopped_by,
-        )
+        exit_code, sig = (None, None) if code is None else exit_of_code(int(code))
+        # the CPU time, OOM kills and peak memory are the caller's to read (it knows the group's baselines)
+        return self.watch.outcome(exit_code, sig, wall_time_s=wall, cpu_time_s=None, max_rss_mb=None)

@@ -48,8 +48,10 @@ from execbox.providers.base import (
     pump_live,
     to_thread_to_end,
 )
-from execbox.providers.local import bwrap, cgroups, files
-from execbox.providers.local.supervise import CPU_POLL_S, PIPE_GRACE_S, READ_CHUNK, stdin_fd
+from execbox.providers.host import cgroups, files
+from execbox.providers.local import bwrap
+from execbox.providers.local.supervise import stdin_fd
+from execbox.providers.supervisor import PIPE_GRACE_S, FdReaders, Scope, Watch, exit_of_status
 
 if TYPE_CHECKING:
     from execbox.providers.local.provider import LocalProvider, _Workdir
@@ -57,7 +59,8 @@ if TYPE_CHECKING:
 READY_TIMEOUT_S = 10.0
 REPORT_TIMEOUT_S = 10.0  # after a kill, the agent's report of the exec's end
 REPORT_SIZE = 13  # kind (1), exec id (u64), wait status or errno (i32)
-AGENT_PIDS = 4  # the launcher, bubblewrap and the agent, in the sandbox's cgroup besides the programs
+AGENT_PIDS = 3  # the launcher, bubblewrap and the agent, in the sandbox's cgroup besides the programs
+# (each exec's own cgroup holds its program's tree only: its pids.max is exactly the exec's pids)
 IDLE_MEMORY_MB = 64  # a pre-started sandbox's caps until it is handed out
 IDLE_PIDS = 8
 PRESTART_CPU_S = 1 << 40
@@ -66,7 +69,7 @@ RLIM_INFINITY = (1 << 64) - 1
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str) -> bytes:
+def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str, nproc: int) -> bytes:
     """The agent's exec message (see agent.c)."""
     env = {**env, "PWD": cwd}
     strings = [*spec.argv, *(f"{k}={v}" for k, v in env.items()), cwd]
@@ -74,7 +77,7 @@ def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str
         raise RequestError("empty argv, embedded null byte or bad variable name in the argv or environment")
     mb = 1024 * 1024
     cpu = int(spec.cpu_time_s) + 1
-    header = [exec_id, cpu, cpu + 1, spec.file_size_mb * mb, spec.open_files, spec.pids, 0, len(spec.argv),
+    header = [exec_id, cpu, cpu + 1, spec.file_size_mb * mb, spec.open_files, nproc, 0, len(spec.argv),
               len(env)]
     body = struct.pack("<9Q", *header) + b"".join(x.encode() + b"\0" for x in strings)
     return struct.pack("<Q", len(body)) + body
@@ -307,7 +310,9 @@ class PersistentInstance(files.WorkdirInstance):
         exec_id = next(self._ids)
         cwd = os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd))
         env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
-        message = _exec_message(exec_id, spec, env, cwd)
+        # RLIMIT_NPROC counts every process of the sandbox's uid in its user namespace (the agent, every
+        # exec's, background ones too): the sandbox's cap, not the exec's (its cgroup holds that exactly)
+        message = _exec_message(exec_id, spec, env, cwd, self.spec.pids + 1)
         self._sweep_groups()
         group = f"e{exec_id}"
         try:
@@ -366,100 +371,33 @@ class PersistentInstance(files.WorkdirInstance):
         assert self.cgroup is not None
         ended = asyncio.wrap_future(report)
         sandbox_ooms = _oom_count(self.cgroup)
-        # 2. its output, its limits, its end
-        stopped_by: StopReason | None = None
-        streams: dict[int, tuple[str, bytearray, list[bool], asyncio.Event]] = {
-            out_r: ("stdout", bytearray(), [False], asyncio.Event()),
-            err_r: ("stderr", bytearray(), [False], asyncio.Event()),
-        }
-
-        def kill(reason: StopReason) -> None:
-            nonlocal stopped_by
-            if stopped_by is None:
-                stopped_by = reason
-                cg.kill_all(wait=False)
-
-        def on_readable(fd: int) -> None:
-            name, data, truncated, eof = streams[fd]
-            try:
-                chunk = os.read(fd, READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError:
-                chunk = b""
-            if not chunk:
-                loop.remove_reader(fd)
-                eof.set()
-                return
-            room = spec.output_bytes - len(data)
-            if len(chunk) > room:
-                chunk = chunk[:max(room, 0)]
-                truncated[0] = True
-                kill(StopReason.OUTPUT)
-            data += chunk
-            if chunk and on_chunk is not None:
-                on_chunk(OutputChunk(name, chunk))
-
-        for fd in streams:
-            os.set_blocking(fd, False)
-            loop.add_reader(fd, on_readable, fd)
-
-        async def watch_cpu() -> None:  # and memory: a group stuck at its limit is out of memory (stall.py)
-            stall = cg.memory_stall()
-            while True:
-                await asyncio.sleep(CPU_POLL_S)
-                used = cg.cpu_time_s()
-                if used is not None and used > spec.cpu_time_s:
-                    kill(StopReason.CPU_TIME)
-                    return
-                if stall.stalled():
-                    kill(StopReason.MEMORY)
-                    return
-
-        cpu_task = asyncio.create_task(watch_cpu())
+        # 2. its output, its limits, its end (supervisor.Watch); a kill takes the exec's group only
+        w = Watch(Scope(lambda: cg.kill_all(wait=False), cg.cpu_time_s, cg.memory_stall()),
+                  output_bytes=spec.output_bytes, wall_time_s=spec.wall_time_s, cpu_time_s=spec.cpu_time_s,
+                  on_chunk=on_chunk)
+        readers = FdReaders(loop, w, {out_r: "stdout", err_r: "stderr"})
         try:
-            try:
-                await asyncio.wait_for(asyncio.shield(ended), spec.wall_time_s)
-            except TimeoutError:
-                kill(StopReason.WALL_TIME)
-                await asyncio.wait_for(asyncio.shield(ended), REPORT_TIMEOUT_S)
+            await w.run(lambda: asyncio.shield(ended), start, after_kill_s=REPORT_TIMEOUT_S)
             wall = time.monotonic() - start
             # what it wrote is in the pipes; background processes may hold them open: a short grace
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(s[3].wait() for s in streams.values())),
-                                       0.01 if not cg.pids() else PIPE_GRACE_S)
-            for fd, s in streams.items():  # whatever is left readable now
-                while not s[3].is_set() and not s[2][0]:
-                    size = len(s[1])
-                    on_readable(fd)
-                    if len(s[1]) == size:
-                        break
+            await readers.all_eof(0.01 if not cg.pids() else PIPE_GRACE_S)
+            readers.drain()  # whatever is left readable now
         except BaseException:
-            kill(StopReason.CANCELLED)
+            w.stop(StopReason.CANCELLED)
             raise
         finally:
-            cpu_task.cancel()
-            for fd in streams:
-                loop.remove_reader(fd)
+            readers.close()
         end, status = ended.result()
         if end == "D":
             raise SandboxError("the sandbox died during the exec")
         if end == "E":
             raise SandboxError(f"the sandbox could not start the exec: {os.strerror(status)}")
-        so, se = streams[out_r], streams[err_r]
-        if status == 126 << 8 and se[1].startswith(b"execbox: joining the exec's cgroup"):
-            raise IsolationError(f"the exec could not join its cgroup: {bytes(se[1]).decode(errors='replace')}")
-        cpu = cg.cpu_time_s()
-        peak = cg.peak_memory_mb()
-        if stopped_by is None and (cg.oom_killed() or _oom_count(self.cgroup) > sandbox_ooms):
-            stopped_by = StopReason.MEMORY
-        exit_code: int | None = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        if sig == signal.SIGXCPU and stopped_by is None:
-            stopped_by = StopReason.CPU_TIME
-        return ProcessOutcome(exit_code=exit_code, signal=sig, stdout=bytes(so[1]), stderr=bytes(se[1]),
-                              stdout_truncated=so[2][0], stderr_truncated=se[2][0], wall_time_s=wall,
-                              cpu_time_s=cpu, max_rss_mb=peak, stopped_by=stopped_by)
+        stderr = w.streams["stderr"].data
+        if status == 126 << 8 and stderr.startswith(b"execbox: joining the exec's cgroup"):
+            raise IsolationError(f"the exec could not join its cgroup: {bytes(stderr).decode(errors='replace')}")
+        exit_code, sig = exit_of_status(status)
+        return w.outcome(exit_code, sig, wall_time_s=wall, cpu_time_s=cg.cpu_time_s(), max_rss_mb=cg.peak_memory_mb(),
+                         oom_killed=cg.oom_killed() or _oom_count(self.cgroup) > sandbox_ooms)
 
 
 async def _pump_live(live: LiveInput, fd: int, cg: cgroups.Cgroup) -> None:

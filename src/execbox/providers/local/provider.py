@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from execbox.errors import IsolationError, ProviderUnavailable, RequestError, SandboxError
 from execbox.pool import WarmPool
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
-from execbox.providers.local import bwrap, cgroups, seccomp
+from execbox.providers.host import cgroups, seccomp
+from execbox.providers.local import bwrap
 from execbox.providers.local.supervise import Launch, Waiter, stdin_fd, supervise, watch
 
 if TYPE_CHECKING:
@@ -167,6 +168,15 @@ def _kill_uid(uid: int) -> None:
 # limits before the program is released.
 IDLE_MEMORY_MB = 64
 IDLE_PIDS = 8
+# execbox's own processes in a one-shot sandbox's cgroup while the program runs: the launcher, bubblewrap and
+# the pid namespace's init (bubblewrap's, or execbox's waiter). None of them can be signalled by the program
+# (the first two are outside its pid namespace, the init ignores it), so the cgroup's pids.max is the
+# request's pids plus exactly these: the program and everything it starts get exactly ``pids``.
+SANDBOX_PIDS = 3
+# Of those, the ones RLIMIT_NPROC counts with the program (in its user namespace, under its uid): the init.
+# The launcher sets RLIMIT_NPROC before bubblewrap makes that namespace, whose processes count against the
+# launcher's limit too, with the launcher and bubblewrap themselves: cold path pids + SANDBOX_PIDS.
+NAMESPACE_PIDS = 1
 PRESTART_CPU_S = 1 << 40
 PRESTART_NPROC = 1 << 16
 RLIM_INFINITY = (1 << 64) - 1
@@ -542,11 +552,11 @@ class LocalInstance(Instance):
         cg = pr.cgroup
         try:
             message = _exec_message(spec, self._env(spec), os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd)),
-                                    spec.pids + 4)
+                                    spec.pids + NAMESPACE_PIDS)
         except ValueError:
             pr.kill()
             raise
-        if pr.proc.poll() is not None or not cg.set_limits(spec.memory_mb, spec.pids + 4):  # + the waiter
+        if pr.proc.poll() is not None or not cg.set_limits(spec.memory_mb, spec.pids + SANDBOX_PIDS):
             if not pr.kill():
                 self._leftovers = True
             return None
@@ -596,7 +606,7 @@ class LocalInstance(Instance):
         if p.cgroups.usable:
             try:
                 cg = cgroups.Cgroup(p.cgroups, f"{self.name}-{self._execs}", memory_mb=spec.memory_mb,
-                                    pids=spec.pids + 4)  # bubblewrap's own two processes count too
+                                    pids=spec.pids + SANDBOX_PIDS)
             except OSError as e:
                 raise IsolationError(f"cannot create the execution's cgroup: {e}") from e
         seccomp_fd = status_r = status_w = -1
@@ -620,7 +630,7 @@ class LocalInstance(Instance):
             mb = 1024 * 1024
             address_space = 0 if cg else spec.memory_mb * mb  # no cgroup: the rlimit is the fallback
             argv[:0] = p._launcher_argv(self.uid, int(spec.cpu_time_s) + 1, spec.file_size_mb * mb,
-                                        spec.open_files, spec.pids + 4, address_space,
+                                        spec.open_files, spec.pids + SANDBOX_PIDS, address_space,
                                         cg.procs_files if cg else [])
             launch = Launch(argv=argv, env={}, stdin=spec.stdin, output_bytes=spec.output_bytes,
                             wall_time_s=spec.wall_time_s, cpu_time_s=spec.cpu_time_s,

@@ -15,21 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from execbox.providers.base import ProcessOutcome, StopReason
-from execbox.providers.local.cgroups import Cgroup
+from execbox.providers.host.cgroups import Cgroup
+from execbox.providers.supervisor import PIPE_GRACE_S, FdReaders, Scope, Watch, exit_of_code
 
-READ_CHUNK = 65536
-CPU_POLL_S = 0.05
-# After the process exits, pipes still open (a descendant holding them) are given this long, then closed.
-PIPE_GRACE_S = 0.2
 STATUS_SIZE = 4  # a C int: the waiter's report of the program's wait status
-
-
-@dataclass
-class _Stream:
-    cap: int
-    data: bytearray = field(default_factory=bytearray)
-    truncated: bool = False
-    eof: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True)
@@ -100,46 +89,20 @@ async def watch(pid: int, stdout: int, stderr: int, cgroup: Cgroup | None, start
     """Supervise a started child ``pid`` (execbox's launcher) whose output arrives on ``stdout``/``stderr``
     (the caller closes them), from ``start`` (time.monotonic()) on. ``cpu_base_s``: what the cgroup had
     used before the program was released (a pre-started sandbox), not counted against the program.
-    With a ``waiter``, the run ends when it reports the program's end (everything left is then killed)."""
+    With a ``waiter``, the run ends when it reports the program's end (everything left is then killed).
+    The limits and the stop reason are supervisor.Watch's; this feeds it the pipes and the launcher's end."""
     loop = asyncio.get_running_loop()
-    stopped_by: StopReason | None = None
 
-    def kill(reason: StopReason) -> None:
-        """Once: later calls (more output past the cap, a late CPU check) find the tree already dead."""
-        nonlocal stopped_by
-        if stopped_by is not None:
-            return
-        stopped_by = reason
+    def kill() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if cgroup is not None:
             cgroup.kill_all()
 
-    streams = {stdout: _Stream(output_bytes), stderr: _Stream(output_bytes)}
-
-    def on_readable(fd: int) -> None:
-        s = streams[fd]
-        try:
-            chunk = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            loop.remove_reader(fd)
-            s.eof.set()
-            return
-        room = s.cap - len(s.data)
-        if len(chunk) > room:
-            s.data += chunk[:max(room, 0)]
-            s.truncated = True
-            kill(StopReason.OUTPUT)
-        else:
-            s.data += chunk
-
-    for fd in streams:
-        os.set_blocking(fd, False)
-        loop.add_reader(fd, on_readable, fd)
+    scope = Scope(kill, cgroup.cpu_time_s if cgroup is not None else None,
+                  cgroup.memory_stall() if cgroup is not None else None, cpu_base_s)
+    w = Watch(scope, output_bytes=output_bytes, wall_time_s=wall_time_s, cpu_time_s=cpu_time_s)
+    readers = FdReaders(loop, w, {stdout: "stdout", stderr: "stderr"})
 
     exited = asyncio.Event()  # the launcher exited, or the waiter reported the program's end
     launcher_exited = asyncio.Event()
@@ -172,28 +135,11 @@ async def watch(pid: int, stdout: int, stderr: int, cgroup: Cgroup | None, start
         waiter.control.setblocking(False)
         loop.add_reader(waiter.control.fileno(), on_report)
 
-    async def watch_cpu() -> None:  # and memory: a group stuck at its limit is out of memory (stall.py)
-        stall = cgroup.memory_stall() if cgroup is not None else None
-        while cgroup is not None and stall is not None:
-            await asyncio.sleep(CPU_POLL_S)
-            used = cgroup.cpu_time_s()
-            if used is not None and used - cpu_base_s > cpu_time_s:
-                kill(StopReason.CPU_TIME)
-                return
-            if stall.stalled():
-                kill(StopReason.MEMORY)
-                return
-
-    cpu_task = asyncio.create_task(watch_cpu())
     rusage = None
     try:
-        try:
-            await asyncio.wait_for(exited.wait(), wall_time_s)
-        except TimeoutError:
-            kill(StopReason.WALL_TIME)
-            await exited.wait()
+        await w.run(exited.wait, start)
         wall = time.monotonic() - start
-        if waiter is not None and waiter.ended is not None and stopped_by is None:
+        if waiter is not None and waiter.ended is not None and w.stopped_by is None:
             # The program has ended and what it wrote is in the pipes. The sandbox's own exit (its
             # namespaces torn down, milliseconds) is not waited for: whatever is left of it is killed now,
             # and the caller's teardown reaps the launcher.
@@ -203,31 +149,23 @@ async def watch(pid: int, stdout: int, stderr: int, cgroup: Cgroup | None, start
                 cgroup.kill_all(wait=False)
             status = waiter.ended
             code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            for fd, st in streams.items():
-                while not st.eof.is_set() and not st.truncated:
-                    size = len(st.data)
-                    on_readable(fd)
-                    if len(st.data) == size:
-                        break
+            readers.drain()
         else:
             await launcher_exited.wait()
             _, status, rusage = os.wait4(pid, 0)
             code = os.waitstatus_to_exitcode(status)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(s.eof.wait() for s in streams.values())), PIPE_GRACE_S)
+            await readers.all_eof(PIPE_GRACE_S)
     except asyncio.CancelledError:
-        kill(StopReason.CANCELLED)
+        w.stop(StopReason.CANCELLED)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
         raise
     finally:
-        cpu_task.cancel()
         if waiter is not None:
             loop.remove_reader(waiter.control.fileno())
         loop.remove_reader(pidfd)
         os.close(pidfd)
-        for fd in streams:
-            loop.remove_reader(fd)
+        readers.close()
 
     cpu = cgroup.cpu_time_s() if cgroup else None
     if cpu is not None:
@@ -235,20 +173,6 @@ async def watch(pid: int, stdout: int, stderr: int, cgroup: Cgroup | None, start
     elif rusage is not None:
         cpu = rusage.ru_utime + rusage.ru_stime
     peak = cgroup.peak_memory_mb() if cgroup else rusage.ru_maxrss / 1024 if rusage else None
-    if stopped_by is None and cgroup is not None and cgroup.oom_killed():
-        stopped_by = StopReason.MEMORY
-    exit_code: int | None = code
-    sig: int | None = None
-    if code < 0:
-        exit_code, sig = None, -code
-    elif 128 < code < 128 + 32:
-        # bubblewrap reports a child killed by signal N as exit code 128+N, as shells do.
-        exit_code, sig = None, code - 128
-    if sig == signal.SIGXCPU and stopped_by is None:
-        stopped_by = StopReason.CPU_TIME
-    out_s, err_s = list(streams.values())
-    return ProcessOutcome(
-        exit_code=exit_code, signal=sig, stdout=bytes(out_s.data), stderr=bytes(err_s.data),
-        stdout_truncated=out_s.truncated, stderr_truncated=err_s.truncated, wall_time_s=wall,
-        cpu_time_s=cpu, max_rss_mb=peak, stopped_by=stopped_by,
-    ), code
+    exit_code, sig = exit_of_code(code)
+    return w.outcome(exit_code, sig, wall_time_s=wall, cpu_time_s=cpu, max_rss_mb=peak,
+                     oom_killed=cgroup is not None and cgroup.oom_killed()), code
