@@ -276,6 +276,22 @@ async def test_run_many_and_unknown_things(manager: SandboxManager) -> None:
         await execbox.arun_many("echo a")  # type: ignore[arg-type]
 
 
+async def test_run_compiles_and_runs_a_program_in_the_sandbox(manager: SandboxManager) -> None:
+    """sb.run: C built and run in a live sandbox, the binary and the files left in its workdir; a compile
+    error is a result; the sandbox's caps bound the run."""
+    async with await AsyncSandbox.create("c", limits=LIMITS.model_copy(update={"wall_time_s": 3})) as sb:
+        src = '#include <stdio.h>\n#include "msg.h"\nint main(int c, char **v){ char s[16]; scanf("%15s", s);' \
+              ' printf("%s %s %s\\n", MSG, s, v[1]); return 3; }\n'
+        r = await sb.run(src, files={"msg.h": '#define MSG "built"'}, stdin="in", args=["arg"])
+        assert (r.status, r.exit_code, r.stdout, r.language) == (Status.RUNTIME_ERROR, 3, "built in arg\n", "c"), r
+        assert r.compile is not None and r.compile.status is Status.OK
+        assert (await sb.exec("./main x < /dev/null; ls")).stdout.split("\n")[-4:-1] == ["main", "main.c", "msg.h"]
+        r = await sb.run("int main() { return }")
+        assert r.status is Status.COMPILE_ERROR and r.compile is not None and "error" in r.compile.stderr
+        r = await sb.run("#include <unistd.h>\nint main() { sleep(30); }", limits=Limits(wall_time_s=60))
+        assert r.status is Status.TIMEOUT and r.wall_time_s < 10, r  # the sandbox's 3 s, not the run's 60
+
+
 def test_sync_facade(manager: SandboxManager) -> None:
     with Sandbox.create("bash", labels={"sync": "1"}, limits=LIMITS) as sb:
         assert sb.exec("echo hi > f; cat f").stdout == "hi\n"

@@ -37,8 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import ValidationError
-
+from execbox.api import program_request
 from execbox.errors import (
     AuthenticationError,
     CapacityError,
@@ -262,23 +261,11 @@ class AsyncClient:
     ) -> ExecutionResult:
         """Run ``code`` (and/or ``files``) on the server (POST /api/v1/execute), as ``execbox.arun`` does in
         this process: the same arguments, result and exceptions."""
-        from execbox.api import _files
-
-        try:  # the library's checks first: the same RequestErrors before anything is sent
-            request = ExecutionRequest(
-                language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
-                args=list(args), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
-                limits=limits, provider=provider, command=command)
-        except ValidationError as e:
-            raise RequestError(f"invalid request: {e}") from e
-        body = {"language": language, "code": code, "version": version, "stdin": _text(request.stdin, "stdin"),
-                "environment": request.env, "args": request.args, "limits": _limits(limits),
-                "files": [{"name": f.name, "content": f.content, "encoding": "utf8"} if isinstance(f.content, str)
-                          else {"name": f.name, "content": base64.b64encode(f.content).decode(), "encoding": "base64"}
-                          for f in request.files],
-                "entry": entry, "arguments": request.arguments, "provider": provider, "command": command}
-        resp = await self._request("POST", f"{API}/execute", language=language,
-                                   json={k: v for k, v in body.items() if v is not None})
+        # the library's checks first: the same RequestErrors before anything is sent
+        request = program_request(code, language, stdin=stdin, files=files, entry=entry, args=args, env=env,
+                                  limits=limits, version=version, arguments=arguments, provider=provider,
+                                  command=command)
+        resp = await self._request("POST", f"{API}/execute", language=language, json=_program_body(request))
         result = _parse(resp, "an execution result", _result)
         if check and not result.ok:
             raise ExecutionFailed(result)
@@ -296,6 +283,19 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.url}>"
+
+
+def _program_body(request: ExecutionRequest) -> dict[str, Any]:
+    """POST /api/v1/execute's body (and, but its provider, POST .../sandboxes/{id}/run's)."""
+    body = {"language": request.language, "code": request.code, "version": request.version,
+            "stdin": _text(request.stdin, "stdin"), "environment": request.env, "args": request.args,
+            "limits": _limits(request.limits),
+            "files": [{"name": f.name, "content": f.content, "encoding": "utf8"} if isinstance(f.content, str)
+                      else {"name": f.name, "content": base64.b64encode(f.content).decode(), "encoding": "base64"}
+                      for f in request.files],
+            "entry": request.entry, "arguments": request.arguments, "provider": request.provider,
+            "command": request.command}
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def _create_body(language: str, labels: Mapping[str, str] | None, ttl_s: float | None,
@@ -469,6 +469,23 @@ class RemoteAsyncSandbox:
                 elif event == "error":  # the sandbox failed or went away after the answer had begun
                     raise SandboxError(f"sandbox {self.id}: {data.get('detail') if isinstance(data, dict) else data}")
         raise SandboxError(f"sandbox {self.id}: the stream ended before the command's exit")
+
+    async def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
+                  files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
+                  stdin: str | bytes | None = "", args: Sequence[str] | None = (),
+                  env: Mapping[str, str] | None = None, limits: Limits | None = None,
+                  arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
+                  check: bool = False) -> ExecutionResult:
+        """Run a program in the sandbox (POST .../run), as ``AsyncSandbox.run``: written into the workdir,
+        compiled and run as the server's language says; its files stay; the sandbox's limits bound it."""
+        lang = language or self.language
+        request = program_request(code, lang, version=version, files=files, entry=entry, stdin=stdin,
+                                  args=args, env=env, limits=limits, arguments=arguments, command=command)
+        resp = await self._request("POST", f"{self._path}/run", json=_program_body(request), language=lang)
+        result = _parse(resp, "an execution result", _result)
+        if check and not result.ok:
+            raise ExecutionFailed(result)
+        return result
 
     async def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
         """Run a Python cell in the sandbox's IPython kernel (POST .../run_code), as ``AsyncSandbox.run_code``:
@@ -661,6 +678,17 @@ class RemoteSandbox:
                     return
         finally:
             _call(agen.aclose())  # type: ignore[attr-defined]
+
+    @_same_doc(RemoteAsyncSandbox.run)
+    def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
+            files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
+            stdin: str | bytes | None = "", args: Sequence[str] | None = (),
+            env: Mapping[str, str] | None = None, limits: Limits | None = None,
+            arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
+            check: bool = False) -> ExecutionResult:
+        return _call(self._sb.run(code, language=language, version=version, files=files, entry=entry,
+                                  stdin=stdin, args=args, env=env, limits=limits, arguments=arguments,
+                                  command=command, check=check))
 
     @_same_doc(RemoteAsyncSandbox.run_code)
     def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:

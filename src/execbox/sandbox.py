@@ -37,20 +37,20 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from execbox.engine import Engine, step_result
+from execbox.api import program_request
+from execbox.engine import Engine, exec_spec, provider_errors, step_result, tightened
 from execbox.errors import (
     CapacityError,
-    ExecboxError,
     ExecutionFailed,
     NotFoundError,
     RequestError,
     SandboxError,
 )
 from execbox.interpreter import CellResult, CellStatus, Kernel
-from execbox.models import ExecEvent, ExecutionResult, FileInfo, Limits, check_file_name
-from execbox.providers.base import ExecSpec, Instance, InstanceSpec, OutputChunk, ProcessOutcome, Provider
+from execbox.models import ExecEvent, ExecutionRequest, ExecutionResult, File, FileInfo, Limits, check_file_name
+from execbox.providers.base import ExecSpec, Instance, OutputChunk, ProcessOutcome, Provider
 
 T = TypeVar("T")
 Command = str | Sequence[str]
@@ -150,15 +150,8 @@ class SandboxManager:
             raise RequestError(f"provider {prov.name!r} cannot keep sandboxes (no persistent instances)")
         self._reserve(owner)
         try:
-            spec = InstanceSpec(disk_mb=applied.disk_mb, network=applied.network, persistent=True,
-                                memory_mb=applied.memory_mb, pids=applied.pids,
-                                binaries=tuple(s.command[0] for s in (lang.compile, lang.run) if s is not None))
-            try:
-                instance = await prov.start(spec)
-            except ExecboxError:
-                raise
-            except Exception as e:
-                raise SandboxError(f"provider {prov.name!r} failed to start a sandbox: {e}") from e
+            instance = await engine.start(prov, engine.instance_spec(applied, (lang.compile, lang.run),
+                                                                     persistent=True))
             sb = AsyncSandbox(_token=_TOKEN, manager=self, instance=instance, provider=prov, language=lang.name,
                               lang_env=dict(lang.env), env=dict(env or {}), labels=labels, limits=applied,
                               ttl_s=ttl, max_lifetime_s=lifetime, owner=owner)
@@ -328,6 +321,7 @@ class AsyncSandbox:
         self.id = "sb_" + uuid.uuid4().hex[:20]
         self.manager, self._instance, self._provider = manager, instance, provider
         self.language, self._env, self.labels, self.limits = language, {**lang_env, **env}, labels, limits
+        self._own_env = env  # the variables given at create: under those of each run's language
         self.ttl_s, self.max_lifetime_s, self.owner = ttl_s, max_lifetime_s, owner
         self.created_at = time.time()
         self._born = self._used = time.monotonic()
@@ -398,7 +392,8 @@ class AsyncSandbox:
         self._busy += 1
         self._touch()
         try:
-            result = await aw
+            with provider_errors(self._provider.name):
+                result = await aw
             if self._destroyed:  # what it returned was cut short by the destroy: there is no result to give
                 raise NotFoundError(f"sandbox {self.id} was destroyed during the operation")
             return result
@@ -406,32 +401,19 @@ class AsyncSandbox:
             if self._destroyed:  # destroyed (or reaped) while it ran: the caller's doing, not a failure
                 raise NotFoundError(f"sandbox {self.id} was destroyed during the operation") from e
             raise
-        except ExecboxError:
-            raise
-        except Exception as e:  # a provider bug or host failure: the sandbox's fault, mapped at the boundary
-            if self._destroyed:
-                raise NotFoundError(f"sandbox {self.id} was destroyed during the operation") from e
-            raise SandboxError(f"provider {self._provider.name!r} failed: {e}") from e
         finally:
             self._busy -= 1
             self._touch()
 
     def _spec(self, cmd: Command, stdin: str | bytes, env: Mapping[str, str] | None, cwd: str,
               limits: Limits | None) -> ExecSpec:
-        lim = self.limits
-        if limits is not None:  # tighten only: each field it sets, capped by the sandbox's
-            capped = {k: min(getattr(limits, k), getattr(lim, k)) for k in limits.model_fields_set
-                      if k not in ("disk_mb", "network")}
-            lim = lim.model_copy(update=capped)
         if cwd not in (".", ""):
             cwd = _path(cwd)
         merged = {**self._env, **(env or {})}
         if any(not k or "=" in k or "\0" in k or "\0" in v for k, v in merged.items()):
             raise RequestError("invalid environment variable name or value")
-        return ExecSpec(argv=_argv(cmd), wall_time_s=lim.wall_time_s, cpu_time_s=lim.cpu_time_s,
-                        memory_mb=lim.memory_mb, pids=lim.pids, output_bytes=lim.output_bytes,
-                        file_size_mb=lim.file_size_mb, open_files=lim.open_files,
-                        stdin=stdin.encode() if isinstance(stdin, str) else stdin, env=merged, cwd=cwd or ".")
+        return exec_spec(tightened(self.limits, limits), _argv(cmd), env=merged, cwd=cwd or ".",
+                         stdin=stdin.encode() if isinstance(stdin, str) else stdin)
 
     def _result(self, outcome: ProcessOutcome, spec: ExecSpec) -> ExecutionResult:
         step = step_result(outcome, spec)
@@ -464,24 +446,46 @@ class AsyncSandbox:
         self._touch()
         events = self._instance.stream(spec)
         try:
-            async for item in events:
-                if isinstance(item, OutputChunk):
-                    if text := decoders[item.stream].decode(item.data):
-                        yield ExecEvent(type=item.stream, data=text)
-                else:
-                    for name, dec in decoders.items():
-                        if tail := dec.decode(b"", final=True):
-                            yield ExecEvent(type=name, data=tail)
-                    yield ExecEvent(type="exit", result=self._result(item, spec))
-        except ExecboxError:
-            raise
-        except Exception as e:
-            raise SandboxError(f"provider {self._provider.name!r} failed: {e}") from e
+            with provider_errors(self._provider.name):
+                async for item in events:
+                    if isinstance(item, OutputChunk):
+                        if text := decoders[item.stream].decode(item.data):
+                            yield ExecEvent(type=item.stream, data=text)
+                    else:
+                        for name, dec in decoders.items():
+                            if tail := dec.decode(b"", final=True):
+                                yield ExecEvent(type=name, data=tail)
+                        yield ExecEvent(type="exit", result=self._result(item, spec))
         finally:
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
             self._busy -= 1
             self._touch()
+
+    async def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
+                  files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
+                  stdin: str | bytes | None = "", args: Sequence[str] | None = (),
+                  env: Mapping[str, str] | None = None, limits: Limits | None = None,
+                  arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
+                  check: bool = False) -> ExecutionResult:
+        """Run a program in the sandbox as ``execbox.run`` runs one in a fresh sandbox: ``code`` (and/or
+        ``files``) in ``language`` (default: the sandbox's) is written into the workdir, compiled as the
+        language says and run; its files (and a compiled binary) stay in the workdir afterwards. Its limits
+        are the sandbox's, tightened by ``limits``. The program failing is a result; ``check=True`` raises
+        ExecutionFailed for anything but ``ok``."""
+        request = program_request(code, language or self.language, version=version, files=files, entry=entry,
+                                  stdin=stdin, args=args, env=env, limits=limits, arguments=arguments,
+                                  command=command)
+        result = await self._run_request(request)
+        if check and not result.ok:
+            raise ExecutionFailed(result)
+        return result
+
+    async def _run_request(self, request: ExecutionRequest) -> ExecutionResult:
+        """``request``'s steps in this sandbox (its ``provider`` unused); the HTTP route's way in."""
+        engine = self.manager.engine
+        return await self._op(engine.run_in(self._instance, request, provider=self._provider.name,
+                                            caps=self.limits, env=self._own_env))
 
     async def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
         """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its
@@ -667,6 +671,16 @@ class Sandbox:
         finally:
             portal.call(agen.aclose())  # type: ignore[attr-defined]
 
+    def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
+            files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
+            stdin: str | bytes | None = "", args: Sequence[str] | None = (),
+            env: Mapping[str, str] | None = None, limits: Limits | None = None,
+            arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
+            check: bool = False) -> ExecutionResult:
+        return _portal().call(self._sb.run(code, language=language, version=version, files=files, entry=entry,
+                                           stdin=stdin, args=args, env=env, limits=limits, arguments=arguments,
+                                           command=command, check=check))
+
     def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
         """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its
         state between calls: ``run_code("x = 41")`` then ``run_code("x + 1").text == "42"``. Rich outputs
@@ -688,6 +702,9 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return repr(self._sb).replace("AsyncSandbox", "Sandbox", 1)
+
+
+Sandbox.run.__doc__ = AsyncSandbox.run.__doc__
 
 
 # ---------------------------------------------------------------------------------------------- run_many

@@ -161,6 +161,24 @@ def test_stream_delivers_output_while_the_command_runs(SandboxAPI: Any) -> None:
         assert "".join(e.data for e in seen if e.type == "stdout") == "ready\ndone\n"
 
 
+def test_a_program_runs_in_a_sandbox_unchanged_in_process_and_over_http(SandboxAPI: Any) -> None:
+    """sb.run: the language's steps in the live sandbox (the files stay), in-process or on the server."""
+    with SandboxAPI.create("c", labels=unique(), limits=Limits(wall_time_s=5)) as sb:
+        r = sb.run('#include "u.h"\nint main(int c, char **v){ return f() + c; }', files={"u.h": b"int f(){return 3;}"},
+                   args=["x"])
+        assert (r.status, r.exit_code, r.language) == (Status.RUNTIME_ERROR, 5, "c") and r.compile is not None
+        assert sorted(f.name for f in sb.files.list()) == ["main", "main.c", "u.h"]
+        r = sb.run("read x; echo $x$Y", language="bash", stdin=b"hi", env={"Y": "!"})
+        assert (r.status, r.stdout) == (Status.OK, "hi!\n")
+        with pytest.raises(ExecutionFailed):
+            sb.run("exit 1", language="bash", check=True)
+        with pytest.raises(UnknownLanguageError):
+            sb.run("1", language="cobol")
+        with pytest.raises(RequestError):
+            sb.run(None)
+        assert sb.run("int main() { return }").status is Status.COMPILE_ERROR
+
+
 async def test_the_async_api_runs_unchanged_in_process_and_over_http(AsyncSandboxAPI: Any) -> None:
     labels = unique()
     async with await AsyncSandboxAPI.create("bash", labels=labels) as sb:
