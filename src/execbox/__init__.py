@@ -6,6 +6,7 @@
 """
 
 from execbox.api import aexecute_code, arun, execute_code, run
+from execbox.batch import arun_many, run_many
 from execbox.client import aconnect, connect
 from execbox.engine import Engine
 from execbox.errors import (
@@ -35,7 +36,7 @@ from execbox.models import (
     Status,
     StepResult,
 )
-from execbox.sandbox import AsyncSandbox, Sandbox, arun_many, run_many
+from execbox.sandbox import AsyncSandbox, Sandbox
 
 __version__ = "0.1.0"
 

@@ -7,14 +7,13 @@
             ...
     sb = await AsyncSandbox.get_or_create(labels={"project": "demo"})
 
-``Sandbox`` is the blocking facade with the same names and signatures. ``run_many``/``arun_many`` run several
-commands in one throwaway sandbox.
+``Sandbox`` is the blocking facade (``execbox.blocking``) with the same names and signatures; both follow
+``execbox.protocol``, as the remote client's sandboxes do. ``sb.run(code, language=...)`` compiles and runs a
+program in the sandbox through the engine's steps (``Engine.run_in``).
 
-``SandboxManager`` is the registry behind them, provider-agnostic: live sandboxes by id and labels, the
-count limits (in all and per owner), the idle TTL and the hard maximum lifetime, and a reaper. The HTTP
-service is meant to hold one manager and pass each API key as ``owner``: a sandbox is then visible only to
-its owner (another owner gets NotFoundError, as if it did not exist). The library's default manager (no
-owner) is ``default_manager()``.
+``SandboxManager`` is the registry behind them, provider-agnostic: live sandboxes by id, labels and owner
+(another owner's is NotFoundError, as if it did not exist: the HTTP service passes each API key as owner),
+count limits, the idle TTL, the hard maximum lifetime and a reaper; the library's is ``default_manager()``.
 
 Limits: ``create(limits=...)`` are clamped by the engine's policy once; they are each exec's defaults and
 the sandbox's caps (``memory_mb``/``pids`` cap everything alive in it at once, ``disk_mb`` its workdir).
@@ -29,49 +28,38 @@ import builtins
 import codecs
 import concurrent.futures
 import contextlib
-import functools
 import os
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from execbox.api import program_request
+from execbox.blocking import BlockingSandbox, Files
 from execbox.engine import Engine, exec_spec, provider_errors, step_result, tightened
-from execbox.errors import (
-    CapacityError,
-    ExecutionFailed,
-    NotFoundError,
-    RequestError,
-    SandboxError,
-)
+from execbox.errors import CapacityError, ExecutionFailed, NotFoundError, RequestError, SandboxError
 from execbox.interpreter import CellResult, CellStatus, Kernel
 from execbox.models import ExecEvent, ExecutionRequest, ExecutionResult, File, FileInfo, Limits, check_file_name
+from execbox.protocol import (
+    AsyncFilesProtocol,
+    AsyncSandboxesProtocol,
+    AsyncSandboxProtocol,
+    Command,
+    argv_of,
+    implements,
+)
 from execbox.providers.base import ExecSpec, Instance, OutputChunk, ProcessOutcome, Provider
 
 T = TypeVar("T")
-Command = str | Sequence[str]
 
 DEFAULT_TTL_S = 600.0
 DEFAULT_MAX_LIFETIME_S = 24 * 3600.0
 DEFAULT_MAX_SANDBOXES = 32
 REAP_INTERVAL_S = 1.0
 MAX_READ_BYTES = 1 << 30
-
-
-def _argv(cmd: Command) -> tuple[str, ...]:
-    """A shell command string runs under /bin/sh -c; a sequence is the argv itself."""
-    if isinstance(cmd, str):
-        if not cmd.strip():
-            raise RequestError("empty command")
-        return ("/bin/sh", "-c", cmd)
-    argv = tuple(cmd)
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise RequestError("a command is a non-empty string or a non-empty sequence of strings")
-    return argv
 
 
 def _path(path: str, allow_root: bool = False) -> str:
@@ -274,6 +262,7 @@ def _destroy_all_at_exit() -> None:
 _TOKEN = object()
 
 
+@implements(AsyncFilesProtocol)
 class AsyncFiles:
     """A sandbox's workdir, from the host: paths are relative to it; symlinks never lead out of it."""
 
@@ -281,13 +270,10 @@ class AsyncFiles:
         self._sb = sb
 
     async def write(self, path: str, data: str | bytes) -> None:
-        """Create or replace a file (text is written as UTF-8); parent directories are made."""
         raw = data.encode() if isinstance(data, str) else bytes(data)
         await self._sb._op(self._sb._instance.write_files({_path(path): raw}))
 
     async def read(self, path: str, max_bytes: int | None = None) -> bytes:
-        """A file's bytes (at most ``max_bytes``, default the sandbox's disk size). NotFoundError when it
-        does not exist, is not a regular file, or its path leads out of the workdir."""
         limit = max_bytes if max_bytes is not None else self._sb.limits.disk_mb * 1024 * 1024
         data = await self._sb._op(self._sb._instance.read_file(_path(path), min(limit, MAX_READ_BYTES)))
         if data is None:
@@ -295,7 +281,6 @@ class AsyncFiles:
         return data
 
     async def list(self, path: str = ".") -> builtins.list[FileInfo]:
-        """The entries of a workdir directory, sorted by name."""
         rel = _path(path, allow_root=True)
         try:
             entries = await self._sb._op(self._sb._instance.list_files(rel))
@@ -306,12 +291,13 @@ class AsyncFiles:
                 for e in entries]
 
     async def remove(self, path: str) -> bool:
-        """Remove a file, symlink or directory tree; False when nothing was there."""
         return await self._sb._op(self._sb._instance.remove_file(_path(path)))
 
 
+@implements(AsyncSandboxProtocol, AsyncSandboxesProtocol)
 class AsyncSandbox:
-    """A persistent sandbox (the async core). Make one with ``create`` or ``get_or_create``."""
+    """A persistent sandbox (the async core). Make one with ``create`` or ``get_or_create``; these and the
+    lookups take ``manager=`` (default: ``default_manager()``)."""
 
     def __init__(self, *, _token: object, manager: SandboxManager, instance: Instance, provider: Provider,
                  language: str, lang_env: dict[str, str], env: dict[str, str], labels: dict[str, str],
@@ -334,40 +320,38 @@ class AsyncSandbox:
     @classmethod
     async def create(cls, language: str = "python", *, labels: Mapping[str, str] | None = None,
                      ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-                     provider: str | None = None, env: Mapping[str, str] | None = None) -> AsyncSandbox:
-        """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
-        ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
-        ``env`` variables of every exec."""
-        return await default_manager().create(language, labels=labels, ttl_s=ttl_s, max_lifetime_s=max_lifetime_s,
-                                              limits=limits, provider=provider, env=env)
+                     provider: str | None = None, env: Mapping[str, str] | None = None,
+                     manager: SandboxManager | None = None) -> AsyncSandbox:
+        return await (manager or default_manager()).create(language, labels=labels, ttl_s=ttl_s,
+                                                           max_lifetime_s=max_lifetime_s, limits=limits,
+                                                           provider=provider, env=env)
 
     @classmethod
     async def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
                             max_lifetime_s: float | None = None, limits: Limits | None = None,
-                            provider: str | None = None, env: Mapping[str, str] | None = None) -> AsyncSandbox:
-        """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
-        return await default_manager().get_or_create(labels, language=language, ttl_s=ttl_s,
-                                                     max_lifetime_s=max_lifetime_s, limits=limits,
-                                                     provider=provider, env=env)
+                            provider: str | None = None, env: Mapping[str, str] | None = None,
+                            manager: SandboxManager | None = None) -> AsyncSandbox:
+        return await (manager or default_manager()).get_or_create(labels, language=language, ttl_s=ttl_s,
+                                                                  max_lifetime_s=max_lifetime_s, limits=limits,
+                                                                  provider=provider, env=env)
 
     @classmethod
-    async def find(cls, labels: Mapping[str, str]) -> AsyncSandbox | None:
-        """The most recently used live sandbox whose labels include ``labels``, or None."""
-        return default_manager().find(labels)
+    async def find(cls, labels: Mapping[str, str], *, manager: SandboxManager | None = None) -> AsyncSandbox | None:
+        return (manager or default_manager()).find(labels)
 
     @classmethod
-    async def list(cls, labels: Mapping[str, str] | None = None) -> builtins.list[AsyncSandbox]:
-        """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
-        return default_manager().list(labels)
+    async def list(cls, labels: Mapping[str, str] | None = None, *,
+                   manager: SandboxManager | None = None) -> builtins.list[AsyncSandbox]:
+        return (manager or default_manager()).list(labels)
 
     @classmethod
-    async def get(cls, sandbox_id: str) -> AsyncSandbox:
-        """The live sandbox with this id; NotFoundError when there is none."""
-        return default_manager().get(sandbox_id)
+    async def get(cls, sandbox_id: str, *, manager: SandboxManager | None = None) -> AsyncSandbox:
+        return (manager or default_manager()).get(sandbox_id)
 
     # ------------------------------------------------------------------ state
     @property
     def alive(self) -> bool:
+        """Not destroyed."""
         return not self._destroyed
 
     @property
@@ -412,7 +396,7 @@ class AsyncSandbox:
         merged = {**self._env, **(env or {})}
         if any(not k or "=" in k or "\0" in k or "\0" in v for k, v in merged.items()):
             raise RequestError("invalid environment variable name or value")
-        return exec_spec(tightened(self.limits, limits), _argv(cmd), env=merged, cwd=cwd or ".",
+        return exec_spec(tightened(self.limits, limits), argv_of(cmd), env=merged, cwd=cwd or ".",
                          stdin=stdin.encode() if isinstance(stdin, str) else stdin)
 
     def _result(self, outcome: ProcessOutcome, spec: ExecSpec) -> ExecutionResult:
@@ -423,10 +407,6 @@ class AsyncSandbox:
     # ------------------------------------------------------------------ running
     async def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
                    cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
-        """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
-        its result. Files and background processes persist between execs; each exec has its own limits
-        and a runaway one is killed (with everything it started) while the sandbox lives on. The command
-        failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
         spec = self._spec(cmd, stdin, env, cwd, limits)
         result = self._result(await self._op(self._instance.exec(spec)), spec)
         if check and not result.ok:
@@ -435,9 +415,6 @@ class AsyncSandbox:
 
     async def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
                      cwd: str = ".", limits: Limits | None = None) -> AsyncIterator[ExecEvent]:
-        """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
-        "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
-        kills the command."""
         spec = self._spec(cmd, stdin, env, cwd, limits)
         if self._destroyed:
             raise NotFoundError(f"sandbox {self.id} has been destroyed")
@@ -468,32 +445,19 @@ class AsyncSandbox:
                   env: Mapping[str, str] | None = None, limits: Limits | None = None,
                   arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
                   check: bool = False) -> ExecutionResult:
-        """Run a program in the sandbox as ``execbox.run`` runs one in a fresh sandbox: ``code`` (and/or
-        ``files``) in ``language`` (default: the sandbox's) is written into the workdir, compiled as the
-        language says and run; its files (and a compiled binary) stay in the workdir afterwards. Its limits
-        are the sandbox's, tightened by ``limits``. The program failing is a result; ``check=True`` raises
-        ExecutionFailed for anything but ``ok``."""
-        request = program_request(code, language or self.language, version=version, files=files, entry=entry,
-                                  stdin=stdin, args=args, env=env, limits=limits, arguments=arguments,
-                                  command=command)
-        result = await self._run_request(request)
+        result = await self._run_request(program_request(
+            code, language or self.language, version=version, files=files, entry=entry, stdin=stdin, args=args,
+            env=env, limits=limits, arguments=arguments, command=command))
         if check and not result.ok:
             raise ExecutionFailed(result)
         return result
 
     async def _run_request(self, request: ExecutionRequest) -> ExecutionResult:
         """``request``'s steps in this sandbox (its ``provider`` unused); the HTTP route's way in."""
-        engine = self.manager.engine
-        return await self._op(engine.run_in(self._instance, request, provider=self._provider.name,
-                                            caps=self.limits, env=self._own_env))
+        return await self._op(self.manager.engine.run_in(self._instance, request, provider=self._provider.name,
+                                                         caps=self.limits, env=self._own_env))
 
     async def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
-        """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its
-        state between calls: ``run_code("x = 41")`` then ``run_code("x + 1").text == "42"``. Rich outputs
-        (text/plain, text/html, image/png of matplotlib figures...), stdout, stderr and the exception come
-        back as data in a CellResult. ``timeout_s`` (default and maximum: the sandbox's ``wall_time_s``) is
-        the cell's: past it the cell is interrupted, and the kernel killed if it does not stop; a kernel that
-        died is replaced by the next call, whose result says so (``restarted``). The sandbox lives on."""
         gone = f"sandbox {self.id} was destroyed during the cell"
         try:
             result = await self._op(self._kernel.run(code, timeout_s))
@@ -507,7 +471,6 @@ class AsyncSandbox:
 
     # ------------------------------------------------------------------ ending
     async def destroy(self) -> None:
-        """Kill everything in the sandbox and remove every trace of it. Idempotent."""
         if self._destroyed:
             return
         self._destroyed = True
@@ -526,222 +489,11 @@ class AsyncSandbox:
         return f"<AsyncSandbox {self.id} {self.language} labels={self.labels} {state}>"
 
 
-# ---------------------------------------------------------------------------------------------- sync facade
+class Sandbox(BlockingSandbox[AsyncSandbox]):
+    """A persistent sandbox (blocking): ``AsyncSandbox``'s names, signatures and docstrings (the one blocking
+    facade, ``execbox.blocking``); ``create``/``get_or_create``/``get``/``find``/``list`` take ``manager=``."""
 
-class _Portal:
-    """One event loop on a daemon thread that every sync Sandbox runs on: a sandbox outlives any single
-    call, and its processes are started from a thread that lives as long as the program (the local
-    provider's launcher dies with the thread that started it)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.call_soon(ready.set)
-            self.loop.run_forever()
-
-        threading.Thread(target=run, name="execbox-sandbox-portal", daemon=True).start()
-        ready.wait()
-
-    def call(self, aw: Awaitable[T]) -> T:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            raise RuntimeError("a sync Sandbox method was called from its own event loop; use AsyncSandbox")
-
-        async def wrap() -> T:
-            return await aw
-
-        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result()
+    _backend = AsyncSandbox
 
 
-@functools.cache
-def _portal() -> _Portal:
-    return _Portal()
-
-
-class Files:
-    """A sandbox's workdir (blocking): the same methods as ``AsyncFiles``."""
-
-    def __init__(self, files: AsyncFiles) -> None:
-        self._files = files
-
-    def write(self, path: str, data: str | bytes) -> None:
-        """Create or replace a file (text is written as UTF-8); parent directories are made."""
-        return _portal().call(self._files.write(path, data))
-
-    def read(self, path: str, max_bytes: int | None = None) -> bytes:
-        """A file's bytes (at most ``max_bytes``, default the sandbox's disk size). NotFoundError when it
-        does not exist, is not a regular file, or its path leads out of the workdir."""
-        return _portal().call(self._files.read(path, max_bytes))
-
-    def list(self, path: str = ".") -> builtins.list[FileInfo]:
-        """The entries of a workdir directory, sorted by name."""
-        return _portal().call(self._files.list(path))
-
-    def remove(self, path: str) -> bool:
-        """Remove a file, symlink or directory tree; False when nothing was there."""
-        return _portal().call(self._files.remove(path))
-
-
-class Sandbox:
-    """A persistent sandbox (blocking): the same names and signatures as ``AsyncSandbox``."""
-
-    def __init__(self, sb: AsyncSandbox) -> None:
-        self._sb = sb
-        self.files = Files(sb.files)
-
-    @property
-    def id(self) -> str:
-        return self._sb.id
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return self._sb.labels
-
-    @property
-    def language(self) -> str:
-        return self._sb.language
-
-    @property
-    def alive(self) -> bool:
-        return self._sb.alive
-
-    @classmethod
-    def create(cls, language: str = "python", *, labels: Mapping[str, str] | None = None,
-               ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-               provider: str | None = None, env: Mapping[str, str] | None = None) -> Sandbox:
-        """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
-        ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
-        ``env`` variables of every exec."""
-        return cls(_portal().call(AsyncSandbox.create(language, labels=labels, ttl_s=ttl_s,
-                                                      max_lifetime_s=max_lifetime_s, limits=limits,
-                                                      provider=provider, env=env)))
-
-    @classmethod
-    def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
-                      max_lifetime_s: float | None = None, limits: Limits | None = None,
-                      provider: str | None = None, env: Mapping[str, str] | None = None) -> Sandbox:
-        """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
-        return cls(_portal().call(AsyncSandbox.get_or_create(labels, language=language, ttl_s=ttl_s,
-                                                             max_lifetime_s=max_lifetime_s, limits=limits,
-                                                             provider=provider, env=env)))
-
-    @classmethod
-    def find(cls, labels: Mapping[str, str]) -> Sandbox | None:
-        """The most recently used live sandbox whose labels include ``labels``, or None."""
-        sb = _portal().call(AsyncSandbox.find(labels))
-        return None if sb is None else cls(sb)
-
-    @classmethod
-    def list(cls, labels: Mapping[str, str] | None = None) -> builtins.list[Sandbox]:
-        """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
-        return [cls(sb) for sb in _portal().call(AsyncSandbox.list(labels))]
-
-    @classmethod
-    def get(cls, sandbox_id: str) -> Sandbox:
-        """The live sandbox with this id; NotFoundError when there is none."""
-        return cls(_portal().call(AsyncSandbox.get(sandbox_id)))
-
-    def exec(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
-             cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
-        """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
-        its result. Files and background processes persist between execs; each exec has its own limits
-        and a runaway one is killed (with everything it started) while the sandbox lives on. The command
-        failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
-        return _portal().call(self._sb.exec(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits, check=check))
-
-    def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
-               cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
-        """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
-        "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
-        kills the command."""
-        agen = self._sb.stream(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits)
-        portal = _portal()
-        try:
-            while True:
-                try:
-                    yield portal.call(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            portal.call(agen.aclose())  # type: ignore[attr-defined]
-
-    def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
-            files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
-            stdin: str | bytes | None = "", args: Sequence[str] | None = (),
-            env: Mapping[str, str] | None = None, limits: Limits | None = None,
-            arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
-            check: bool = False) -> ExecutionResult:
-        return _portal().call(self._sb.run(code, language=language, version=version, files=files, entry=entry,
-                                           stdin=stdin, args=args, env=env, limits=limits, arguments=arguments,
-                                           command=command, check=check))
-
-    def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
-        """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its
-        state between calls: ``run_code("x = 41")`` then ``run_code("x + 1").text == "42"``. Rich outputs
-        (text/plain, text/html, image/png of matplotlib figures...), stdout, stderr and the exception come
-        back as data in a CellResult. ``timeout_s`` (default and maximum: the sandbox's ``wall_time_s``) is
-        the cell's: past it the cell is interrupted, and the kernel killed if it does not stop; a kernel that
-        died is replaced by the next call, whose result says so (``restarted``). The sandbox lives on."""
-        return _portal().call(self._sb.run_code(code, timeout_s=timeout_s))
-
-    def destroy(self) -> None:
-        """Kill everything in the sandbox and remove every trace of it. Idempotent."""
-        _portal().call(self._sb.destroy())
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.destroy()
-
-    def __repr__(self) -> str:
-        return repr(self._sb).replace("AsyncSandbox", "Sandbox", 1)
-
-
-Sandbox.run.__doc__ = AsyncSandbox.run.__doc__
-
-
-# ---------------------------------------------------------------------------------------------- run_many
-
-async def arun_many(commands: Sequence[Command], language: str = "bash", *,
-                    files: Mapping[str, str | bytes] | None = None, env: Mapping[str, str] | None = None,
-                    limits: Limits | None = None, provider: str | None = None,
-                    stop_on_error: bool = False) -> list[ExecutionResult]:
-    """Run ``commands`` one after another in one throwaway sandbox (files and processes persist between
-    them) and return their results, in order; with ``stop_on_error`` the first result that is not ``ok``
-    is the last. ``files`` are written into the workdir first. The sandbox is destroyed at the end."""
-    if isinstance(commands, str):
-        raise RequestError("commands is a list of commands (a single string would run one per character)")
-    for name in files or {}:
-        check_file_name(name)  # before any sandbox is made
-    results: list[ExecutionResult] = []
-    async with await AsyncSandbox.create(language, limits=limits, provider=provider, env=env) as sb:
-        for name, data in (files or {}).items():
-            await sb.files.write(name, data)
-        for cmd in commands:
-            r = await sb.exec(cmd)
-            results.append(r)
-            if stop_on_error and not r.ok:
-                break
-    return results
-
-
-def run_many(commands: Sequence[Command], language: str = "bash", *,
-             files: Mapping[str, str | bytes] | None = None, env: Mapping[str, str] | None = None,
-             limits: Limits | None = None, provider: str | None = None,
-             stop_on_error: bool = False) -> list[ExecutionResult]:
-    """Run ``commands`` one after another in one throwaway sandbox (files and processes persist between
-    them) and return their results, in order; with ``stop_on_error`` the first result that is not ``ok``
-    is the last. ``files`` are written into the workdir first. The sandbox is destroyed at the end."""
-    return _portal().call(arun_many(commands, language, files=files, env=env, limits=limits, provider=provider,
-                                    stop_on_error=stop_on_error))
-
-
-__all__ = ["AsyncFiles", "AsyncSandbox", "Files", "Sandbox", "SandboxManager", "arun_many", "default_manager",
-           "run_many"]
+__all__ = ["AsyncFiles", "AsyncSandbox", "Files", "Sandbox", "SandboxManager", "default_manager"]
