@@ -143,3 +143,27 @@ async def test_a_provider_failure_is_a_sandbox_error(manager) -> None:
     with pytest.raises(SandboxError, match="provider 'mock' failed: disk on fire"):
         [e async for e in sb.stream("true")]
     await manager.aclose()
+
+
+def test_the_blocking_facade_runs_the_implementations_and_manager_is_the_one_passed(manager) -> None:
+    """execbox.Sandbox over AsyncSandbox: each method reaches the sandbox's own (not the protocol's stub), and
+    manager= keeps everything in that manager (the library's default one is left alone)."""
+    from execbox import Sandbox
+    from execbox.sandbox import default_manager
+
+    before = len(default_manager())
+    with Sandbox.create("python", labels={"b": "1"}, manager=manager) as sb:
+        assert sb.exec("echo hi").stdout == "/bin/sh -c echo hi\n"
+        sb.files.write("a.txt", "x")
+        assert sb.files.read("a.txt") == b"x" and [f.name for f in sb.files.list()] == ["a.txt"]
+        assert sb.run("print(1)").stdout == "python3 main.py\n"
+        assert [e.type for e in sb.stream("true")] == ["stdout", "exit"]
+        assert sb.files.remove("a.txt") and not sb.files.remove("a.txt")
+        assert len(manager) == 1 and len(default_manager()) == before
+        assert Sandbox.get(sb.id, manager=manager).id == sb.id
+        assert Sandbox.find({"b": "1"}, manager=manager).id == sb.id  # type: ignore[union-attr]
+        assert [s.id for s in Sandbox.list(manager=manager)] == [sb.id]
+        assert Sandbox.get_or_create({"b": "1"}, manager=manager).id == sb.id
+        assert Sandbox.find({"b": "1"}) is None  # not in the default manager
+        assert repr(sb).startswith("<Sandbox sb_")
+    assert not sb.alive and len(manager) == 0

@@ -62,11 +62,14 @@ def call(aw: Awaitable[T]) -> T:
 
 
 def twin(fn: Callable[Concatenate[Any, P], Awaitable[T]]) -> Callable[Concatenate[Any, P], T]:
-    """The blocking twin of the async method ``fn``, as a method of a class whose ``_async`` is the object
-    that ``fn`` runs on: the same parameters (for mypy and ``inspect.signature``) and docstring."""
+    """The blocking twin of the async method ``fn`` (a protocol's, or a class's), as a method of a class whose
+    ``_async`` has a method of that name: the same parameters (for mypy and ``inspect.signature``) and
+    docstring; the call goes to ``_async``'s own method (an implementation's, never the protocol's stub)."""
+    name = fn.__name__
+
     @functools.wraps(fn)
     def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
-        return call(fn(self._async, *args, **kwargs))
+        return call(getattr(self._async, name)(*args, **kwargs))
     return method
 
 

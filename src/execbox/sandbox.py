@@ -7,9 +7,8 @@
             ...
     sb = await AsyncSandbox.get_or_create(labels={"project": "demo"})
 
-``Sandbox`` is the blocking facade (``execbox.blocking``) with the same names and signatures; both follow
-``execbox.protocol``, as the remote client's sandboxes do. ``sb.run(code, language=...)`` compiles and runs a
-program in the sandbox through the engine's steps (``Engine.run_in``).
+``Sandbox`` is the blocking facade (``execbox.blocking``); both follow ``execbox.protocol``, as the remote
+client's do. ``sb.run(code, language=...)`` compiles and runs a program in it (``Engine.run_in``).
 
 ``SandboxManager`` is the registry behind them, provider-agnostic: live sandboxes by id, labels and owner
 (another owner's is NotFoundError, as if it did not exist: the HTTP service passes each API key as owner),
@@ -34,7 +33,6 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from execbox.api import program_request
@@ -138,8 +136,8 @@ class SandboxManager:
             raise RequestError(f"provider {prov.name!r} cannot keep sandboxes (no persistent instances)")
         self._reserve(owner)
         try:
-            instance = await engine.start(prov, engine.instance_spec(applied, (lang.compile, lang.run),
-                                                                     persistent=True))
+            spec = engine.instance_spec(applied, (lang.compile, lang.run), persistent=True)
+            instance = await engine.start(prov, spec)
             sb = AsyncSandbox(_token=_TOKEN, manager=self, instance=instance, provider=prov, language=lang.name,
                               lang_env=dict(lang.env), env=dict(env or {}), labels=labels, limits=applied,
                               ttl_s=ttl, max_lifetime_s=lifetime, owner=owner)
@@ -262,6 +260,10 @@ def _destroy_all_at_exit() -> None:
 _TOKEN = object()
 
 
+def _manager(manager: SandboxManager | None) -> SandboxManager:  # not `or`: a manager with no sandboxes is falsy
+    return default_manager() if manager is None else manager
+
+
 @implements(AsyncFilesProtocol)
 class AsyncFiles:
     """A sandbox's workdir, from the host: paths are relative to it; symlinks never lead out of it."""
@@ -322,31 +324,30 @@ class AsyncSandbox:
                      ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
                      provider: str | None = None, env: Mapping[str, str] | None = None,
                      manager: SandboxManager | None = None) -> AsyncSandbox:
-        return await (manager or default_manager()).create(language, labels=labels, ttl_s=ttl_s,
-                                                           max_lifetime_s=max_lifetime_s, limits=limits,
-                                                           provider=provider, env=env)
+        return await _manager(manager).create(language, labels=labels, ttl_s=ttl_s, max_lifetime_s=max_lifetime_s,
+                                              limits=limits, provider=provider, env=env)
 
     @classmethod
     async def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
                             max_lifetime_s: float | None = None, limits: Limits | None = None,
                             provider: str | None = None, env: Mapping[str, str] | None = None,
                             manager: SandboxManager | None = None) -> AsyncSandbox:
-        return await (manager or default_manager()).get_or_create(labels, language=language, ttl_s=ttl_s,
-                                                                  max_lifetime_s=max_lifetime_s, limits=limits,
-                                                                  provider=provider, env=env)
+        return await _manager(manager).get_or_create(labels, language=language, ttl_s=ttl_s,
+                                                     max_lifetime_s=max_lifetime_s, limits=limits, provider=provider,
+                                                     env=env)
 
     @classmethod
     async def find(cls, labels: Mapping[str, str], *, manager: SandboxManager | None = None) -> AsyncSandbox | None:
-        return (manager or default_manager()).find(labels)
+        return _manager(manager).find(labels)
 
     @classmethod
-    async def list(cls, labels: Mapping[str, str] | None = None, *,
-                   manager: SandboxManager | None = None) -> builtins.list[AsyncSandbox]:
-        return (manager or default_manager()).list(labels)
+    async def list(cls, labels: Mapping[str, str] | None = None, *, manager: SandboxManager | None = None
+                   ) -> builtins.list[AsyncSandbox]:
+        return _manager(manager).list(labels)
 
     @classmethod
     async def get(cls, sandbox_id: str, *, manager: SandboxManager | None = None) -> AsyncSandbox:
-        return (manager or default_manager()).get(sandbox_id)
+        return _manager(manager).get(sandbox_id)
 
     # ------------------------------------------------------------------ state
     @property
@@ -480,13 +481,11 @@ class AsyncSandbox:
     async def __aenter__(self) -> AsyncSandbox:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.destroy()
 
     def __repr__(self) -> str:
-        state = "alive" if self.alive else "destroyed"
-        return f"<AsyncSandbox {self.id} {self.language} labels={self.labels} {state}>"
+        return f"<AsyncSandbox {self.id} {self.language} labels={self.labels} {'alive' if self.alive else 'destroyed'}>"
 
 
 class Sandbox(BlockingSandbox[AsyncSandbox]):
