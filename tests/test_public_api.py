@@ -20,12 +20,14 @@ from execbox.providers.mock import MockProvider, echo
 from execbox.providers.registry import ProviderRegistry
 
 EXPECTED_ALL = [
+    "AsyncClient",
     "AsyncSandbox",
     "AuthenticationError",
     "CapacityError",
     "CellError",
     "CellResult",
     "CellStatus",
+    "Client",
     "Engine",
     "ExecEvent",
     "ExecboxError",
@@ -58,6 +60,7 @@ EXPECTED_ALL = [
     "execute_code",
     "run",
     "run_many",
+    "testing",
 ]
 
 PAIRS = [(execbox.run, execbox.arun), (execbox.execute_code, execbox.aexecute_code),
@@ -361,3 +364,40 @@ def test_bad_requests_raise_request_error_not_a_pydantic_error(mock, kwargs) -> 
 def test_execute_code_bad_timeout_is_a_request_error(mock, timeout) -> None:
     with pytest.raises(execbox.RequestError, match="invalid timeout"):
         execbox.execute_code("x", timeout=timeout)
+
+
+# --- execbox.testing: what a user needs to test code that uses execbox -----------------------------------------
+
+
+def test_testing_mocked_runs_the_librarys_entry_points_on_the_mock(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("EXECBOX_LANGUAGES_DIR", str(tmp_path))
+    from execbox import testing
+
+    def grader(spec: ExecSpec, files: dict[str, bytes]) -> ProcessOutcome:
+        return testing.outcome(stdout=b"42\n" if b"print(42)" in files.get("main.py", b"") else b"", exit_code=0)
+
+    real = api.default_engine
+    with testing.mocked(grader) as provider:
+        assert execbox.run("print(42)").stdout == "42\n"
+        assert execbox.run("print(1)").stdout == ""
+        with execbox.Sandbox.create("python") as sb:
+            assert sb.run("print(42)").stdout == "42\n" and sb.files.read("main.py") == b"print(42)"
+        assert execbox.run_many(["true"])[0].provider == "mock"
+        assert provider.calls[0].argv == ("python3", "main.py") and len(provider.instances) == 4
+    assert api.default_engine is real
+    stopped = testing.outcome(stopped_by=testing.StopReason.WALL_TIME, exit_code=-1)
+    engine = testing.mock_engine(lambda spec, files: stopped)
+    assert asyncio.run(engine.execute(execbox.ExecutionRequest(language="python", code="1"))).status is \
+        execbox.Status.TIMEOUT
+    manager = testing.mock_manager(max_sandboxes=1)
+    sb = execbox.Sandbox.create("bash", manager=manager)
+    with pytest.raises(execbox.CapacityError):
+        execbox.Sandbox.create("bash", manager=manager)
+    assert sb.exec("echo hi").stdout == "/bin/sh -c echo hi\n"
+    sb.destroy()
+
+
+def test_client_and_async_client_are_the_remote_clients() -> None:
+    assert execbox.Client is client_module.Client and execbox.AsyncClient is client_module.AsyncClient
+    assert isinstance(execbox.connect("http://127.0.0.1:1"), execbox.Client)
+    assert isinstance(execbox.aconnect("http://127.0.0.1:1"), execbox.AsyncClient)
