@@ -10,13 +10,15 @@
         async with await client.AsyncSandbox.create("python") as sb: ...
 
 Code written against ``execbox.Sandbox`` / ``AsyncSandbox`` runs unchanged against ``client.Sandbox`` /
-``aclient.AsyncSandbox``: the same names, signatures, results and exceptions. HTTP errors become execbox's
-exceptions: 401/403 AuthenticationError, 404 NotFoundError, 400/413/422 RequestError (UnknownLanguageError for
-an unknown language), 429 (and 503 with Retry-After: the server's queue is full) CapacityError, other 503
-ProviderUnavailable, other 5xx SandboxError, no server answering ServerUnreachable, a broken connection or no
-answer within ``timeout`` SandboxError. What differs from in-process sandboxes: they live on the server (they
-outlive the client until their TTL, and a key sees only its own), ``alive`` is what this object knows (a
-sandbox the server reaped raises NotFoundError at its next use), and stdin given as bytes must be UTF-8.
+``aclient.AsyncSandbox``: the same names, signatures, results and exceptions (both implement
+``execbox.protocol``; the blocking faces are ``execbox.blocking``'s). HTTP errors (``execbox.transport``)
+become execbox's exceptions: 401/403 AuthenticationError, 404 NotFoundError, 400/413/422 RequestError
+(UnknownLanguageError for an unknown language), 429 (and 503 with Retry-After: the server's queue is full)
+CapacityError, other 503 ProviderUnavailable, other 5xx SandboxError, no server answering ServerUnreachable,
+a broken connection or no answer within ``timeout`` SandboxError. What differs from in-process sandboxes:
+they live on the server (they outlive the client until their TTL, and a key sees only its own), ``alive`` is
+what this object knows (a sandbox the server reaped raises NotFoundError at its next use), and stdin given as
+bytes must be UTF-8.
 
 The url defaults to ``EXECBOX_URL`` or http://127.0.0.1:8002; the key to the first of ``EXECBOX_API_KEY``,
 else the dev key a local server wrote (``$EXECBOX_DATA_DIR/dev-api-key``, default
