@@ -67,9 +67,10 @@ def twin(fn: Callable[Concatenate[Any, P], Awaitable[T]]) -> Callable[Concatenat
     docstring; the call goes to ``_async``'s own method (an implementation's, never the protocol's stub)."""
     name = fn.__name__
 
-    @functools.wraps(fn)
-    def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
-        return call(getattr(self._async, name)(*args, **kwargs))
+    def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        own: Callable[P, Awaitable[T]] = getattr(self._async, name)
+        return call(own(*args, **kwargs))
+    functools.update_wrapper(method, fn)  # its name, docstring and __wrapped__ (inspect.signature follows it)
     return method
 
 
