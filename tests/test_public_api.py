@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+from typing import Any
 
 import pytest
 
 import execbox
-from execbox import api
+from execbox import api, blocking, protocol
+from execbox import client as client_module
 from execbox import sandbox as sandbox_module
 from execbox.engine import Engine
 from execbox.languages import LanguageRegistry
@@ -18,12 +20,14 @@ from execbox.providers.mock import MockProvider, echo
 from execbox.providers.registry import ProviderRegistry
 
 EXPECTED_ALL = [
+    "AsyncClient",
     "AsyncSandbox",
     "AuthenticationError",
     "CapacityError",
     "CellError",
     "CellResult",
     "CellStatus",
+    "Client",
     "Engine",
     "ExecEvent",
     "ExecboxError",
@@ -56,6 +60,7 @@ EXPECTED_ALL = [
     "execute_code",
     "run",
     "run_many",
+    "testing",
 ]
 
 PAIRS = [(execbox.run, execbox.arun), (execbox.execute_code, execbox.aexecute_code),
@@ -120,37 +125,82 @@ def test_sync_async_pairs_cover_the_public_functions() -> None:
         assert n.removeprefix("a") in public
 
 
-def _public_methods(cls: type) -> dict[str, object]:
-    return {n: inspect.getattr_static(cls, n) for n in dir(cls) if not n.startswith("_")}
+# --- the sandbox API: every implementation against the one protocol (execbox.protocol) ----------------------
+
+MANAGER = inspect.Parameter("manager", inspect.Parameter.KEYWORD_ONLY, default=None,
+                            annotation=sandbox_module.SandboxManager | None)
+OPTIONS = inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation=Any)
+
+
+def _params(f: Any) -> list[tuple[str, Any, Any, Any]]:
+    sig = inspect.signature(f, eval_str=True)
+    return [(p.name, p.kind, p.default, p.annotation) for p in sig.parameters.values() if p.name not in ("self", "cls")]
+
+
+def _callables(cls: type) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_") and (
+        callable(inspect.getattr_static(cls, n)) or isinstance(inspect.getattr_static(cls, n), classmethod))}
+
+
+# (protocol, implementation, blocking?, the parameter an implementation adds to every method: None for none)
+IMPLEMENTATIONS = [
+    (protocol.AsyncFilesProtocol, sandbox_module.AsyncFiles, False, None),
+    (protocol.AsyncFilesProtocol, client_module.RemoteAsyncFiles, False, None),
+    (protocol.AsyncFilesProtocol, blocking.Files, True, None),
+    (protocol.AsyncSandboxProtocol, execbox.AsyncSandbox, False, None),
+    (protocol.AsyncSandboxProtocol, client_module.RemoteAsyncSandbox, False, None),
+    (protocol.AsyncSandboxProtocol, execbox.Sandbox, True, None),
+    (protocol.AsyncSandboxProtocol, client_module.RemoteSandbox, True, None),
+    (protocol.AsyncSandboxesProtocol, execbox.AsyncSandbox, False, MANAGER),  # its classmethods
+    (protocol.AsyncSandboxesProtocol, client_module.AsyncSandboxes, False, None),
+    (protocol.AsyncSandboxesProtocol, execbox.Sandbox, True, OPTIONS),  # the backend's (here manager=)
+    (protocol.AsyncSandboxesProtocol, client_module.RemoteSandbox, True, OPTIONS),
+]
+
+
+@pytest.mark.parametrize(("proto", "impl", "blocks", "extra"), IMPLEMENTATIONS,
+                         ids=[f"{p.__name__}-{i.__module__}.{i.__name__}" for p, i, _, _ in IMPLEMENTATIONS])
+def test_every_implementation_follows_the_protocol(proto: type, impl: type, blocks: bool,
+                                                   extra: inspect.Parameter | None) -> None:
+    """The same names, parameters (kinds, defaults, annotations), return types and docstrings as the protocol;
+    coroutines (or async generators) in the async implementations, plain functions (or generators) in the
+    blocking ones; the constructors are classmethods where the implementation is a sandbox class."""
+    methods = protocol.members(proto)
+    assert set(methods) <= _callables(impl) | {"alive", "files"}
+    for name, spec in methods.items():
+        if name in ("alive", "files"):  # properties, or attributes set per sandbox: checked on live ones
+            continue
+        fn = getattr(impl, name)
+        if blocks:
+            assert not inspect.iscoroutinefunction(fn) and not inspect.isasyncgenfunction(fn), name
+        else:
+            assert inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn), name
+        want = _params(spec)
+        if extra is not None:
+            want.append((extra.name, extra.kind, extra.default, extra.annotation))
+        assert _params(fn) == want, name
+        assert fn.__doc__ == spec.__doc__ and spec.__doc__, name
+        if proto is protocol.AsyncSandboxesProtocol:
+            # a sandbox class's classmethods, or (the client's AsyncSandbox) an object's methods
+            assert isinstance(inspect.getattr_static(impl, name), classmethod) == (
+                impl is not client_module.AsyncSandboxes), name
+        else:
+            ret = str(inspect.signature(spec, eval_str=True).return_annotation)
+            got = str(inspect.signature(fn, eval_str=True).return_annotation)
+            assert got == (ret.replace("AsyncIterator", "Iterator") if blocks else ret), name
 
 
 @pytest.mark.parametrize(("sync_cls", "async_cls"), [(execbox.Sandbox, execbox.AsyncSandbox),
                                                      (sandbox_module.Files, sandbox_module.AsyncFiles)])
 def test_sandbox_sync_async_parity(sync_cls: type, async_cls: type) -> None:
-    """Sandbox and AsyncSandbox (and their files) expose the same names with the same signatures: every
-    coroutine (or async generator) of the async class is a plain function (or generator) of the sync one."""
-    s_members, a_members = _public_methods(sync_cls), _public_methods(async_cls)
-    a_methods = {n for n, m in a_members.items() if isinstance(m, (classmethod, staticmethod)) or callable(m)}
-    s_methods = {n for n, m in s_members.items() if isinstance(m, (classmethod, staticmethod)) or callable(m)}
-    assert a_methods == s_methods
-    for name in a_methods:
-        sm, am = getattr(sync_cls, name), getattr(async_cls, name)
-        assert isinstance(s_members[name], classmethod) == isinstance(a_members[name], classmethod), name
-        assert not inspect.iscoroutinefunction(sm) and not inspect.isasyncgenfunction(sm), name
-        assert inspect.iscoroutinefunction(am) or inspect.isasyncgenfunction(am), name
-        ss, sa = inspect.signature(sm, eval_str=True), inspect.signature(am, eval_str=True)
-        assert list(ss.parameters) == list(sa.parameters), name
-        for p in sa.parameters:
-            sp, ap = ss.parameters[p], sa.parameters[p]
-            assert (sp.kind, sp.default, sp.annotation) == (ap.kind, ap.default, ap.annotation), (name, p)
-        assert sm.__doc__ == am.__doc__, name
-        ret_s, ret_a = str(ss.return_annotation), str(sa.return_annotation)
-        expected = ret_a.replace("AsyncSandbox", "Sandbox").replace("AsyncIterator", "Iterator")
-        assert ret_s == expected, (name, ret_s, ret_a)
-    # properties and attributes that describe a sandbox
-    if sync_cls is execbox.Sandbox:
-        for attr in ("id", "labels", "language", "alive", "files"):
-            assert hasattr(sync_cls, attr) or attr == "files", attr
+    """Sandbox and AsyncSandbox (and their files) expose the same names: every coroutine (or async generator)
+    of the async class is a plain function (or generator) of the sync one, a classmethod where it is one."""
+    assert _callables(sync_cls) == _callables(async_cls)
+    for name in _callables(async_cls):
+        a_static, s_static = inspect.getattr_static(async_cls, name), inspect.getattr_static(sync_cls, name)
+        assert isinstance(s_static, classmethod) == isinstance(a_static, classmethod), name
+    for attr in ("id", "labels", "language", "alive"):
+        assert hasattr(execbox.Sandbox, attr), attr
 
 
 def test_run_signature_is_pinned() -> None:
@@ -322,3 +372,40 @@ def test_bad_requests_raise_request_error_not_a_pydantic_error(mock, kwargs) -> 
 def test_execute_code_bad_timeout_is_a_request_error(mock, timeout) -> None:
     with pytest.raises(execbox.RequestError, match="invalid timeout"):
         execbox.execute_code("x", timeout=timeout)
+
+
+# --- execbox.testing: what a user needs to test code that uses execbox -----------------------------------------
+
+
+def test_testing_mocked_runs_the_librarys_entry_points_on_the_mock(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("EXECBOX_LANGUAGES_DIR", str(tmp_path))
+    from execbox import testing
+
+    def grader(spec: ExecSpec, files: dict[str, bytes]) -> ProcessOutcome:
+        return testing.outcome(stdout=b"42\n" if b"print(42)" in files.get("main.py", b"") else b"", exit_code=0)
+
+    real = api.default_engine
+    with testing.mocked(grader) as provider:
+        assert execbox.run("print(42)").stdout == "42\n"
+        assert execbox.run("print(1)").stdout == ""
+        with execbox.Sandbox.create("python") as sb:
+            assert sb.run("print(42)").stdout == "42\n" and sb.files.read("main.py") == b"print(42)"
+        assert execbox.run_many(["true"])[0].provider == "mock"
+        assert provider.calls[0].argv == ("python3", "main.py") and len(provider.instances) == 4
+    assert api.default_engine is real
+    stopped = testing.outcome(stopped_by=testing.StopReason.WALL_TIME, exit_code=-1)
+    engine = testing.mock_engine(lambda spec, files: stopped)
+    assert asyncio.run(engine.execute(execbox.ExecutionRequest(language="python", code="1"))).status is \
+        execbox.Status.TIMEOUT
+    manager = testing.mock_manager(max_sandboxes=1)
+    sb = execbox.Sandbox.create("bash", manager=manager)
+    with pytest.raises(execbox.CapacityError):
+        execbox.Sandbox.create("bash", manager=manager)
+    assert sb.exec("echo hi").stdout == "/bin/sh -c echo hi\n"
+    sb.destroy()
+
+
+def test_client_and_async_client_are_the_remote_clients() -> None:
+    assert execbox.Client is client_module.Client and execbox.AsyncClient is client_module.AsyncClient
+    assert isinstance(execbox.connect("http://127.0.0.1:1"), execbox.Client)
+    assert isinstance(execbox.aconnect("http://127.0.0.1:1"), execbox.AsyncClient)

@@ -14,7 +14,6 @@ import pytest
 from tests.providers import docker_provider_or_skip, local_provider
 
 from execbox import AsyncSandbox, CellResult, CellStatus, Engine, Limits, NotFoundError, RequestError, Sandbox
-from execbox import sandbox as sandbox_module
 from execbox.providers.base import Provider
 from execbox.providers.local import LocalProvider
 from execbox.providers.registry import ProviderRegistry
@@ -60,12 +59,11 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
 
 
 @pytest.fixture
-async def manager(provider: Provider, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SandboxManager]:
-    """A manager on the test provider, installed as the library's default; at the end nothing is left (the
+async def manager(provider: Provider) -> AsyncIterator[SandboxManager]:
+    """A manager on the test provider, passed to each sandbox; at the end nothing is left (the
     kernel and its bridge are background processes of the sandbox: they go with it)."""
     m = SandboxManager(Engine(providers=ProviderRegistry(instances={provider.name: provider},
                                                          default=provider.name)), max_sandboxes=4)
-    monkeypatch.setattr(sandbox_module, "_default", m)
     yield m
     await m.aclose()
     if isinstance(provider, LocalProvider):
@@ -78,7 +76,7 @@ async def manager(provider: Provider, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 
 @pytest.fixture
 async def sb(manager: SandboxManager) -> AsyncIterator[AsyncSandbox]:
-    async with await AsyncSandbox.create("python", limits=LIMITS) as box:
+    async with await AsyncSandbox.create("python", limits=LIMITS, manager=manager) as box:
         yield box
 
 
@@ -152,7 +150,8 @@ async def test_stdout_stderr_and_rich_outputs(sb: AsyncSandbox) -> None:
 
 
 async def test_output_past_the_cap_is_dropped(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("python", limits=LIMITS.model_copy(update={"output_bytes": 64 * 1024})) as sb:
+    limits = LIMITS.model_copy(update={"output_bytes": 64 * 1024})
+    async with await AsyncSandbox.create("python", limits=limits, manager=manager) as sb:
         r = await sb.run_code("for i in range(20000):\n    print('line', i)\n'done'")
         assert r.ok and r.truncated and r.text == "'done'"
         assert r.stdout.startswith("line 0\n") and 10_000 < len(r.stdout) < 64 * 1024
@@ -211,7 +210,8 @@ async def test_a_kernel_that_dies_is_restarted_by_the_next_cell(sb: AsyncSandbox
 
 
 async def test_the_memory_limit_kills_the_kernel_not_the_sandbox(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("python", limits=LIMITS.model_copy(update={"memory_mb": 256})) as sb:
+    limits = LIMITS.model_copy(update={"memory_mb": 256})
+    async with await AsyncSandbox.create("python", limits=limits, manager=manager) as sb:
         await sb.run_code("keep = 1")
         r = await sb.run_code("blob = b'x' * (600 << 20)")
         assert r.status is CellStatus.KERNEL_DIED and r.message is not None and "memory" in r.message
@@ -224,13 +224,14 @@ async def test_bad_input_is_a_request_error(manager: SandboxManager, sb: AsyncSa
     for code, timeout in (("x\0", None), ("\ud800", None), ("1", 0), ("1", -1)):
         with pytest.raises(RequestError):
             await sb.run_code(code, timeout_s=timeout)
-    async with await AsyncSandbox.create("bash", limits=LIMITS) as shell:
+    async with await AsyncSandbox.create("bash", limits=LIMITS, manager=manager) as shell:
         with pytest.raises(RequestError, match="runs Python"):
             await shell.run_code("1")
 
 
 async def test_limits_too_small_for_a_kernel_are_the_requests_error(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("python", limits=LIMITS.model_copy(update={"memory_mb": 16})) as sb:
+    limits = LIMITS.model_copy(update={"memory_mb": 16})
+    async with await AsyncSandbox.create("python", limits=limits, manager=manager) as sb:
         with pytest.raises(RequestError, match="could not start within this sandbox's limits"):
             await sb.run_code("1")
         assert (await sb.exec("echo alive")).stdout == "alive\n"
@@ -246,7 +247,7 @@ async def test_a_sandbox_destroyed_during_a_cell_is_not_found(sb: AsyncSandbox) 
 
 
 def test_the_sync_facade(manager: SandboxManager) -> None:
-    with Sandbox.create("python", limits=LIMITS) as box:
+    with Sandbox.create("python", limits=LIMITS, manager=manager) as box:
         assert box.run_code("x = 41").ok
         assert box.run_code("x + 1").text == "42"
         assert box.run_code("1 / 0").error is not None

@@ -28,7 +28,6 @@ from execbox import (
     Sandbox,
     Status,
 )
-from execbox import sandbox as sandbox_module
 from execbox.providers.base import Provider
 from execbox.providers.docker import DockerProvider
 from execbox.providers.local import LocalProvider
@@ -53,11 +52,10 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
 
 
 @pytest.fixture
-async def manager(provider: Provider, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SandboxManager]:
-    """A manager on the test provider, installed as the library's default (so AsyncSandbox.create uses it)."""
+async def manager(provider: Provider) -> AsyncIterator[SandboxManager]:
+    """A manager on the test provider: each test passes it (``AsyncSandbox.create(..., manager=manager)``)."""
     m = SandboxManager(Engine(providers=ProviderRegistry(instances={provider.name: provider}, default=provider.name)),
                        max_sandboxes=4, reap_interval_s=0.1)
-    monkeypatch.setattr(sandbox_module, "_default", m)
     yield m
     await m.aclose()
     assert len(m) == 0
@@ -73,7 +71,7 @@ async def manager(provider: Provider, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 
 
 async def test_files_and_a_background_process_persist_across_execs(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("python", labels={"t": "state"}, limits=LIMITS) as sb:
+    async with await AsyncSandbox.create("python", labels={"t": "state"}, limits=LIMITS, manager=manager) as sb:
         r = await sb.exec("echo hello > note.txt && (sleep 300 > /dev/null 2>&1 &) && echo started")
         assert r.status is Status.OK and r.stdout == "started\n", r
         r = await sb.exec(f"cat note.txt; ({PS}) | grep -c '^sleep 300'")
@@ -90,7 +88,7 @@ async def test_files_and_a_background_process_persist_across_execs(manager: Sand
 
 
 async def test_a_runaway_exec_is_killed_with_its_tree_and_the_sandbox_lives_on(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+    async with await AsyncSandbox.create("bash", limits=LIMITS, manager=manager) as sb:
         assert (await sb.exec("(sleep 300 > /dev/null 2>&1 &); echo ok")).ok  # survives: a finished exec's
         t = time.monotonic()
         r = await sb.exec("sleep 200 > /dev/null 2>&1 & sleep 100", limits=Limits(wall_time_s=1))
@@ -104,7 +102,7 @@ async def test_a_runaway_exec_is_killed_with_its_tree_and_the_sandbox_lives_on(m
 
 
 async def test_per_exec_memory_pids_and_output_limits(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("python", limits=LIMITS) as sb:
+    async with await AsyncSandbox.create("python", limits=LIMITS, manager=manager) as sb:
         r = await sb.exec(["python3", "-c", "b = bytearray(200 * 1024 * 1024); print(len(b))"],
                           limits=Limits(memory_mb=64))
         assert r.status is Status.MEMORY_LIMIT, r
@@ -120,7 +118,7 @@ async def test_per_exec_memory_pids_and_output_limits(manager: SandboxManager) -
 
 
 async def test_concurrent_execs_in_one_sandbox(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+    async with await AsyncSandbox.create("bash", limits=LIMITS, manager=manager) as sb:
         t = time.monotonic()
         rs = await asyncio.gather(*(sb.exec(f"sleep 1; echo {i}") for i in range(4)),
                                   sb.exec("sleep 30", limits=Limits(wall_time_s=1.5)))
@@ -130,7 +128,7 @@ async def test_concurrent_execs_in_one_sandbox(manager: SandboxManager) -> None:
 
 
 async def test_per_exec_limits_never_widen_the_sandbox(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("python", limits=Limits(wall_time_s=1, memory_mb=64)) as sb:
+    async with await AsyncSandbox.create("python", limits=Limits(wall_time_s=1, memory_mb=64), manager=manager) as sb:
         r = await sb.exec("sleep 3", limits=Limits(wall_time_s=30))
         assert r.status is Status.TIMEOUT and r.message == "wall time limit of 1.0s exceeded", r
         r = await sb.exec(["python3", "-c", "b = bytearray(100 * 1024 * 1024)"], limits=Limits(memory_mb=1024))
@@ -140,7 +138,7 @@ async def test_per_exec_limits_never_widen_the_sandbox(manager: SandboxManager) 
 async def test_stream_delivers_the_first_chunk_before_the_command_ends(manager: SandboxManager) -> None:
     """The command prints, then waits for a file the test writes only once it has that output: it can end
     (rather than time out) only if the first chunk came while it was running."""
-    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+    async with await AsyncSandbox.create("bash", limits=LIMITS, manager=manager) as sb:
         events: list[ExecEvent] = []
         async for ev in sb.stream("echo first; while [ ! -e release ]; do sleep 0.05; done; echo second >&2; "
                                   "echo third", limits=Limits(wall_time_s=8)):
@@ -166,7 +164,7 @@ async def test_stream_delivers_the_first_chunk_before_the_command_ends(manager: 
 
 
 async def test_files_round_trip_byte_for_byte(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+    async with await AsyncSandbox.create("bash", limits=LIMITS, manager=manager) as sb:
         binary = bytes(range(256)) * 4 + b"\0\r\n\xff"
         await sb.files.write("bin/data.bin", binary)
         assert await sb.files.read("bin/data.bin") == binary
@@ -203,9 +201,9 @@ async def test_files_round_trip_byte_for_byte(manager: SandboxManager) -> None:
 
 
 async def test_idle_ttl_and_max_lifetime_reaping(manager: SandboxManager) -> None:
-    idle = await AsyncSandbox.create("bash", ttl_s=0.5, limits=LIMITS)
-    old = await AsyncSandbox.create("bash", ttl_s=60, max_lifetime_s=4, limits=LIMITS)
-    busy = await AsyncSandbox.create("bash", ttl_s=0.5, limits=LIMITS)
+    idle = await AsyncSandbox.create("bash", ttl_s=0.5, limits=LIMITS, manager=manager)
+    old = await AsyncSandbox.create("bash", ttl_s=60, max_lifetime_s=4, limits=LIMITS, manager=manager)
+    busy = await AsyncSandbox.create("bash", ttl_s=0.5, limits=LIMITS, manager=manager)
     r = await busy.exec("sleep 1.5; echo done")  # an exec in progress is never idle
     assert r.ok and busy.alive, r
     await asyncio.sleep(1.0)
@@ -214,33 +212,34 @@ async def test_idle_ttl_and_max_lifetime_reaping(manager: SandboxManager) -> Non
     assert not old.alive and len(manager) == 0
     with pytest.raises(NotFoundError):
         await old.exec("true")
-    assert await AsyncSandbox.list() == []
+    assert await AsyncSandbox.list(manager=manager) == []
 
 
 async def test_get_or_create_creates_one_under_concurrency(manager: SandboxManager) -> None:
-    sbs = await asyncio.gather(*(AsyncSandbox.get_or_create({"project": "demo"}, language="bash", limits=LIMITS)
+    sbs = await asyncio.gather(*(AsyncSandbox.get_or_create({"project": "demo"}, language="bash", limits=LIMITS,
+                                                            manager=manager)
                                  for _ in range(6)))
     assert len({s.id for s in sbs}) == 1 and len(manager) == 1
-    other = await AsyncSandbox.get_or_create({"project": "other"}, language="bash", limits=LIMITS)
+    other = await AsyncSandbox.get_or_create({"project": "other"}, language="bash", limits=LIMITS, manager=manager)
     assert other.id != sbs[0].id
-    assert (await AsyncSandbox.find({"project": "demo"})) is sbs[0]
-    assert await AsyncSandbox.find({"project": "none"}) is None
-    assert {s.id for s in await AsyncSandbox.list()} == {sbs[0].id, other.id}
-    assert [s.id for s in await AsyncSandbox.list({"project": "other"})] == [other.id]
-    assert (await AsyncSandbox.get(other.id)) is other
+    assert (await AsyncSandbox.find({"project": "demo"}, manager=manager)) is sbs[0]
+    assert await AsyncSandbox.find({"project": "none"}, manager=manager) is None
+    assert {s.id for s in await AsyncSandbox.list(manager=manager)} == {sbs[0].id, other.id}
+    assert [s.id for s in await AsyncSandbox.list({"project": "other"}, manager=manager)] == [other.id]
+    assert (await AsyncSandbox.get(other.id, manager=manager)) is other
     await other.destroy()
     with pytest.raises(NotFoundError):
-        await AsyncSandbox.get(other.id)
-    again = await AsyncSandbox.get_or_create({"project": "demo"})
+        await AsyncSandbox.get(other.id, manager=manager)
+    again = await AsyncSandbox.get_or_create({"project": "demo"}, manager=manager)
     assert again is sbs[0]
 
 
 async def test_count_limits(manager: SandboxManager) -> None:
-    sbs = await asyncio.gather(*(AsyncSandbox.create("bash", limits=LIMITS) for _ in range(4)))
+    sbs = await asyncio.gather(*(AsyncSandbox.create("bash", limits=LIMITS, manager=manager) for _ in range(4)))
     with pytest.raises(CapacityError, match="the maximum is 4"):
-        await AsyncSandbox.create("bash", limits=LIMITS)
+        await AsyncSandbox.create("bash", limits=LIMITS, manager=manager)
     await sbs[0].destroy()
-    async with await AsyncSandbox.create("bash", limits=LIMITS) as sb:
+    async with await AsyncSandbox.create("bash", limits=LIMITS, manager=manager) as sb:
         assert (await sb.exec("echo ok")).ok
     await manager.aclose()
     per_owner = SandboxManager(manager.engine, max_sandboxes=4, max_per_owner=1)
@@ -257,33 +256,50 @@ async def test_count_limits(manager: SandboxManager) -> None:
 
 async def test_run_many_and_unknown_things(manager: SandboxManager) -> None:
     rs = await execbox.arun_many(["echo a > f", "cat f; echo b", "exit 3", "echo after"], limits=LIMITS,
-                                 files={"in.txt": "x"})
+                                 files={"in.txt": "x"}, manager=manager)
     assert [r.status for r in rs] == [Status.OK, Status.OK, Status.RUNTIME_ERROR, Status.OK]
     assert rs[1].stdout == "a\nb\n" and rs[2].exit_code == 3
     rs = await execbox.arun_many(["cat in.txt", "false", "echo never"], files={"in.txt": "x"}, stop_on_error=True,
-                                 limits=LIMITS)
+                                 limits=LIMITS, manager=manager)
     assert [r.stdout for r in rs] == ["x", ""]
     assert len(manager) == 0
     with pytest.raises(execbox.UnknownLanguageError):
-        await AsyncSandbox.create("klingon")
+        await AsyncSandbox.create("klingon", manager=manager)
     with pytest.raises(RequestError):
-        await execbox.arun_many("echo a")  # type: ignore[arg-type]
+        await execbox.arun_many("echo a", manager=manager)  # type: ignore[arg-type]
+
+
+async def test_run_compiles_and_runs_a_program_in_the_sandbox(manager: SandboxManager) -> None:
+    """sb.run: C built and run in a live sandbox, the binary and the files left in its workdir; a compile
+    error is a result; the sandbox's caps bound the run."""
+    limits = LIMITS.model_copy(update={"wall_time_s": 3})
+    async with await AsyncSandbox.create("c", limits=limits, manager=manager) as sb:
+        src = '#include <stdio.h>\n#include "msg.h"\nint main(int c, char **v){ char s[16]; scanf("%15s", s);' \
+              ' printf("%s %s %s\\n", MSG, s, v[1]); return 3; }\n'
+        r = await sb.run(src, files={"msg.h": '#define MSG "built"'}, stdin="in", args=["arg"])
+        assert (r.status, r.exit_code, r.stdout, r.language) == (Status.RUNTIME_ERROR, 3, "built in arg\n", "c"), r
+        assert r.compile is not None and r.compile.status is Status.OK
+        assert (await sb.exec("./main x < /dev/null; ls")).stdout.split("\n")[-4:-1] == ["main", "main.c", "msg.h"]
+        r = await sb.run("int main() { return }")
+        assert r.status is Status.COMPILE_ERROR and r.compile is not None and "error" in r.compile.stderr
+        r = await sb.run("#include <unistd.h>\nint main() { sleep(30); }", limits=Limits(wall_time_s=60))
+        assert r.status is Status.TIMEOUT and r.wall_time_s < 10, r  # the sandbox's 3 s, not the run's 60
 
 
 def test_sync_facade(manager: SandboxManager) -> None:
-    with Sandbox.create("bash", labels={"sync": "1"}, limits=LIMITS) as sb:
+    with Sandbox.create("bash", labels={"sync": "1"}, limits=LIMITS, manager=manager) as sb:
         assert sb.exec("echo hi > f; cat f").stdout == "hi\n"
         sb.files.write("g.txt", b"bytes")
         assert sb.files.read("g.txt") == b"bytes"
         assert [f.name for f in sb.files.list()] == ["f", "g.txt"]
         events = list(sb.stream("echo 1; echo 2 >&2"))
         assert events[-1].type == "exit" and events[-1].result is not None and events[-1].result.ok
-        found = Sandbox.find({"sync": "1"})
+        found = Sandbox.find({"sync": "1"}, manager=manager)
         assert found is not None and found.id == sb.id
-        assert Sandbox.get_or_create({"sync": "1"}).id == sb.id
-        assert [s.id for s in Sandbox.list({"sync": "1"})] == [sb.id]
-        assert execbox.run_many(["echo x"], limits=LIMITS)[0].stdout == "x\n"
-    assert not sb.alive and Sandbox.find({"sync": "1"}) is None
+        assert Sandbox.get_or_create({"sync": "1"}, manager=manager).id == sb.id
+        assert [s.id for s in Sandbox.list({"sync": "1"}, manager=manager)] == [sb.id]
+        assert execbox.run_many(["echo x"], limits=LIMITS, manager=manager)[0].stdout == "x\n"
+    assert not sb.alive and Sandbox.find({"sync": "1"}, manager=manager) is None
 
 
 async def test_the_sandbox_pool_hands_out_prestarted_sandboxes_once() -> None:
@@ -317,10 +333,10 @@ async def test_the_sandbox_pool_hands_out_prestarted_sandboxes_once() -> None:
 async def test_sync_facade_inside_a_running_loop(manager: SandboxManager) -> None:
     """As in a notebook: the blocking facade runs on its own loop thread, not the caller's loop."""
     asyncio.get_running_loop()
-    sb = Sandbox.create("bash", limits=LIMITS)
+    sb = Sandbox.create("bash", limits=LIMITS, manager=manager)
     try:
         assert sb.exec("echo in-loop").stdout == "in-loop\n"
-        same = await AsyncSandbox.get(sb.id)  # the same registry, from the async side
+        same = await AsyncSandbox.get(sb.id, manager=manager)  # the same registry, from the async side
         assert (await same.exec("echo async")).stdout == "async\n"
     finally:
         sb.destroy()
@@ -328,7 +344,7 @@ async def test_sync_facade_inside_a_running_loop(manager: SandboxManager) -> Non
 
 
 async def test_destroying_a_sandbox_during_an_exec_is_not_found_not_a_failure(manager: SandboxManager) -> None:
-    sb = await AsyncSandbox.create("bash", limits=LIMITS)
+    sb = await AsyncSandbox.create("bash", limits=LIMITS, manager=manager)
     running = asyncio.create_task(sb.exec("sleep 30"))
     await asyncio.sleep(0.3)  # (destroyed before or while it runs: the same answer either way)
     await sb.destroy()

@@ -3,10 +3,16 @@
     import execbox
     result = execbox.run("print(1)", language="python", limits=execbox.Limits(wall_time_s=5))
     result.status, result.stdout
+
+``Sandbox``/``AsyncSandbox``: persistent sandboxes (``execbox.protocol`` is their API); ``connect``/``Client``
+and ``aconnect``/``AsyncClient``: the same API and ``run`` on an execbox server; ``execbox.testing``: the mock
+provider, to test code that uses execbox without running anything.
 """
 
+from execbox import testing
 from execbox.api import aexecute_code, arun, execute_code, run
-from execbox.client import aconnect, connect
+from execbox.batch import arun_many, run_many
+from execbox.client import AsyncClient, Client, aconnect, connect
 from execbox.engine import Engine
 from execbox.errors import (
     AuthenticationError,
@@ -35,17 +41,19 @@ from execbox.models import (
     Status,
     StepResult,
 )
-from execbox.sandbox import AsyncSandbox, Sandbox, arun_many, run_many
+from execbox.sandbox import AsyncSandbox, Sandbox
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "AsyncSandbox",
     "AuthenticationError",
     "CapacityError",
     "CellError",
     "CellResult",
     "CellStatus",
+    "Client",
     "Engine",
     "ExecEvent",
     "ExecboxError",
@@ -78,4 +86,5 @@ __all__ = [
     "execute_code",
     "run",
     "run_many",
+    "testing",
 ]

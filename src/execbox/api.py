@@ -31,6 +31,26 @@ def _files(files: Mapping[str, str | bytes] | Sequence[File] | None) -> list[Fil
     return list(files)
 
 
+def program_request(
+    code: str | None, language: str, *, stdin: str | bytes | None = "",
+    files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
+    args: Sequence[str] | None = (), env: Mapping[str, str] | None = None, limits: Limits | None = None,
+    version: str | None = None, arguments: Mapping[str, Any] | None = None, provider: str | None = None,
+    command: Literal["run", "test"] = "run",
+) -> ExecutionRequest:
+    """The ExecutionRequest of ``run``'s arguments (in-process, in a sandbox, or sent to a server); a
+    client's mistake is a RequestError (still a ValueError), never a pydantic error."""
+    try:
+        return ExecutionRequest(
+            language=language, code=code, files=_files(files), entry=entry, version=version,
+            stdin=stdin, args=None if args is None else list(args), env=None if env is None else dict(env),
+            arguments=None if arguments is None else dict(arguments), limits=limits, provider=provider,
+            command=command,
+        )
+    except ValidationError as e:
+        raise RequestError(f"invalid request: {e}") from e
+
+
 async def arun(
     code: str | None = None,
     language: str = "python",
@@ -52,14 +72,9 @@ async def arun(
     The program failing is a result (see ``result.status``); with ``check=True`` anything but ``ok`` raises
     ``ExecutionFailed`` carrying the result. Errors of the request or the sandbox raise ``ExecboxError``s.
     """
-    try:
-        request = ExecutionRequest(
-            language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
-            args=list(args or ()), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
-            limits=limits, provider=provider, command=command,
-        )
-    except ValidationError as e:  # one error root: a client's mistake is a RequestError (still a ValueError)
-        raise RequestError(f"invalid request: {e}") from e
+    request = program_request(code, language, stdin=stdin, files=files, entry=entry, args=args, env=env,
+                              limits=limits, version=version, arguments=arguments, provider=provider,
+                              command=command)
     result = await default_engine().execute(request)
     if check and not result.ok:
         raise ExecutionFailed(result)

@@ -10,13 +10,15 @@
         async with await client.AsyncSandbox.create("python") as sb: ...
 
 Code written against ``execbox.Sandbox`` / ``AsyncSandbox`` runs unchanged against ``client.Sandbox`` /
-``aclient.AsyncSandbox``: the same names, signatures, results and exceptions. HTTP errors become execbox's
-exceptions: 401/403 AuthenticationError, 404 NotFoundError, 400/413/422 RequestError (UnknownLanguageError for
-an unknown language), 429 (and 503 with Retry-After: the server's queue is full) CapacityError, other 503
-ProviderUnavailable, other 5xx SandboxError, no server answering ServerUnreachable, a broken connection or no
-answer within ``timeout`` SandboxError. What differs from in-process sandboxes: they live on the server (they
-outlive the client until their TTL, and a key sees only its own), ``alive`` is what this object knows (a
-sandbox the server reaped raises NotFoundError at its next use), and stdin given as bytes must be UTF-8.
+``aclient.AsyncSandbox``: the same names, signatures, results and exceptions (both implement
+``execbox.protocol``; the blocking faces are ``execbox.blocking``'s). HTTP errors (``execbox.transport``)
+become execbox's exceptions: 401/403 AuthenticationError, 404 NotFoundError, 400/413/422 RequestError
+(UnknownLanguageError for an unknown language), 429 (and 503 with Retry-After: the server's queue is full)
+CapacityError, other 503 ProviderUnavailable, other 5xx SandboxError, no server answering ServerUnreachable,
+a broken connection or no answer within ``timeout`` SandboxError. What differs from in-process sandboxes:
+they live on the server (they outlive the client until their TTL, and a key sees only its own), ``alive`` is
+what this object knows (a sandbox the server reaped raises NotFoundError at its next use), and stdin given as
+bytes must be UTF-8.
 
 The url defaults to ``EXECBOX_URL`` or http://127.0.0.1:8002; the key to the first of ``EXECBOX_API_KEY``,
 else the dev key a local server wrote (``$EXECBOX_DATA_DIR/dev-api-key``, default
@@ -28,32 +30,24 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
-import json
-import os
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from execbox.api import program_request
+from execbox.blocking import BlockingSandbox, Files, call, twin
 from execbox.errors import (
-    AuthenticationError,
-    CapacityError,
-    ExecboxError,
     ExecutionFailed,
     NotFoundError,
-    ProviderUnavailable,
     RequestError,
     SandboxError,
-    ServerUnreachable,
-    UnknownLanguageError,
 )
 from execbox.interpreter import CellResult
 from execbox.models import (
     ExecEvent,
-    ExecutionRequest,
     ExecutionResult,
     File,
     FileInfo,
@@ -61,7 +55,9 @@ from execbox.models import (
     check_file_name,
     check_labels,
 )
-from execbox.sandbox import Command, _argv, _portal
+from execbox.protocol import AsyncFilesProtocol, AsyncSandboxesProtocol, AsyncSandboxProtocol, Command, implements
+from execbox.protocol import argv_of as _argv
+from execbox.transport import DEFAULT_TIMEOUT_S, Transport, _make, _parse, _sse, default_api_key, default_url
 from execbox.wire import (
     CreateBody,
     ExecBody,
@@ -71,7 +67,6 @@ from execbox.wire import (
     RunCodeBody,
     SandboxInfo,
     SandboxList,
-    error_of,
     field_errors,
     parse_result,
 )
@@ -79,171 +74,25 @@ from execbox.wire import (
 if TYPE_CHECKING:
     import httpx
 
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_URL = "http://127.0.0.1:8002"
-DEFAULT_TIMEOUT_S = 600.0
 API = "/api/v1"
 
 
-def default_url() -> str:
-    return os.environ.get("EXECBOX_URL", "").strip() or DEFAULT_URL
-
-
-def default_api_key() -> str | None:
-    """The first key of EXECBOX_API_KEY, else the dev key of a server started on this machine by this user."""
-    if key := next((k.strip() for k in os.environ.get("EXECBOX_API_KEY", "").split(",") if k.strip()), None):
-        return key
-    # where the server's default_data_dir() puts it (not imported: that would import the web stack)
-    data_dir = os.environ.get("EXECBOX_DATA_DIR") or Path(
-        os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "execbox"
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        return (Path(data_dir) / "dev-api-key").read_text().strip() or None
-    return None
-
-
-def _check_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise RequestError(f"an execbox server URL is http(s)://host[:port][/prefix], not {url!r}")
-    return url.rstrip("/")
 
 
 def _output(stream: str, data: Any) -> ExecEvent:
     return ExecEvent(type=stream, data=OutputData.model_validate(data).data)
 
 
-def _make(data: Any, what: str, make: Callable[[Any], T]) -> T:
-    """``make(data)``; data that is not what was asked for is the server's failure, not a KeyError."""
-    try:
-        return make(data)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # ValidationError is a ValueError
-        raise SandboxError(f"the execbox server's answer is not {what}: {e}") from e
-
-
-def _parse(resp: httpx.Response, what: str, make: Callable[[Any], T]) -> T:
-    try:
-        data = resp.json()
-    except ValueError as e:
-        raise SandboxError(f"the execbox server's answer is not JSON: {e}") from e
-    return _make(data, what, make)
-
-
-def _detail(status: int, content: bytes) -> tuple[str, list[str] | None]:
-    """The error's words (the native ``{"detail"}``, field errors joined) and an unknown language's list."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        return content.decode(errors="replace")[:500] or f"HTTP {status}", None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):  # 422: [{"loc": [...], "msg": ...}]
-        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []) if p != 'body') or 'body'}: {e.get('msg')}"
-                           for e in detail if isinstance(e, dict))
-    supported = body.get("supported") if isinstance(body, dict) else None
-    return str(detail or f"HTTP {status}"), supported if isinstance(supported, list) else None
-
-
-def _http_error(status: int, headers: Mapping[str, str], content: bytes, language: str | None) -> ExecboxError:
-    """The exception of an error answer, by the wire schema's table (the server's, read back)."""
-    detail, supported = _detail(status, content)
-    retry = headers.get("retry-after")
-    kind = error_of(status, retry is not None)
-    if kind is None:
-        kind = SandboxError if status >= 500 else ExecboxError
-        return kind(f"unexpected HTTP {status} from the execbox server: {detail}")
-    if issubclass(kind, AuthenticationError):
-        return kind(f"{detail} (give api_key= or EXECBOX_API_KEY)")
-    if issubclass(kind, RequestError) and status == 400 and supported is not None and language is not None:
-        return UnknownLanguageError(language, [str(s) for s in supported])
-    if issubclass(kind, CapacityError):
-        seconds = float(retry) if retry and retry.isdigit() else None  # (an HTTP date is not worth parsing)
-        return kind(f"{detail} (retry after {retry} s)" if retry else detail, seconds)
-    if status >= 500 and not issubclass(kind, ProviderUnavailable):
-        return kind(f"the execbox server failed: {detail}")
-    return kind(detail)
-
-
-async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any]]:
-    """(event, JSON data) of a Server-Sent Events stream; comments (the keep-alives) skipped."""
-    event, data = "message", list[str]()
-    async for line in lines:
-        if not line:
-            if data:
-                try:
-                    yield event, json.loads("\n".join(data))
-                except ValueError as e:
-                    raise SandboxError(f"the execbox server sent a malformed event: {e}") from e
-            event, data = "message", []
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-
-
 # ---------------------------------------------------------------------------------------------- async core
 
-class AsyncClient:
+class AsyncClient(Transport):
     """An execbox server, for one API key: ``AsyncSandbox`` (its sandboxes) and ``run`` (one-shot runs).
     No request is made until the first call; close it with ``aclose()`` or ``async with``."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *,
                  timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
-        import httpx
-
-        self.url = _check_url(url or default_url())
-        key = api_key if api_key is not None else default_api_key()
-        self._timeout = timeout
-        # a command's own limits are the server's to enforce: `timeout` only bounds waiting for any one answer
-        self._http = httpx.AsyncClient(base_url=self.url, headers={"X-API-Key": key} if key else {},
-                                       timeout=httpx.Timeout(timeout, connect=min(timeout or 10.0, 10.0)))
+        super().__init__(url, api_key, timeout=timeout)
         self.AsyncSandbox = AsyncSandboxes(self)
-
-    def _transport_error(self, e: Exception) -> ExecboxError:
-        import httpx
-
-        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
-            return ServerUnreachable(f"no execbox server answers at {self.url}: {str(e) or type(e).__name__}")
-        if isinstance(e, httpx.TimeoutException):
-            return SandboxError(f"the execbox server at {self.url} did not answer within {self._timeout} s")
-        return SandboxError(f"the connection to the execbox server at {self.url} failed: {e!r}")
-
-    def _encode(self, kw: dict[str, Any]) -> dict[str, Any]:
-        if "json" in kw:  # encoded here: a value JSON cannot carry is the request's mistake, not a TypeError
-            try:
-                kw["content"] = json.dumps(kw.pop("json"), allow_nan=False).encode()
-            except (TypeError, ValueError) as e:
-                raise RequestError(f"the request cannot be sent as JSON: {e}") from None
-            kw["headers"] = {"Content-Type": "application/json"}
-        return kw
-
-    async def _request(self, method: str, path: str, *, language: str | None = None, **kw: Any) -> httpx.Response:
-        import httpx
-
-        kw = self._encode(kw)
-        try:
-            resp = await self._http.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise self._transport_error(e) from e
-        if resp.status_code >= 400:
-            raise _http_error(resp.status_code, resp.headers, resp.content, language)
-        return resp
-
-    @contextlib.asynccontextmanager
-    async def _stream(self, method: str, path: str, **kw: Any) -> AsyncIterator[httpx.Response]:
-        import httpx
-
-        kw = self._encode(kw)
-        try:
-            async with self._http.stream(method, path, **kw) as resp:
-                if resp.status_code >= 400:
-                    raise _http_error(resp.status_code, resp.headers, await resp.aread(), None)
-                yield resp
-        except httpx.HTTPError as e:
-            raise self._transport_error(e) from e
 
     async def run(
         self,
@@ -264,23 +113,15 @@ class AsyncClient:
     ) -> ExecutionResult:
         """Run ``code`` (and/or ``files``) on the server (POST /api/v1/execute), as ``execbox.arun`` does in
         this process: the same arguments, result and exceptions."""
-        from execbox.api import _files
-
-        try:  # the library's checks first: the same RequestErrors before anything is sent
-            request = ExecutionRequest(
-                language=language, code=code, files=_files(files), entry=entry, version=version, stdin=stdin,
-                args=list(args or ()), env=dict(env or {}), arguments=None if arguments is None else dict(arguments),
-                limits=limits, provider=provider, command=command)
-        except ValidationError as e:
-            raise RequestError(f"invalid request: {e}") from e
+        # the library's checks first: the same RequestErrors before anything is sent
+        request = program_request(code, language, stdin=stdin, files=files, entry=entry, args=args, env=env,
+                                  limits=limits, version=version, arguments=arguments, provider=provider,
+                                  command=command)
         resp = await self._request("POST", f"{API}/execute", language=language, json=_dump(ExecuteBody.of(request)))
         result = _parse(resp, "an execution result", parse_result)
         if check and not result.ok:
             raise ExecutionFailed(result)
         return result
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -299,6 +140,7 @@ def _dump(body: BaseModel) -> dict[str, Any]:
     return body.model_dump(exclude_unset=True, exclude_none=True)
 
 
+@implements(AsyncSandboxesProtocol)
 class AsyncSandboxes:
     """The server's sandboxes of the client's key, with ``AsyncSandbox``'s constructors and lookups."""
 
@@ -308,9 +150,6 @@ class AsyncSandboxes:
     async def create(self, language: str = "python", *, labels: Mapping[str, str] | None = None,
                      ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
                      provider: str | None = None, env: Mapping[str, str] | None = None) -> RemoteAsyncSandbox:
-        """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
-        ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
-        ``env`` variables of every exec."""
         body = _dump(CreateBody.of(language, labels, ttl_s, max_lifetime_s, limits, provider, env))
         resp = await self._client._request("POST", f"{API}/sandboxes", json=body, language=language)
         return self._sandbox(resp)
@@ -319,25 +158,21 @@ class AsyncSandboxes:
                             ttl_s: float | None = None, max_lifetime_s: float | None = None,
                             limits: Limits | None = None, provider: str | None = None,
                             env: Mapping[str, str] | None = None) -> RemoteAsyncSandbox:
-        """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
         body = _dump(CreateBody.of(language, labels, ttl_s, max_lifetime_s, limits, provider, env))
         resp = await self._client._request("POST", f"{API}/sandboxes/get_or_create", json=body, language=language)
         return self._sandbox(resp)
 
     async def find(self, labels: Mapping[str, str]) -> RemoteAsyncSandbox | None:
-        """The most recently used live sandbox whose labels include ``labels``, or None."""
         found = await self.list(labels)
         return found[0] if found else None
 
     async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[RemoteAsyncSandbox]:
-        """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
         params = [("label", f"{k}={v}") for k, v in check_labels(labels).items()]
         resp = await self._client._request("GET", f"{API}/sandboxes", params=params)
         return _parse(resp, "a list of sandboxes", lambda b: [
             RemoteAsyncSandbox(self._client, info.model_dump()) for info in SandboxList.model_validate(b).sandboxes])
 
     async def get(self, sandbox_id: str) -> RemoteAsyncSandbox:
-        """The live sandbox with this id; NotFoundError when there is none."""
         if sandbox_id in ("", ".", "..") or "/" in sandbox_id:  # never another route
             raise NotFoundError(f"no sandbox {sandbox_id!r}")
         resp = await self._client._request("GET", f"{API}/sandboxes/{urllib.parse.quote(sandbox_id, safe='')}")
@@ -348,6 +183,7 @@ class AsyncSandboxes:
                       lambda b: RemoteAsyncSandbox(self._client, SandboxInfo.model_validate(b).model_dump()))
 
 
+@implements(AsyncFilesProtocol)
 class RemoteAsyncFiles:
     """A remote sandbox's workdir: the same methods as ``AsyncFiles``."""
 
@@ -358,13 +194,10 @@ class RemoteAsyncFiles:
         return f"{self._sb._path}/files/{urllib.parse.quote(check_file_name(path), safe='/')}"
 
     async def write(self, path: str, data: str | bytes) -> None:
-        """Create or replace a file (text is written as UTF-8); parent directories are made."""
         raw = data.encode() if isinstance(data, str) else bytes(data)
         await self._sb._request("PUT", self._path(path), content=raw)
 
     async def read(self, path: str, max_bytes: int | None = None) -> bytes:
-        """A file's bytes (at most ``max_bytes``, default the sandbox's disk size). NotFoundError when it
-        does not exist, is not a regular file, or its path leads out of the workdir."""
         url = self._path(path)
         self._sb._check_alive()
         if max_bytes is None:
@@ -378,13 +211,11 @@ class RemoteAsyncFiles:
         return bytes(data[:max_bytes])
 
     async def list(self, path: str = ".") -> builtins.list[FileInfo]:
-        """The entries of a workdir directory, sorted by name."""
         rel = "." if path in ("", ".") else check_file_name(path)
         resp = await self._sb._request("GET", f"{self._sb._path}/files", params={"dir": rel})
         return _parse(resp, "a directory listing", lambda b: Listing.model_validate(b).entries)
 
     async def remove(self, path: str) -> bool:
-        """Remove a file, symlink or directory tree; False when nothing was there."""
         try:
             await self._sb._request("DELETE", self._path(path))
         except NotFoundError:
@@ -393,8 +224,11 @@ class RemoteAsyncFiles:
         return True
 
 
+@implements(AsyncSandboxProtocol)
 class RemoteAsyncSandbox:
-    """A sandbox on an execbox server, with ``AsyncSandbox``'s methods. Made by ``client.AsyncSandbox``."""
+    """A sandbox on an execbox server, with ``AsyncSandbox``'s methods (``run`` compiles and runs as the
+    server's languages say; closing a ``stream`` early makes the server kill the command). Made by
+    ``client.AsyncSandbox``."""
 
     def __init__(self, client: AsyncClient, info: Mapping[str, Any]) -> None:
         self._client = client
@@ -432,10 +266,6 @@ class RemoteAsyncSandbox:
 
     async def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                    cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
-        """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
-        its result. Files and background processes persist between execs; each exec has its own limits
-        and a runaway one is killed (with everything it started) while the sandbox lives on. The command
-        failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
         body = self._exec_body(cmd, stdin, env, cwd, limits)
         result = _parse(await self._request("POST", f"{self._path}/exec", json=body), "an execution result",
                         parse_result)
@@ -445,9 +275,6 @@ class RemoteAsyncSandbox:
 
     async def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                      cwd: str = ".", limits: Limits | None = None) -> AsyncIterator[ExecEvent]:
-        """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
-        "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
-        kills the command (the server kills it when the connection closes)."""
         body = self._exec_body(cmd, stdin, env, cwd, limits)
         self._check_alive()
         async with self._client._stream("POST", f"{self._path}/exec/stream", json=body) as resp:
@@ -461,10 +288,23 @@ class RemoteAsyncSandbox:
                     raise SandboxError(f"sandbox {self.id}: {data.get('detail') if isinstance(data, dict) else data}")
         raise SandboxError(f"sandbox {self.id}: the stream ended before the command's exit")
 
+    async def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
+                  files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
+                  stdin: str | bytes | None = "", args: Sequence[str] | None = (),
+                  env: Mapping[str, str] | None = None, limits: Limits | None = None,
+                  arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
+                  check: bool = False) -> ExecutionResult:
+        lang = language or self.language
+        request = program_request(code, lang, version=version, files=files, entry=entry, stdin=stdin,
+                                  args=args, env=env, limits=limits, arguments=arguments, command=command)
+        # ExecuteBody's fields but provider and session (None here, left out): SandboxRunBody's
+        resp = await self._request("POST", f"{self._path}/run", json=_dump(ExecuteBody.of(request)), language=lang)
+        result = _parse(resp, "an execution result", parse_result)
+        if check and not result.ok:
+            raise ExecutionFailed(result)
+        return result
+
     async def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
-        """Run a Python cell in the sandbox's IPython kernel (POST .../run_code), as ``AsyncSandbox.run_code``:
-        state is kept between calls; the value, rich outputs (image/png as bytes), stdout, stderr and the
-        exception come back as data in a CellResult."""
         try:
             body = _dump(RunCodeBody(code=code, timeout=timeout_s))
         except ValidationError as e:
@@ -473,7 +313,6 @@ class RemoteAsyncSandbox:
         return _parse(resp, "a cell result", CellResult.model_validate)
 
     async def destroy(self) -> None:
-        """Kill everything in the sandbox and remove every trace of it. Idempotent."""
         if self._destroyed:
             return
         with contextlib.suppress(NotFoundError):  # reaped or destroyed elsewhere: gone, as wanted
@@ -494,18 +333,6 @@ class RemoteAsyncSandbox:
 
 # ---------------------------------------------------------------------------------------------- sync facade
 
-def _call(aw: Awaitable[T]) -> T:
-    """Run on the library's one sandbox event loop (a daemon thread), where the async client lives."""
-    return _portal().call(aw)
-
-
-def _same_doc(twin: Callable[..., Any]) -> Callable[[F], F]:
-    def deco(f: F) -> F:
-        f.__doc__ = twin.__doc__
-        return f
-    return deco
-
-
 class Client:
     """An execbox server, for one API key (blocking): ``Sandbox`` (its sandboxes) and ``run``. No request is
     made until the first call; close it with ``close()`` or ``with``."""
@@ -514,32 +341,14 @@ class Client:
                  timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         self._async = AsyncClient(url, api_key, timeout=timeout)
         self.url = self._async.url
-        self.Sandbox = Sandboxes(self._async.AsyncSandbox)
+        # this client's sandboxes: RemoteSandbox with its constructors and lookups on this client's server
+        self.Sandbox: type[RemoteSandbox] = type("RemoteSandbox", (RemoteSandbox,),
+                                                 {"_backend": self._async.AsyncSandbox})
 
-    @_same_doc(AsyncClient.run)
-    def run(
-        self,
-        code: str | None = None,
-        language: str = "python",
-        *,
-        stdin: str | bytes | None = "",
-        files: Mapping[str, str | bytes] | Sequence[File] | None = None,
-        entry: str | None = None,
-        args: Sequence[str] | None = (),
-        env: Mapping[str, str] | None = None,
-        limits: Limits | None = None,
-        version: str | None = None,
-        arguments: Mapping[str, Any] | None = None,
-        provider: str | None = None,
-        command: Literal["run", "test"] = "run",
-        check: bool = False,
-    ) -> ExecutionResult:
-        return _call(self._async.run(code, language, stdin=stdin, files=files, entry=entry, args=args, env=env,
-                                     limits=limits, version=version, arguments=arguments, provider=provider,
-                                     command=command, check=check))
+    run = twin(AsyncClient.run)
 
     def close(self) -> None:
-        _call(self._async.aclose())
+        call(self._async.aclose())
 
     def __enter__(self) -> Client:
         return self
@@ -551,127 +360,19 @@ class Client:
         return f"<Client {self.url}>"
 
 
-class Sandboxes:
-    """The server's sandboxes of the client's key (blocking), with ``Sandbox``'s constructors and lookups."""
-
-    def __init__(self, sandboxes: AsyncSandboxes) -> None:
-        self._a = sandboxes
-
-    @_same_doc(AsyncSandboxes.create)
-    def create(self, language: str = "python", *, labels: Mapping[str, str] | None = None,
-               ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-               provider: str | None = None, env: Mapping[str, str] | None = None) -> RemoteSandbox:
-        return RemoteSandbox(_call(self._a.create(language, labels=labels, ttl_s=ttl_s,
-                                                  max_lifetime_s=max_lifetime_s, limits=limits, provider=provider,
-                                                  env=env)))
-
-    @_same_doc(AsyncSandboxes.get_or_create)
-    def get_or_create(self, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
-                      max_lifetime_s: float | None = None, limits: Limits | None = None,
-                      provider: str | None = None, env: Mapping[str, str] | None = None) -> RemoteSandbox:
-        return RemoteSandbox(_call(self._a.get_or_create(labels, language=language, ttl_s=ttl_s,
-                                                         max_lifetime_s=max_lifetime_s, limits=limits,
-                                                         provider=provider, env=env)))
-
-    @_same_doc(AsyncSandboxes.find)
-    def find(self, labels: Mapping[str, str]) -> RemoteSandbox | None:
-        sb = _call(self._a.find(labels))
-        return None if sb is None else RemoteSandbox(sb)
-
-    @_same_doc(AsyncSandboxes.list)
-    def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[RemoteSandbox]:
-        return [RemoteSandbox(sb) for sb in _call(self._a.list(labels))]
-
-    @_same_doc(AsyncSandboxes.get)
-    def get(self, sandbox_id: str) -> RemoteSandbox:
-        return RemoteSandbox(_call(self._a.get(sandbox_id)))
-
-
-class RemoteFiles:
-    """A remote sandbox's workdir (blocking): the same methods as ``Files``."""
-
-    def __init__(self, files: RemoteAsyncFiles) -> None:
-        self._files = files
-
-    @_same_doc(RemoteAsyncFiles.write)
-    def write(self, path: str, data: str | bytes) -> None:
-        return _call(self._files.write(path, data))
-
-    @_same_doc(RemoteAsyncFiles.read)
-    def read(self, path: str, max_bytes: int | None = None) -> bytes:
-        return _call(self._files.read(path, max_bytes))
-
-    @_same_doc(RemoteAsyncFiles.list)
-    def list(self, path: str = ".") -> builtins.list[FileInfo]:
-        return _call(self._files.list(path))
-
-    @_same_doc(RemoteAsyncFiles.remove)
-    def remove(self, path: str) -> bool:
-        return _call(self._files.remove(path))
-
-
-class RemoteSandbox:
-    """A sandbox on an execbox server (blocking), with ``Sandbox``'s methods. Made by ``client.Sandbox``."""
+class RemoteSandbox(BlockingSandbox[RemoteAsyncSandbox]):
+    """A sandbox on an execbox server (blocking), with ``Sandbox``'s methods. ``client.Sandbox`` is this class
+    bound to the client: ``client.Sandbox.create(...)``, ``.get_or_create``, ``.get``, ``.find``, ``.list``."""
 
     def __init__(self, sb: RemoteAsyncSandbox) -> None:
-        self._sb = sb
-        self.files = RemoteFiles(sb.files)
+        super().__init__(sb)
         # the rest of the server's description, as RemoteAsyncSandbox has it
         self.provider, self.limits, self.ttl_s = sb.provider, sb.limits, sb.ttl_s
         self.max_lifetime_s, self.created_at = sb.max_lifetime_s, sb.created_at
         self.expires_at, self.idle_expires_at = sb.expires_at, sb.idle_expires_at
 
-    @property
-    def id(self) -> str:
-        return self._sb.id
 
-    @property
-    def labels(self) -> dict[str, str]:
-        return self._sb.labels
-
-    @property
-    def language(self) -> str:
-        return self._sb.language
-
-    @property
-    def alive(self) -> bool:
-        """Not destroyed through this object (the server may have reaped it since: then NotFoundError)."""
-        return self._sb.alive
-
-    @_same_doc(RemoteAsyncSandbox.exec)
-    def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
-             cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
-        return _call(self._sb.exec(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits, check=check))
-
-    @_same_doc(RemoteAsyncSandbox.stream)
-    def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
-               cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
-        agen = self._sb.stream(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits)
-        try:
-            while True:
-                try:
-                    yield _call(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            _call(agen.aclose())  # type: ignore[attr-defined]
-
-    @_same_doc(RemoteAsyncSandbox.run_code)
-    def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
-        return _call(self._sb.run_code(code, timeout_s=timeout_s))
-
-    @_same_doc(RemoteAsyncSandbox.destroy)
-    def destroy(self) -> None:
-        _call(self._sb.destroy())
-
-    def __enter__(self) -> RemoteSandbox:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.destroy()
-
-    def __repr__(self) -> str:
-        return repr(self._sb).replace("RemoteAsyncSandbox", "RemoteSandbox", 1)
+RemoteFiles = Files  # a remote sandbox's workdir (blocking): the one blocking Files
 
 
 def connect(url: str | None = None, api_key: str | None = None, *,
@@ -692,4 +393,4 @@ def aconnect(url: str | None = None, api_key: str | None = None, *,
 
 
 __all__ = ["AsyncClient", "AsyncSandboxes", "Client", "RemoteAsyncFiles", "RemoteAsyncSandbox", "RemoteFiles",
-           "RemoteSandbox", "Sandboxes", "aconnect", "connect", "default_api_key", "default_url"]
+           "RemoteSandbox", "aconnect", "connect", "default_api_key", "default_url"]

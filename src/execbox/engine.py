@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from execbox.errors import ExecboxError, InvalidFileError, RequestError, SandboxError
@@ -17,6 +18,7 @@ from execbox.providers.base import (
     LiveInput,
     OutputChunk,
     ProcessOutcome,
+    Provider,
     StopReason,
 )
 from execbox.providers.registry import ProviderRegistry
@@ -51,6 +53,40 @@ Runner = Callable[[ExecSpec, str], Awaitable[ProcessOutcome]]  # (spec, stage) -
 
 
 Emit = Callable[[StageEvent], Awaitable[None]]
+
+
+@contextlib.contextmanager
+def provider_errors(provider: str, doing: str = "failed") -> Iterator[None]:
+    """execbox's own errors pass; any other exception is a provider bug or a host failure: the sandbox's
+    fault, mapped here (the one place) to SandboxError."""
+    try:
+        yield
+    except ExecboxError:
+        raise
+    except Exception as e:
+        raise SandboxError(f"provider {provider!r} {doing}: {e}") from e
+
+
+def tightened(caps: Limits, limits: Limits | None) -> Limits:
+    """``caps`` with each field that ``limits`` sets lowered to it, never raised (a sandbox's caps bound its
+    execs and runs; its disk and network are the sandbox's, not a run's)."""
+    if limits is None:
+        return caps
+    return caps.model_copy(update={k: min(getattr(limits, k), getattr(caps, k)) for k in limits.model_fields_set
+                                   if k not in ("disk_mb", "network")})
+
+
+def exec_spec(limits: Limits, argv: tuple[str, ...], *, compile: bool = False, stdin: bytes = b"",
+              env: Mapping[str, str] | None = None, cwd: str = ".", output_bytes: int | None = None) -> ExecSpec:
+    """The one translation of Limits into a process's limits: a compile step has the compile wall time (and
+    as much CPU time), a run the wall and CPU times; ``output_bytes`` (a step's own cap) only lowers."""
+    wall = limits.compile_wall_time_s if compile else limits.wall_time_s
+    return ExecSpec(
+        argv=argv, wall_time_s=wall, cpu_time_s=wall if compile else limits.cpu_time_s,
+        memory_mb=limits.memory_mb, pids=limits.pids,
+        output_bytes=min(output_bytes or limits.output_bytes, limits.output_bytes),
+        file_size_mb=limits.file_size_mb, open_files=limits.open_files, stdin=stdin, env=dict(env or {}), cwd=cwd,
+    )
 
 
 def _live_runner(instance: Instance, live: LiveInput, emit: Emit) -> Runner:
@@ -101,10 +137,10 @@ class Engine:
     def check(self, request: ExecutionRequest, policy: Policy | None = None) -> Language:
         """The request's language, or the RequestError that ``execute`` would raise before running anything
         (unknown language or version, arguments it cannot take, a missing test command, unusable files)."""
-        return self._prepare(request, policy)[0]
+        return self._prepare(request, (policy or self.policy).apply(request.limits))[0]
 
-    def _prepare(self, request: ExecutionRequest, policy: Policy | None
-                 ) -> tuple[Language, Limits, dict[str, bytes], str, Step | None]:
+    def _prepare(self, request: ExecutionRequest, limits: Limits
+                 ) -> tuple[Language, dict[str, bytes], str, Step | None]:
         lang = self.languages.get(request.language)
         self.check_version(lang, request.version)
         if request.command == "test" and lang.test is None:
@@ -116,12 +152,29 @@ class Engine:
         if argv_env > MAX_ARGV_ENV_BYTES:
             raise RequestError(f"arguments and environment take {argv_env} bytes; the maximum is "
                                f"{MAX_ARGV_ENV_BYTES} (pass large data through stdin or files)")
-        limits = (policy or self.policy).apply(request.limits)
-        return (lang, limits, *self._files(request, lang, limits))
+        return (lang, *self._files(request, lang, limits))
 
     @staticmethod
     def _main_step(lang: Language, request: ExecutionRequest) -> Step:
         return lang.test if request.command == "test" and lang.test is not None else lang.run
+
+    @staticmethod
+    def instance_spec(limits: Limits, steps: Sequence[Step | None] = (), *, persistent: bool = False
+                      ) -> InstanceSpec:
+        """What an instance is started with: a one-shot instance only its disk and network (each process has
+        its own limits); a persistent one also caps everything alive in it and picks its image by the
+        binaries of ``steps``."""
+        spec = InstanceSpec(disk_mb=limits.disk_mb, network=limits.network)
+        if not persistent:
+            return spec
+        return replace(spec, persistent=True, memory_mb=limits.memory_mb, pids=limits.pids,
+                       binaries=tuple(s.command[0] for s in steps if s is not None))
+
+    @staticmethod
+    async def start(provider: Provider, spec: InstanceSpec) -> Instance:
+        """A new instance of ``provider`` (one-shot or persistent, as ``spec`` says)."""
+        with provider_errors(provider.name, "failed to start"):
+            return await provider.start(spec)
 
     async def execute(self, request: ExecutionRequest, policy: Policy | None = None,
                       execution_id: str | None = None, *, live: tuple[LiveInput, Emit] | None = None,
@@ -131,34 +184,37 @@ class Engine:
         With ``live`` (input, emit) the run is interactive: its run step reads the input as its stdin (and
         takes its signals) instead of ``request.stdin``, and each stage's start, output and end are emitted
         as they happen; it needs a provider whose persistent instances take live input (local, docker)."""
-        lang, limits, files, entry, build = self._prepare(request, policy)
+        limits = (policy or self.policy).apply(request.limits)
+        lang, files, entry, build = self._prepare(request, limits)
         provider = self.providers.get(request.provider)
         if live is not None and not provider.supports_persistent:
             raise RequestError(f"provider {provider.name!r} cannot run interactively")
-        execution_id = execution_id or uuid.uuid4().hex
-        spec = InstanceSpec(disk_mb=limits.disk_mb, network=limits.network)
-        if live is not None:  # a persistent instance: it takes live input (and picks its image by the binaries)
-            steps = (build if request.command == "run" else None, self._main_step(lang, request))
-            spec = replace(spec, persistent=True, memory_mb=limits.memory_mb, pids=limits.pids,
-                           binaries=tuple(s.command[0] for s in steps if s is not None))
-        try:
-            instance = await provider.start(spec)
-        except ExecboxError:
-            raise
-        except Exception as e:  # a provider bug or host failure: the sandbox's fault, mapped at the boundary
-            raise SandboxError(f"provider {provider.name!r} failed to start: {e}") from e
-        try:
+        # interactive: a persistent instance, which takes live input
+        steps = (build if request.command == "run" else None, self._main_step(lang, request))
+        instance = await self.start(provider, self.instance_spec(limits, steps, persistent=live is not None))
+        with provider_errors(provider.name):
             async with instance:
                 if live is not None and not instance.supports_live:
                     raise RequestError(f"provider {provider.name!r} cannot run interactively")
                 run = None if live is None else _live_runner(instance, *live)
                 result = await self._steps(instance, request, lang, limits, files, entry, build, run)
-        except ExecboxError:
-            raise
-        except Exception as e:
-            raise SandboxError(f"provider {provider.name!r} failed: {e}") from e
-        return ExecutionResult(execution_id=execution_id, language=lang.name, version=lang.version(),
-                               provider=provider.name, **result)
+        return ExecutionResult(execution_id=execution_id or uuid.uuid4().hex, language=lang.name,
+                               version=lang.version(), provider=provider.name, **result)
+
+    async def run_in(self, instance: Instance, request: ExecutionRequest, *, provider: str, caps: Limits,
+                     env: Mapping[str, str] | None = None) -> ExecutionResult:
+        """Run ``request``'s steps (write its files, compile, run, read main()'s return value) in a live
+        instance, a sandbox's: the files stay in its workdir afterwards; the run's limits are ``caps`` (the
+        sandbox's) tightened by the request's; ``env`` (the sandbox's) comes under the request's own.
+        ``request.provider`` is unused: the instance is ``provider``'s."""
+        limits = tightened(caps, request.limits)
+        lang, files, entry, build = self._prepare(request, limits)
+        with provider_errors(provider):
+            if request.arguments is not None:  # a value left by an earlier run must not pass for this one's
+                await instance.remove_file(RETURN_FILE)
+            result = await self._steps(instance, request, lang, limits, files, entry, build, base_env=env)
+        return ExecutionResult(execution_id=uuid.uuid4().hex, language=lang.name, version=lang.version(),
+                               provider=provider, **result)
 
     @staticmethod
     def check_version(lang: Language, wanted: str | None) -> None:
@@ -207,20 +263,9 @@ class Engine:
             raise InvalidFileError(f"the files ({size} bytes) exceed the disk limit of {limits.disk_mb} MiB")
         return files, entry, build
 
-    def _spec(self, lang: Language, step: Step, limits: Limits, argv: tuple[str, ...], *, compile: bool,
-              stdin: bytes = b"", env: dict[str, str] | None = None) -> ExecSpec:
-        wall = limits.compile_wall_time_s if compile else limits.wall_time_s
-        return ExecSpec(
-            argv=argv, wall_time_s=wall, cpu_time_s=wall if compile else limits.cpu_time_s,
-            memory_mb=limits.memory_mb, pids=limits.pids,
-            output_bytes=min(step.output_bytes or limits.output_bytes, limits.output_bytes),
-            file_size_mb=limits.file_size_mb, open_files=limits.open_files, stdin=stdin,
-            env={**lang.env, **(env or {})},
-        )
-
     async def _steps(self, instance: Instance, request: ExecutionRequest, lang: Language, limits: Limits,
-                     files: dict[str, bytes], entry: str, build: Step | None, run: Runner | None = None
-                     ) -> dict[str, object]:
+                     files: dict[str, bytes], entry: str, build: Step | None, run: Runner | None = None,
+                     base_env: Mapping[str, str] | None = None) -> dict[str, object]:
         if run is None:
             async def run(spec: ExecSpec, stage: str) -> ProcessOutcome:
                 return await instance.exec(spec)
@@ -228,8 +273,8 @@ class Engine:
         sources = lang.sources(files) or [entry]
         compiled: StepResult | None = None
         if build is not None and request.command == "run":  # a test runner builds what it tests
-            spec = self._spec(lang, build, limits, lang.expand(build, entry, sources, ()),
-                              compile=True)
+            spec = exec_spec(limits, lang.expand(build, entry, sources, ()), compile=True,
+                             env={**lang.env, **(base_env or {})}, output_bytes=build.output_bytes)
             compiled = step_result(await run(spec, "compile"), spec)
             if compiled.status is not Status.OK:
                 status = Status.COMPILE_ERROR if compiled.status is Status.RUNTIME_ERROR else compiled.status
@@ -238,8 +283,8 @@ class Engine:
                         "message": f"compile step: {compiled.message}", "compile": compiled}
         stdin = request.stdin.encode() if isinstance(request.stdin, str) else request.stdin
         step = self._main_step(lang, request)
-        spec = self._spec(lang, step, limits, lang.expand(step, entry, sources, request.args),
-                          compile=False, stdin=stdin, env=request.env)
+        spec = exec_spec(limits, lang.expand(step, entry, sources, request.args), stdin=stdin,
+                         env={**lang.env, **(base_env or {}), **request.env}, output_bytes=step.output_bytes)
         ran = step_result(await run(spec, "run"), spec)
         out = {**ran.model_dump(), "compile": compiled}
         if request.arguments is not None and ran.status is Status.OK:

@@ -7,14 +7,12 @@
             ...
     sb = await AsyncSandbox.get_or_create(labels={"project": "demo"})
 
-``Sandbox`` is the blocking facade with the same names and signatures. ``run_many``/``arun_many`` run several
-commands in one throwaway sandbox.
+``Sandbox`` is the blocking facade (``execbox.blocking``); both follow ``execbox.protocol``, as the remote
+client's do. ``sb.run(code, language=...)`` compiles and runs a program in it (``Engine.run_in``).
 
-``SandboxManager`` is the registry behind them, provider-agnostic: live sandboxes by id and labels, the
-count limits (in all and per owner), the idle TTL and the hard maximum lifetime, and a reaper. The HTTP
-service is meant to hold one manager and pass each API key as ``owner``: a sandbox is then visible only to
-its owner (another owner gets NotFoundError, as if it did not exist). The library's default manager (no
-owner) is ``default_manager()``.
+``SandboxManager`` is the registry behind them, provider-agnostic: live sandboxes by id, labels and owner
+(another owner's is NotFoundError, as if it did not exist: the HTTP service passes each API key as owner),
+count limits, the idle TTL, the hard maximum lifetime and a reaper; the library's is ``default_manager()``.
 
 Limits: ``create(limits=...)`` are clamped by the engine's policy once; they are each exec's defaults and
 the sandbox's caps (``memory_mb``/``pids`` cap everything alive in it at once, ``disk_mb`` its workdir).
@@ -29,29 +27,24 @@ import builtins
 import codecs
 import concurrent.futures
 import contextlib
-import functools
 import os
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
-from execbox.engine import Engine, step_result
-from execbox.errors import (
-    CapacityError,
-    ExecboxError,
-    ExecutionFailed,
-    NotFoundError,
-    RequestError,
-    SandboxError,
-)
+from execbox.api import program_request
+from execbox.blocking import BlockingSandbox, Files
+from execbox.engine import Engine, exec_spec, provider_errors, step_result, tightened
+from execbox.errors import CapacityError, ExecutionFailed, NotFoundError, RequestError, SandboxError
 from execbox.interpreter import CellResult, CellStatus, Kernel
 from execbox.models import (
     ExecEvent,
+    ExecutionRequest,
     ExecutionResult,
+    File,
     FileInfo,
     Limits,
     check_cwd,
@@ -59,28 +52,23 @@ from execbox.models import (
     check_file_name,
     check_labels,
 )
-from execbox.providers.base import ExecSpec, Instance, InstanceSpec, OutputChunk, ProcessOutcome, Provider
+from execbox.protocol import (
+    AsyncFilesProtocol,
+    AsyncSandboxesProtocol,
+    AsyncSandboxProtocol,
+    Command,
+    argv_of,
+    implements,
+)
+from execbox.providers.base import ExecSpec, Instance, OutputChunk, ProcessOutcome, Provider
 
 T = TypeVar("T")
-Command = str | Sequence[str]
 
 DEFAULT_TTL_S = 600.0
 DEFAULT_MAX_LIFETIME_S = 24 * 3600.0
 DEFAULT_MAX_SANDBOXES = 32
 REAP_INTERVAL_S = 1.0
 MAX_READ_BYTES = 1 << 30
-
-
-def _argv(cmd: Command) -> tuple[str, ...]:
-    """A shell command string runs under /bin/sh -c; a sequence is the argv itself."""
-    if isinstance(cmd, str):
-        if not cmd.strip():
-            raise RequestError("empty command")
-        return ("/bin/sh", "-c", cmd)
-    argv = tuple(cmd)
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise RequestError("a command is a non-empty string or a non-empty sequence of strings")
-    return argv
 
 
 def _path(path: str, allow_root: bool = False) -> str:
@@ -154,15 +142,8 @@ class SandboxManager:
             raise RequestError(f"provider {prov.name!r} cannot keep sandboxes (no persistent instances)")
         self._reserve(owner)
         try:
-            spec = InstanceSpec(disk_mb=applied.disk_mb, network=applied.network, persistent=True,
-                                memory_mb=applied.memory_mb, pids=applied.pids,
-                                binaries=tuple(s.command[0] for s in (lang.compile, lang.run) if s is not None))
-            try:
-                instance = await prov.start(spec)
-            except ExecboxError:
-                raise
-            except Exception as e:
-                raise SandboxError(f"provider {prov.name!r} failed to start a sandbox: {e}") from e
+            spec = engine.instance_spec(applied, (lang.compile, lang.run), persistent=True)
+            instance = await engine.start(prov, spec)
             sb = AsyncSandbox(_token=_TOKEN, manager=self, instance=instance, provider=prov, language=lang.name,
                               lang_env=dict(lang.env), env=dict(env or {}), labels=labels, limits=applied,
                               ttl_s=ttl, max_lifetime_s=lifetime, owner=owner)
@@ -285,6 +266,11 @@ def _destroy_all_at_exit() -> None:
 _TOKEN = object()
 
 
+def _manager(manager: SandboxManager | None) -> SandboxManager:  # not `or`: a manager with no sandboxes is falsy
+    return default_manager() if manager is None else manager
+
+
+@implements(AsyncFilesProtocol)
 class AsyncFiles:
     """A sandbox's workdir, from the host: paths are relative to it; symlinks never lead out of it."""
 
@@ -292,13 +278,10 @@ class AsyncFiles:
         self._sb = sb
 
     async def write(self, path: str, data: str | bytes) -> None:
-        """Create or replace a file (text is written as UTF-8); parent directories are made."""
         raw = data.encode() if isinstance(data, str) else bytes(data)
         await self._sb._op(self._sb._instance.write_files({_path(path): raw}))
 
     async def read(self, path: str, max_bytes: int | None = None) -> bytes:
-        """A file's bytes (at most ``max_bytes``, default the sandbox's disk size). NotFoundError when it
-        does not exist, is not a regular file, or its path leads out of the workdir."""
         limit = max_bytes if max_bytes is not None else self._sb.limits.disk_mb * 1024 * 1024
         data = await self._sb._op(self._sb._instance.read_file(_path(path), min(limit, MAX_READ_BYTES)))
         if data is None:
@@ -306,7 +289,6 @@ class AsyncFiles:
         return data
 
     async def list(self, path: str = ".") -> builtins.list[FileInfo]:
-        """The entries of a workdir directory, sorted by name."""
         rel = _path(path, allow_root=True)
         try:
             entries = await self._sb._op(self._sb._instance.list_files(rel))
@@ -317,12 +299,13 @@ class AsyncFiles:
                 for e in entries]
 
     async def remove(self, path: str) -> bool:
-        """Remove a file, symlink or directory tree; False when nothing was there."""
         return await self._sb._op(self._sb._instance.remove_file(_path(path)))
 
 
+@implements(AsyncSandboxProtocol, AsyncSandboxesProtocol)
 class AsyncSandbox:
-    """A persistent sandbox (the async core). Make one with ``create`` or ``get_or_create``."""
+    """A persistent sandbox (the async core). Make one with ``create`` or ``get_or_create``; these and the
+    lookups take ``manager=`` (default: ``default_manager()``)."""
 
     def __init__(self, *, _token: object, manager: SandboxManager, instance: Instance, provider: Provider,
                  language: str, lang_env: dict[str, str], env: dict[str, str], labels: dict[str, str],
@@ -332,6 +315,7 @@ class AsyncSandbox:
         self.id = "sb_" + uuid.uuid4().hex[:20]
         self.manager, self._instance, self._provider = manager, instance, provider
         self.language, self._env, self.labels, self.limits = language, {**lang_env, **env}, labels, limits
+        self._own_env = env  # the variables given at create: under those of each run's language
         self.ttl_s, self.max_lifetime_s, self.owner = ttl_s, max_lifetime_s, owner
         self.created_at = time.time()
         self._born = self._used = time.monotonic()
@@ -344,40 +328,37 @@ class AsyncSandbox:
     @classmethod
     async def create(cls, language: str = "python", *, labels: Mapping[str, str] | None = None,
                      ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-                     provider: str | None = None, env: Mapping[str, str] | None = None) -> AsyncSandbox:
-        """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
-        ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
-        ``env`` variables of every exec."""
-        return await default_manager().create(language, labels=labels, ttl_s=ttl_s, max_lifetime_s=max_lifetime_s,
+                     provider: str | None = None, env: Mapping[str, str] | None = None,
+                     manager: SandboxManager | None = None) -> AsyncSandbox:
+        return await _manager(manager).create(language, labels=labels, ttl_s=ttl_s, max_lifetime_s=max_lifetime_s,
                                               limits=limits, provider=provider, env=env)
 
     @classmethod
     async def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
                             max_lifetime_s: float | None = None, limits: Limits | None = None,
-                            provider: str | None = None, env: Mapping[str, str] | None = None) -> AsyncSandbox:
-        """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
-        return await default_manager().get_or_create(labels, language=language, ttl_s=ttl_s,
-                                                     max_lifetime_s=max_lifetime_s, limits=limits,
-                                                     provider=provider, env=env)
+                            provider: str | None = None, env: Mapping[str, str] | None = None,
+                            manager: SandboxManager | None = None) -> AsyncSandbox:
+        return await _manager(manager).get_or_create(labels, language=language, ttl_s=ttl_s,
+                                                     max_lifetime_s=max_lifetime_s, limits=limits, provider=provider,
+                                                     env=env)
 
     @classmethod
-    async def find(cls, labels: Mapping[str, str]) -> AsyncSandbox | None:
-        """The most recently used live sandbox whose labels include ``labels``, or None."""
-        return default_manager().find(labels)
+    async def find(cls, labels: Mapping[str, str], *, manager: SandboxManager | None = None) -> AsyncSandbox | None:
+        return _manager(manager).find(labels)
 
     @classmethod
-    async def list(cls, labels: Mapping[str, str] | None = None) -> builtins.list[AsyncSandbox]:
-        """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
-        return default_manager().list(labels)
+    async def list(cls, labels: Mapping[str, str] | None = None, *, manager: SandboxManager | None = None
+                   ) -> builtins.list[AsyncSandbox]:
+        return _manager(manager).list(labels)
 
     @classmethod
-    async def get(cls, sandbox_id: str) -> AsyncSandbox:
-        """The live sandbox with this id; NotFoundError when there is none."""
-        return default_manager().get(sandbox_id)
+    async def get(cls, sandbox_id: str, *, manager: SandboxManager | None = None) -> AsyncSandbox:
+        return _manager(manager).get(sandbox_id)
 
     # ------------------------------------------------------------------ state
     @property
     def alive(self) -> bool:
+        """Not destroyed."""
         return not self._destroyed
 
     @property
@@ -402,7 +383,8 @@ class AsyncSandbox:
         self._busy += 1
         self._touch()
         try:
-            result = await aw
+            with provider_errors(self._provider.name):
+                result = await aw
             if self._destroyed:  # what it returned was cut short by the destroy: there is no result to give
                 raise NotFoundError(f"sandbox {self.id} was destroyed during the operation")
             return result
@@ -410,29 +392,15 @@ class AsyncSandbox:
             if self._destroyed:  # destroyed (or reaped) while it ran: the caller's doing, not a failure
                 raise NotFoundError(f"sandbox {self.id} was destroyed during the operation") from e
             raise
-        except ExecboxError:
-            raise
-        except Exception as e:  # a provider bug or host failure: the sandbox's fault, mapped at the boundary
-            if self._destroyed:
-                raise NotFoundError(f"sandbox {self.id} was destroyed during the operation") from e
-            raise SandboxError(f"provider {self._provider.name!r} failed: {e}") from e
         finally:
             self._busy -= 1
             self._touch()
 
     def _spec(self, cmd: Command, stdin: str | bytes | None, env: Mapping[str, str] | None, cwd: str,
               limits: Limits | None) -> ExecSpec:
-        lim = self.limits
-        if limits is not None:  # tighten only: each field it sets, capped by the sandbox's
-            capped = {k: min(getattr(limits, k), getattr(lim, k)) for k in limits.model_fields_set
-                      if k not in ("disk_mb", "network")}
-            lim = lim.model_copy(update=capped)
-        cwd = check_cwd(cwd)
         merged = check_env({**self._env, **(env or {})})
-        return ExecSpec(argv=_argv(cmd), wall_time_s=lim.wall_time_s, cpu_time_s=lim.cpu_time_s,
-                        memory_mb=lim.memory_mb, pids=lim.pids, output_bytes=lim.output_bytes,
-                        file_size_mb=lim.file_size_mb, open_files=lim.open_files, env=merged, cwd=cwd,
-                        stdin=stdin.encode() if isinstance(stdin, str) else stdin or b"")
+        return exec_spec(tightened(self.limits, limits), argv_of(cmd), env=merged, cwd=check_cwd(cwd),
+                         stdin=stdin.encode() if isinstance(stdin, str) else stdin or b"")
 
     def _result(self, outcome: ProcessOutcome, spec: ExecSpec) -> ExecutionResult:
         step = step_result(outcome, spec)
@@ -442,10 +410,6 @@ class AsyncSandbox:
     # ------------------------------------------------------------------ running
     async def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                    cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
-        """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
-        its result. Files and background processes persist between execs; each exec has its own limits
-        and a runaway one is killed (with everything it started) while the sandbox lives on. The command
-        failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
         spec = self._spec(cmd, stdin, env, cwd, limits)
         result = self._result(await self._op(self._instance.exec(spec)), spec)
         if check and not result.ok:
@@ -454,9 +418,6 @@ class AsyncSandbox:
 
     async def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                      cwd: str = ".", limits: Limits | None = None) -> AsyncIterator[ExecEvent]:
-        """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
-        "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
-        kills the command."""
         spec = self._spec(cmd, stdin, env, cwd, limits)
         if self._destroyed:
             raise NotFoundError(f"sandbox {self.id} has been destroyed")
@@ -465,32 +426,41 @@ class AsyncSandbox:
         self._touch()
         events = self._instance.stream(spec)
         try:
-            async for item in events:
-                if isinstance(item, OutputChunk):
-                    if text := decoders[item.stream].decode(item.data):
-                        yield ExecEvent(type=item.stream, data=text)
-                else:
-                    for name, dec in decoders.items():
-                        if tail := dec.decode(b"", final=True):
-                            yield ExecEvent(type=name, data=tail)
-                    yield ExecEvent(type="exit", result=self._result(item, spec))
-        except ExecboxError:
-            raise
-        except Exception as e:
-            raise SandboxError(f"provider {self._provider.name!r} failed: {e}") from e
+            with provider_errors(self._provider.name):
+                async for item in events:
+                    if isinstance(item, OutputChunk):
+                        if text := decoders[item.stream].decode(item.data):
+                            yield ExecEvent(type=item.stream, data=text)
+                    else:
+                        for name, dec in decoders.items():
+                            if tail := dec.decode(b"", final=True):
+                                yield ExecEvent(type=name, data=tail)
+                        yield ExecEvent(type="exit", result=self._result(item, spec))
         finally:
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
             self._busy -= 1
             self._touch()
 
+    async def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
+                  files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
+                  stdin: str | bytes | None = "", args: Sequence[str] | None = (),
+                  env: Mapping[str, str] | None = None, limits: Limits | None = None,
+                  arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
+                  check: bool = False) -> ExecutionResult:
+        result = await self._run_request(program_request(
+            code, language or self.language, version=version, files=files, entry=entry, stdin=stdin, args=args,
+            env=env, limits=limits, arguments=arguments, command=command))
+        if check and not result.ok:
+            raise ExecutionFailed(result)
+        return result
+
+    async def _run_request(self, request: ExecutionRequest) -> ExecutionResult:
+        """``request``'s steps in this sandbox (its ``provider`` unused); the HTTP route's way in."""
+        return await self._op(self.manager.engine.run_in(self._instance, request, provider=self._provider.name,
+                                                         caps=self.limits, env=self._own_env))
+
     async def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
-        """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its
-        state between calls: ``run_code("x = 41")`` then ``run_code("x + 1").text == "42"``. Rich outputs
-        (text/plain, text/html, image/png of matplotlib figures...), stdout, stderr and the exception come
-        back as data in a CellResult. ``timeout_s`` (default and maximum: the sandbox's ``wall_time_s``) is
-        the cell's: past it the cell is interrupted, and the kernel killed if it does not stop; a kernel that
-        died is replaced by the next call, whose result says so (``restarted``). The sandbox lives on."""
         gone = f"sandbox {self.id} was destroyed during the cell"
         try:
             result = await self._op(self._kernel.run(code, timeout_s))
@@ -504,7 +474,6 @@ class AsyncSandbox:
 
     # ------------------------------------------------------------------ ending
     async def destroy(self) -> None:
-        """Kill everything in the sandbox and remove every trace of it. Idempotent."""
         if self._destroyed:
             return
         self._destroyed = True
@@ -514,218 +483,18 @@ class AsyncSandbox:
     async def __aenter__(self) -> AsyncSandbox:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.destroy()
 
     def __repr__(self) -> str:
-        state = "alive" if self.alive else "destroyed"
-        return f"<AsyncSandbox {self.id} {self.language} labels={self.labels} {state}>"
+        return f"<AsyncSandbox {self.id} {self.language} labels={self.labels} {'alive' if self.alive else 'destroyed'}>"
 
 
-# ---------------------------------------------------------------------------------------------- sync facade
+class Sandbox(BlockingSandbox[AsyncSandbox]):
+    """A persistent sandbox (blocking): ``AsyncSandbox``'s names, signatures and docstrings (the one blocking
+    facade, ``execbox.blocking``); ``create``/``get_or_create``/``get``/``find``/``list`` take ``manager=``."""
 
-class _Portal:
-    """One event loop on a daemon thread that every sync Sandbox runs on: a sandbox outlives any single
-    call, and its processes are started from a thread that lives as long as the program (the local
-    provider's launcher dies with the thread that started it)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.call_soon(ready.set)
-            self.loop.run_forever()
-
-        threading.Thread(target=run, name="execbox-sandbox-portal", daemon=True).start()
-        ready.wait()
-
-    def call(self, aw: Awaitable[T]) -> T:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            raise RuntimeError("a sync Sandbox method was called from its own event loop; use AsyncSandbox")
-
-        async def wrap() -> T:
-            return await aw
-
-        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result()
+    _backend = AsyncSandbox
 
 
-@functools.cache
-def _portal() -> _Portal:
-    return _Portal()
-
-
-class Files:
-    """A sandbox's workdir (blocking): the same methods as ``AsyncFiles``."""
-
-    def __init__(self, files: AsyncFiles) -> None:
-        self._files = files
-
-    def write(self, path: str, data: str | bytes) -> None:
-        """Create or replace a file (text is written as UTF-8); parent directories are made."""
-        return _portal().call(self._files.write(path, data))
-
-    def read(self, path: str, max_bytes: int | None = None) -> bytes:
-        """A file's bytes (at most ``max_bytes``, default the sandbox's disk size). NotFoundError when it
-        does not exist, is not a regular file, or its path leads out of the workdir."""
-        return _portal().call(self._files.read(path, max_bytes))
-
-    def list(self, path: str = ".") -> builtins.list[FileInfo]:
-        """The entries of a workdir directory, sorted by name."""
-        return _portal().call(self._files.list(path))
-
-    def remove(self, path: str) -> bool:
-        """Remove a file, symlink or directory tree; False when nothing was there."""
-        return _portal().call(self._files.remove(path))
-
-
-class Sandbox:
-    """A persistent sandbox (blocking): the same names and signatures as ``AsyncSandbox``."""
-
-    def __init__(self, sb: AsyncSandbox) -> None:
-        self._sb = sb
-        self.files = Files(sb.files)
-
-    @property
-    def id(self) -> str:
-        return self._sb.id
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return self._sb.labels
-
-    @property
-    def language(self) -> str:
-        return self._sb.language
-
-    @property
-    def alive(self) -> bool:
-        return self._sb.alive
-
-    @classmethod
-    def create(cls, language: str = "python", *, labels: Mapping[str, str] | None = None,
-               ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-               provider: str | None = None, env: Mapping[str, str] | None = None) -> Sandbox:
-        """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
-        ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
-        ``env`` variables of every exec."""
-        return cls(_portal().call(AsyncSandbox.create(language, labels=labels, ttl_s=ttl_s,
-                                                      max_lifetime_s=max_lifetime_s, limits=limits,
-                                                      provider=provider, env=env)))
-
-    @classmethod
-    def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
-                      max_lifetime_s: float | None = None, limits: Limits | None = None,
-                      provider: str | None = None, env: Mapping[str, str] | None = None) -> Sandbox:
-        """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
-        return cls(_portal().call(AsyncSandbox.get_or_create(labels, language=language, ttl_s=ttl_s,
-                                                             max_lifetime_s=max_lifetime_s, limits=limits,
-                                                             provider=provider, env=env)))
-
-    @classmethod
-    def find(cls, labels: Mapping[str, str]) -> Sandbox | None:
-        """The most recently used live sandbox whose labels include ``labels``, or None."""
-        sb = _portal().call(AsyncSandbox.find(labels))
-        return None if sb is None else cls(sb)
-
-    @classmethod
-    def list(cls, labels: Mapping[str, str] | None = None) -> builtins.list[Sandbox]:
-        """Live sandboxes whose labels include ``labels`` (all with None), most recently used first."""
-        return [cls(sb) for sb in _portal().call(AsyncSandbox.list(labels))]
-
-    @classmethod
-    def get(cls, sandbox_id: str) -> Sandbox:
-        """The live sandbox with this id; NotFoundError when there is none."""
-        return cls(_portal().call(AsyncSandbox.get(sandbox_id)))
-
-    def exec(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
-             cwd: str = ".", limits: Limits | None = None, check: bool = False) -> ExecutionResult:
-        """Run a command (a string runs under ``/bin/sh -c``; a list is the argv) in the sandbox and return
-        its result. Files and background processes persist between execs; each exec has its own limits
-        and a runaway one is killed (with everything it started) while the sandbox lives on. The command
-        failing is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
-        return _portal().call(self._sb.exec(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits, check=check))
-
-    def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
-               cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
-        """Run a command as ``exec`` does, yielding its stdout/stderr as they come (ExecEvent "stdout" and
-        "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
-        kills the command."""
-        agen = self._sb.stream(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits)
-        portal = _portal()
-        try:
-            while True:
-                try:
-                    yield portal.call(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            portal.call(agen.aclose())  # type: ignore[attr-defined]
-
-    def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
-        """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its
-        state between calls: ``run_code("x = 41")`` then ``run_code("x + 1").text == "42"``. Rich outputs
-        (text/plain, text/html, image/png of matplotlib figures...), stdout, stderr and the exception come
-        back as data in a CellResult. ``timeout_s`` (default and maximum: the sandbox's ``wall_time_s``) is
-        the cell's: past it the cell is interrupted, and the kernel killed if it does not stop; a kernel that
-        died is replaced by the next call, whose result says so (``restarted``). The sandbox lives on."""
-        return _portal().call(self._sb.run_code(code, timeout_s=timeout_s))
-
-    def destroy(self) -> None:
-        """Kill everything in the sandbox and remove every trace of it. Idempotent."""
-        _portal().call(self._sb.destroy())
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.destroy()
-
-    def __repr__(self) -> str:
-        return repr(self._sb).replace("AsyncSandbox", "Sandbox", 1)
-
-
-# ---------------------------------------------------------------------------------------------- run_many
-
-async def arun_many(commands: Sequence[Command], language: str = "bash", *,
-                    files: Mapping[str, str | bytes] | None = None, env: Mapping[str, str] | None = None,
-                    limits: Limits | None = None, provider: str | None = None,
-                    stop_on_error: bool = False) -> list[ExecutionResult]:
-    """Run ``commands`` one after another in one throwaway sandbox (files and processes persist between
-    them) and return their results, in order; with ``stop_on_error`` the first result that is not ``ok``
-    is the last. ``files`` are written into the workdir first. The sandbox is destroyed at the end."""
-    if isinstance(commands, str):
-        raise RequestError("commands is a list of commands (a single string would run one per character)")
-    for name in files or {}:
-        check_file_name(name)  # before any sandbox is made
-    results: list[ExecutionResult] = []
-    async with await AsyncSandbox.create(language, limits=limits, provider=provider, env=env) as sb:
-        for name, data in (files or {}).items():
-            await sb.files.write(name, data)
-        for cmd in commands:
-            r = await sb.exec(cmd)
-            results.append(r)
-            if stop_on_error and not r.ok:
-                break
-    return results
-
-
-def run_many(commands: Sequence[Command], language: str = "bash", *,
-             files: Mapping[str, str | bytes] | None = None, env: Mapping[str, str] | None = None,
-             limits: Limits | None = None, provider: str | None = None,
-             stop_on_error: bool = False) -> list[ExecutionResult]:
-    """Run ``commands`` one after another in one throwaway sandbox (files and processes persist between
-    them) and return their results, in order; with ``stop_on_error`` the first result that is not ``ok``
-    is the last. ``files`` are written into the workdir first. The sandbox is destroyed at the end."""
-    return _portal().call(arun_many(commands, language, files=files, env=env, limits=limits, provider=provider,
-                                    stop_on_error=stop_on_error))
-
-
-__all__ = ["AsyncFiles", "AsyncSandbox", "Files", "Sandbox", "SandboxManager", "arun_many", "default_manager",
-           "run_many"]
+__all__ = ["AsyncFiles", "AsyncSandbox", "Files", "Sandbox", "SandboxManager", "default_manager"]

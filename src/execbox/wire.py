@@ -165,6 +165,28 @@ class ExecuteBody(_ExecuteShared):
             raise RequestError(field_errors(e)) from None
 
 
+class _SandboxRunBase(_Body):
+    language: str | None = Field(None, max_length=64, description="Language name or alias (default: the "
+                                 "sandbox's).")
+
+    def to_request(self, language: str) -> ExecutionRequest:
+        """The library's request, ``language`` (the sandbox's) unless the body names one; RequestError
+        naming what is wrong, as for POST /api/v1/execute."""
+        fields = {name: getattr(self, name) for name in self.model_fields_set if name != "language"}
+        return ExecuteBody.model_validate({**fields, "language": self.language or language}).to_request()
+
+
+# ExecuteBody's program fields (not its provider or session: the sandbox has its own), derived not rewritten
+SandboxRunBody: type[_SandboxRunBase] = create_model(  # type: ignore[call-overload]
+    "SandboxRunBody",
+    __base__=_SandboxRunBase,
+    __doc__="A program to compile and run in the sandbox, as POST /api/v1/execute runs one in a fresh sandbox: "
+            "its files stay in the workdir; its limits are the sandbox's, tightened by `limits`/`timeout`.",
+    **{name: (f.annotation, f) for name, f in ExecuteBody.model_fields.items()
+       if name not in ("language", "provider", "session_id")},
+)
+
+
 # Every ExecutionResult field, plus the seed API's four: one model, derived rather than written twice.
 ExecuteResponse: type[BaseModel] = create_model(  # type: ignore[call-overload]
     "ExecuteResponse",

@@ -115,6 +115,30 @@ def test_timeout_is_the_wall_and_the_cpu_time(make_server, label: str) -> None: 
         execbox(s, "destroy", sb)
 
 
+def test_keep_and_reuse_use_the_servers_languages(make_server, tmp_path: Path, label: str) -> None:  # type: ignore[no-untyped-def]
+    """The server compiles and runs as its own languages say: its C builds with a flag the client's does not
+    know of, and a language only the server has runs by name (the client never expands a command)."""
+    langs = tmp_path / "server-languages"
+    langs.mkdir()
+    c = (Path(__file__).parents[2] / "src/execbox/languages/builtin/c.toml").read_text()
+    (langs / "c.toml").write_text(c.replace('"-pipe",', '"-pipe", "-DWHERE=\\"server\\"",'))
+    (langs / "shout.toml").write_text('name = "shout"\nextensions = ["shout"]\nentry = "main.shout"\n'
+                                      'requires = ["sh"]\nversion_command = ["sh", "-c", "echo 1.0"]\n'
+                                      '[run]\ncommand = ["sh", "{entry}", "{args}"]\n')
+    server = make_server(env={"EXECBOX_LANGUAGES_DIR": str(langs)}, data_dir=tmp_path)
+    (tmp_path / "main.c").write_text('#include <stdio.h>\nint main(){ puts(WHERE); return 0; }\n')
+    p = execbox(server, "run", "--keep", "-l", label, str(tmp_path / "main.c"))
+    assert (p.returncode, p.stdout) == (0, "server\n"), p.stderr
+    sb = sandbox_id(p)
+    try:
+        p = execbox(server, "run", "--reuse", "-l", label, "--lang", "shout", "-c", "echo loud $1; ls", "--", "x")
+        assert (p.returncode, p.stdout) == (0, "loud x\nmain\nmain.c\nmain.shout\n"), p.stderr
+        p = execbox(server, "run", "--reuse", "-l", label, "--json", "--lang", "shout", "-c", "exit 4")
+        assert p.returncode == 4 and json.loads(p.stdout)["sandbox_id"] == sb
+    finally:
+        execbox(server, "destroy", sb)
+
+
 def test_clear_failures(server: Server, tmp_path: Path) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     p = execbox(None, "list", "--url", nowhere)

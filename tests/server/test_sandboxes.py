@@ -326,3 +326,47 @@ def test_bad_input_is_a_clear_4xx(client: httpx.Client, sb: str) -> None:
         assert r.status_code == status, (method, path, payload, r.status_code, r.text)
         assert r.json()["detail"], r.text
     assert client.get(f"{API}/{sb}").status_code == 200  # nothing above hurt the sandbox
+
+
+# --- programs: POST /{id}/run
+
+def test_run_builds_and_runs_a_program_in_the_sandbox(client: httpx.Client) -> None:
+    info = create(client, language="c", limits={"wall_time_s": 3})
+    sid = info["id"]
+    try:
+        src = ('#include <stdio.h>\n'
+               'int main(int c, char **v){ char s[8]; scanf("%7s", s); printf("%s %s\\n", s, v[1]); }')
+        r = client.post(f"{API}/{sid}/run", json={"code": src, "stdin": "in", "args": ["a"]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["status"], body["stdout"], body["success"], body["output"]) == ("ok", "in a\n", True, "in a\n")
+        assert body["compile"]["status"] == "ok" and body["language"] == "c"
+        assert run(client, sid, "./main b < /dev/null; ls")["stdout"] == " b\nmain\nmain.c\n"  # the build stays
+        r = client.post(f"{API}/{sid}/run", json={"code": "int main() { return }"})
+        assert r.status_code == 200 and r.json()["status"] == "compile_error", r.text
+        r = client.post(f"{API}/{sid}/run", json={"code": "#include <unistd.h>\nint main() { sleep(30); }",
+                                                    "timeout": 60})
+        assert r.status_code == 200 and r.json()["status"] == "timeout" and r.json()["wall_time_s"] < 10, r.text
+        r = client.post(f"{API}/{sid}/run", json={"language": "bash", "code": "echo $X; cat main.c | wc -l",
+                                                    "environment": {"X": "x"}})
+        assert r.status_code == 200 and r.json()["stdout"] == "x\n1\n", r.text
+    finally:
+        client.delete(f"{API}/{sid}")
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"code": "x", "language": "cobol"}, 400, "unknown language"),
+    ({"code": "x", "files": [{"name": "../evil", "content": "x"}]}, 422, "files"),
+    ({"code": "x", "files": [{"name": "main.sh", "content": "y"}]}, 400, "given twice"),
+    ({"code": "x", "provider": "local"}, 422, "provider"),
+    ({"code": "x", "session_id": "s"}, 422, "session_id"),
+    ({"code": "x", "command": "test"}, 400, "no test command"),
+    ({"code": "x", "timeout": -1}, 422, "timeout"),
+    ({}, 400, "code"),
+])
+def test_run_refuses_bad_input_with_a_clear_4xx(client: httpx.Client, sb: str, body: dict, status: int,
+                                               words: str) -> None:
+    r = client.post(f"{API}/{sb}/run", json=body)
+    assert r.status_code == status, r.text
+    assert words in r.text and "Traceback" not in r.text
+    assert client.post(f"{API}/sb_nope/run", json={"code": "x"}).status_code == 404

@@ -14,7 +14,7 @@ from rich.table import Table
 
 import execbox
 from execbox.cli.common import EXIT_HELP, exit_code, fail, out, parse_env, parse_labels, report
-from execbox.errors import ExecboxError, RequestError
+from execbox.errors import ExecboxError, RequestError, UnknownLanguageError
 from execbox.models import Limits, Status
 
 app = typer.Typer(help="Run untrusted code in a sandbox, in many languages, with hard limits.", epilog=EXIT_HELP,
@@ -100,15 +100,23 @@ def run(
     variables = parse_env(env)
     try:
         files = {p.name: p.read_bytes() for p in extra or []}
-        language = execbox.LanguageRegistry.load().get(lang)
-        if entry is not None and not entry.endswith(tuple(f".{e}" for e in language.extensions)):
+        registry = execbox.LanguageRegistry.load()
+        # a file whose extension is not the language's is run under the language's entry name; with
+        # --keep/--reuse the server's languages decide, and a language only it knows keeps the file's name
+        try:
+            known: execbox.Language | None = registry.get(lang)
+        except UnknownLanguageError:
+            if not remote:
+                raise
+            known = None
+        if entry is not None and known is not None and not entry.endswith(tuple(f".{e}" for e in known.extensions)):
             entry = None
         limits = Limits.with_timeout(timeout, memory_mb=memory, network=network or None)
         if remote:
             from execbox.cli.sandboxes import run_in_sandbox  # the client: only with --keep/--reuse
 
             raise typer.Exit(run_in_sandbox(
-                url=url, api_key=api_key, keep=keep, labels=parse_labels(labels), lang=language, source=source,
+                url=url, api_key=api_key, keep=keep, labels=parse_labels(labels), language=lang, source=source,
                 entry=entry, files=files, args=positional, stdin=stdin or "", env=variables,
                 limits=limits, provider=provider,
                 as_json=as_json))

@@ -20,8 +20,7 @@ from rich.table import Column, Table
 from execbox.cli.common import err, exit_code, fail, out, parse_env, parse_labels, report
 from execbox.client import Client, RemoteSandbox, default_url
 from execbox.errors import AuthenticationError, ExecboxError, NotFoundError, RequestError, ServerUnreachable
-from execbox.languages import Language
-from execbox.models import ExecutionResult, Limits, Status, StepResult
+from execbox.models import ExecutionResult, Limits, Status
 
 Url = Annotated[str | None, typer.Option("--url", help="The execbox server (default: EXECBOX_URL, else "
                                          "http://127.0.0.1:8002).", show_default=False)]
@@ -60,46 +59,30 @@ def _stream(sb: RemoteSandbox, argv: list[str] | str, *, stdin: str, env: Mappin
     raise ExecboxError("the command ended without a result")  # _stream's stream always ends with exit
 
 
-def run_in_sandbox(*, url: str | None, api_key: str | None, keep: bool, labels: dict[str, str], lang: Language,
+def run_in_sandbox(*, url: str | None, api_key: str | None, keep: bool, labels: dict[str, str], language: str,
                    source: str, entry: str | None, files: dict[str, bytes], args: list[str], stdin: str,
                    env: dict[str, str], limits: Limits | None, provider: str | None, as_json: bool) -> int:
     """`execbox run --keep` (a new sandbox, left alive) or `--reuse` (the live sandbox with these labels, or a
-    new one): write the files, compile as the language says, run; the exit code as `run`'s."""
-    entry = entry or lang.entry
-    all_files: dict[str, str | bytes] = {**files, entry: source}
-    env = {**lang.env, **env}
+    new one): the server writes the files, compiles and runs as its languages say (POST .../run); the exit
+    code as `run`'s."""
     with connected(url, api_key) as client:
         if keep:
-            sb = client.Sandbox.create(lang.name, labels=labels, limits=limits, provider=provider)
+            sb = client.Sandbox.create(language, labels=labels, limits=limits, provider=provider)
         else:
-            sb = client.Sandbox.get_or_create(labels, language=lang.name, limits=limits, provider=provider)
+            sb = client.Sandbox.get_or_create(labels, language=language, limits=limits, provider=provider)
         # first, so that the id is known even if what follows fails or is interrupted
         err.print(f"execbox: sandbox {sb.id}" + (" (kept)" if keep else ""), highlight=False, soft_wrap=True)
-        sources = lang.sources(all_files)
-        build, support = lang.build({n: d.encode() if isinstance(d, str) else d for n, d in all_files.items()},
-                                    entry)
-        for name, data in {**all_files, **support}.items():
-            sb.files.write(name, data)
-        argv = list(lang.expand(lang.run, entry, sources, args))
-        result: ExecutionResult | None = None
-        if build is not None:
-            built = sb.exec(list(lang.expand(build, entry, sources, ())), env=env, limits=limits)
-            if not built.ok:  # reported as a one-shot run reports it: status compile_error, the step in `compile`
-                result = ExecutionResult(
-                    execution_id=built.execution_id, language=lang.name, provider=built.provider,
-                    status=Status.COMPILE_ERROR if built.status is Status.RUNTIME_ERROR else built.status,
-                    compile=StepResult.model_validate(built.model_dump(include=set(StepResult.model_fields))),
-                    message=built.message or "the compile step failed")
-                if not as_json:
-                    sys.stderr.write(built.stdout + built.stderr)
-        if result is None and as_json:
-            result = sb.exec(argv, stdin=stdin, env=env, limits=limits)
-        elif result is None:
-            result = _stream(sb, argv, stdin=stdin, env=env, limits=limits)
+        result = sb.run(source, language=language, entry=entry, files=files, stdin=stdin, args=args, env=env,
+                        limits=limits)
     if as_json:
         print(json.dumps({"sandbox_id": sb.id, **result.model_dump(mode="json")}, indent=2))
-    else:
-        report(result)
+        return exit_code(result)
+    if result.compile and result.status is Status.COMPILE_ERROR:
+        sys.stderr.write(result.compile.stdout + result.compile.stderr)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    sys.stdout.flush()
+    report(result)
     return exit_code(result)
 
 

@@ -33,11 +33,13 @@ import binascii
 import enum
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
+from execbox.engine import exec_spec
 from execbox.errors import ExecboxError, RequestError, SandboxError
 from execbox.models import Limits
 from execbox.providers.base import ExecSpec, Instance, ProcessOutcome, StopReason
@@ -207,9 +209,8 @@ class Kernel:
     def _spec(self, argv: tuple[str, ...], stdin: bytes, wall_s: float, cpu_s: float) -> ExecSpec:
         lim = self._limits
         # the cell's output is capped by the bridge (output_bytes); the exec's cap leaves room for the JSON around it
-        return ExecSpec(argv=argv, wall_time_s=wall_s, cpu_time_s=cpu_s, memory_mb=lim.memory_mb, pids=lim.pids,
-                        output_bytes=lim.output_bytes + ENVELOPE_BYTES, file_size_mb=lim.file_size_mb,
-                        open_files=lim.open_files, stdin=stdin, env=self._env, cwd=".")
+        return replace(exec_spec(lim, argv, stdin=stdin, env=self._env), wall_time_s=wall_s, cpu_time_s=cpu_s,
+                       output_bytes=lim.output_bytes + ENVELOPE_BYTES)
 
     def _failed(self, why: str, stopped_by: object = None, ran_before: bool = False) -> ExecboxError:
         """The error for a kernel that could not start (or restart): the request's limits, or the sandbox.

@@ -37,6 +37,7 @@ from execbox.wire import (
     OutputData,
     SandboxInfo,
     SandboxList,
+    SandboxRunBody,
     Written,
     execute_response,
 )
@@ -130,6 +131,20 @@ async def exec_(sandbox_id: str, body: ExecBody, service: ServiceDep, principal:
     async with service.capacity.slot():
         result = await sb.exec(body.command, stdin=body.stdin, env=body.env, cwd=body.cwd,
                                limits=body.exec_limits())
+    _log_exec(principal, sb, result, streamed=False)
+    return execute_response(result)
+
+
+@router.post("/{sandbox_id}/run", response_model=ExecuteResponse)
+async def run(sandbox_id: str, body: SandboxRunBody, service: ServiceDep,
+              principal: PrincipalDep) -> dict[str, Any]:
+    """Compile and run a program in the sandbox, as POST /api/v1/execute does in a fresh one (the same answer):
+    its files (and what the compile step built) stay in the workdir; the run's limits are the sandbox's,
+    tightened by the body's. The program failing is a result, never an HTTP error."""
+    sb = _get(service, principal, sandbox_id)
+    request = body.to_request(sb.language)
+    async with service.capacity.slot():
+        result = await sb._run_request(request)
     _log_exec(principal, sb, result, streamed=False)
     return execute_response(result)
 
