@@ -151,7 +151,7 @@ class BlockingSandbox(Generic[S]):
     run_code = twin(AsyncSandboxProtocol.run_code)
     destroy = twin(AsyncSandboxProtocol.destroy)
 
-    def stream(self, cmd: Command, *, stdin: str | bytes = "", env: Mapping[str, str] | None = None,
+    def stream(self, cmd: Command, *, stdin: str | bytes | None = "", env: Mapping[str, str] | None = None,
                cwd: str = ".", limits: Limits | None = None) -> Iterator[ExecEvent]:
         agen = self._async.stream(cmd, stdin=stdin, env=env, cwd=cwd, limits=limits)
         try:
