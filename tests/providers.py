@@ -1,15 +1,17 @@
 """Real providers for tests (local and docker), made in one place.
 
-Each provider gets a block of instance uids and a runtime dir of its own: no other provider of this test
-process or of another pytest-xdist worker uses them, so a test's host checks (no process of its uids left,
-no workdir, no cgroup) look only at what it could have made. A block is named by what uses it (a module's
-fixture, the escape suite): asked for again by the same name in the same process, it is the same block.
+Each local provider gets a block of instance uids and a runtime dir of its own: no other provider of this
+test process or of any other test process on the host (another xdist worker, another pytest run) uses them,
+so a test's host checks (no process of its uids left, no workdir, no cgroup) look only at what it could have
+made. A test process claims a region of uids for its whole life with a lock file; a block is named by what
+uses it (a module's fixture, the escape suite): asked for again by the same name, it is the same block.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,31 +23,44 @@ from execbox.providers.docker import DockerProvider, DockerSettings, PoolSetting
 from execbox.providers.docker import images as docker_images
 from execbox.providers.local import LocalProvider, LocalSettings
 
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "master")
-WORKER_INDEX = int(WORKER[2:]) if re.fullmatch(r"gw\d+", WORKER) else 63
-# Far from every host user and from the product's own default range (1_900_000_000...): a worker's region
-# holds REGION_BLOCKS blocks of BLOCK uids.
+# Far from every host user and from the product's own default range (1_900_000_000...): REGIONS regions,
+# one per test process at a time, each of REGION_BLOCKS blocks of BLOCK uids.
 FIRST_TEST_UID = 1_800_000_000
 BLOCK = 8
 REGION_BLOCKS = 64
+REGIONS = 256
 RUNTIME_ROOT = Path("/run/execbox-tests")
 
 _blocks: dict[str, int] = {}
 
 
+@functools.cache
+def region() -> int:
+    """This process's region, claimed for its life (the lock goes with the process, whatever ends it)."""
+    RUNTIME_ROOT.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(RUNTIME_ROOT, 0o711)  # the instance uids traverse it to reach their workdirs
+    for n in range(REGIONS):
+        fd = os.open(RUNTIME_ROOT / f".region-{n}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return n  # fd stays open: the lock is held until the process exits
+    raise RuntimeError(f"all {REGIONS} test uid regions are held by other test processes")
+
+
 def uid_block(name: str) -> range:
-    """This worker's block of uids for ``name``."""
+    """This process's block of uids for ``name``."""
     n = _blocks.setdefault(name, len(_blocks))
     assert n < REGION_BLOCKS, f"more than {REGION_BLOCKS} uid blocks in one test process"
-    first = FIRST_TEST_UID + (WORKER_INDEX * REGION_BLOCKS + n) * BLOCK
+    first = FIRST_TEST_UID + (region() * REGION_BLOCKS + n) * BLOCK
     return range(first, first + BLOCK)
 
 
 def runtime_dir(name: str) -> Path:
-    """This worker's runtime dir for ``name`` (its parent traversable by the instance uids)."""
-    RUNTIME_ROOT.mkdir(mode=0o711, exist_ok=True)
-    os.chmod(RUNTIME_ROOT, 0o711)
-    return RUNTIME_ROOT / f"{name}-{WORKER}"
+    """This process's runtime dir for ``name`` (its parent traversable by the instance uids)."""
+    return RUNTIME_ROOT / f"{name}-{region()}"
 
 
 def local_provider(name: str, **settings: Any) -> LocalProvider:
