@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from execbox.errors import IsolationError, ProviderUnavailable, RequestError, SandboxError
-from execbox.pool import WarmPool
+from execbox.pool import PrestartPool
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
 from execbox.providers.host import cgroups, seccomp
 from execbox.providers.local import bwrap
@@ -267,7 +267,7 @@ def _exec_message(spec: ExecSpec, env: Mapping[str, str], cwd: str, nproc: int) 
     return struct.pack("<Q", len(body)) + body
 
 
-def _close_pool(ref: weakref.ref[WarmPool[Any]]) -> None:
+def _close_pool(ref: weakref.ref[PrestartPool[Any]]) -> None:
     if (pool := ref()) is not None:
         pool.close(timeout=10)
 
@@ -311,21 +311,21 @@ class LocalProvider(Provider):
         # persistent sandboxes need a cgroup per exec (root) and openat2 (see persistent.py)
         self.supports_persistent = self.root and self.cgroups.usable
         self._cleanup_stale()
-        self.warm_pool: WarmPool[_Workdir] | None = None
+        self.warm_pool: PrestartPool[_Workdir] | None = None
         if self.settings.warm_pool > 0 and self.root and self.cgroups.usable:
             self.waiter = _build_waiter(self.runtime)
             # the most open files a launcher can grant (beyond it the cold path fails the same way)
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             self.max_nofile = min(int(Path("/proc/sys/fs/nr_open").read_text()),
                                   hard if hard != resource.RLIM_INFINITY else RLIM_INFINITY)
-            self.warm_pool = WarmPool(self.settings.warm_pool, self._prepare, self._destroy,
+            self.warm_pool = PrestartPool(self.settings.warm_pool, self._prepare, self._destroy,
                                       name="execbox-local-pool")
             atexit.register(_close_pool, weakref.ref(self.warm_pool))
-        self.sandbox_pool: WarmPool[PersistentInstance] | None = None
+        self.sandbox_pool: PrestartPool[PersistentInstance] | None = None
         if self.settings.sandbox_pool > 0 and self.supports_persistent:
             from execbox.providers.local.persistent import PersistentInstance
 
-            self.sandbox_pool = WarmPool(self.settings.sandbox_pool, lambda: PersistentInstance.prestart(self),
+            self.sandbox_pool = PrestartPool(self.settings.sandbox_pool, lambda: PersistentInstance.prestart(self),
                                          lambda inst: inst._teardown(), name="execbox-local-sandbox-pool")
             atexit.register(_close_pool, weakref.ref(self.sandbox_pool))
 
