@@ -38,7 +38,7 @@ from execbox.providers.docker import DockerProvider, State
 from execbox.providers.docker.container import PID_LABEL
 from execbox.providers.docker.provider import DockerInstance
 from execbox.providers.host.cgroups import Cgroup
-from execbox.providers.local.provider import _kill_uid, _umount
+from execbox.providers.local.host import kill_by_uid, umount
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import SandboxManager
 
@@ -266,13 +266,13 @@ def host_is_clean(sandbox: Sandbox) -> Iterator[None]:
 def _scrub(box: Sandbox) -> None:
     """Best-effort removal of what a failed test left behind."""
     for uid in box.uids:
-        _kill_uid(uid)
+        kill_by_uid(uid)
     runtime = str(box.runtime)
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mnt = line.split(" ")[4].encode().decode("unicode_escape")
         if mnt.startswith(runtime + "/"):
             with contextlib.suppress(OSError):
-                _umount(Path(mnt))
+                umount(Path(mnt))
     for d in (box.runtime / "instances").iterdir():
         shutil.rmtree(d, ignore_errors=True)
     me = f"{os.getpid()}-"
