@@ -1,4 +1,4 @@
-"""The warm pool: the generic WarmPool (no root needed) and the local provider's pre-started sandboxes
+"""The warm pool: the generic PrestartPool (no root needed) and the local provider's pre-started sandboxes
 (root: uid slots, tmpfs workdirs, cgroups). Hostile programs through the pool: tests/escapes/test_pool.py."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pytest
 from tests.providers import local_provider
 
 from execbox import Engine, ExecutionRequest, Limits, RequestError
-from execbox.pool import WarmPool
+from execbox.pool import PrestartPool
 from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.local import LocalProvider
 from execbox.providers.registry import ProviderRegistry
 
-# ---------------------------------------------------------------------------------------------- WarmPool
+# ---------------------------------------------------------------------------------------------- PrestartPool
 
 
 class Things:
@@ -42,7 +42,7 @@ class Things:
 
 def test_pool_makes_nothing_until_asked_then_fills() -> None:
     t = Things()
-    pool = WarmPool(3, t.make, t.destroy)
+    pool = PrestartPool(3, t.make, t.destroy)
     try:
         time.sleep(0.05)
         assert t.made == []
@@ -58,7 +58,7 @@ def test_pool_makes_nothing_until_asked_then_fills() -> None:
 
 def test_pool_drain_destroys_idle_and_waits_for_deferred_jobs() -> None:
     t = Things()
-    pool = WarmPool(2, t.make, t.destroy)
+    pool = PrestartPool(2, t.make, t.destroy)
     done = threading.Event()
     try:
         assert pool.fill(timeout=5)
@@ -74,7 +74,7 @@ def test_pool_drain_destroys_idle_and_waits_for_deferred_jobs() -> None:
 def test_pool_backs_off_when_make_fails_and_recovers() -> None:
     t = Things()
     t.fail = True
-    pool = WarmPool(1, t.make, t.destroy)
+    pool = PrestartPool(1, t.make, t.destroy)
     try:
         assert not pool.fill(timeout=0.3)
         t.fail = False
@@ -85,7 +85,7 @@ def test_pool_backs_off_when_make_fails_and_recovers() -> None:
 
 def test_closed_pool_runs_deferred_jobs_at_once_and_hands_out_nothing() -> None:
     t = Things()
-    pool = WarmPool(1, t.make, t.destroy)
+    pool = PrestartPool(1, t.make, t.destroy)
     pool.close(timeout=5)
     ran: list[int] = []
     pool.defer(lambda: ran.append(1))

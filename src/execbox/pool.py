@@ -1,6 +1,7 @@
-"""A generic warm pool: things made before they are asked for, and torn down after they are used.
+"""A generic pool of pre-started items: things made before they are asked for, each taken once, and torn down
+after they are used (the docker provider's reusable containers are providers/docker/pool.py's ``KeyedPool``).
 
-    pool = WarmPool(2, make=start_sandbox, destroy=stop_sandbox)
+    pool = PrestartPool(2, make=start_sandbox, destroy=stop_sandbox)
     item = pool.take()          # an idle item, or None (the caller then makes one the slow way)
     ...
     pool.defer(lambda: stop_sandbox(item))  # teardown after the result is returned
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 BACKOFF_S = (0.1, 0.5, 2.0, 10.0)
 
 
-class WarmPool(Generic[T]):
+class PrestartPool(Generic[T]):
     def __init__(self, size: int, make: Callable[[], T | None], destroy: Callable[[T], None],
                  name: str = "execbox-pool") -> None:
         self.size = size

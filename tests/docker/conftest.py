@@ -36,7 +36,7 @@ provider_or_skip = docker_provider_or_skip  # for tests outside this directory t
 
 def sandbox_containers(p: DockerProvider) -> dict[str, dict[str, Any]]:
     """This process's persistent-sandbox containers (id -> the engine's summary)."""
-    from execbox.providers.docker.provider import KIND_LABEL, PID_LABEL
+    from execbox.providers.docker.container import KIND_LABEL, PID_LABEL
 
     found = p.api.containers(all=True, filters={"label": [f"{PID_LABEL}={os.getpid()}", f"{KIND_LABEL}=sandbox"]})
     return {c["Id"]: c for c in found}

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 import docker
-from execbox.providers.docker.provider import PID_LABEL
+from execbox.providers.docker.container import PID_LABEL
 
 KEY = "docker-test-key-" + "y" * 24
 

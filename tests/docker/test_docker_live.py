@@ -26,7 +26,7 @@ from execbox.engine import StageEvent
 from execbox.models import ExecutionResult
 from execbox.providers.base import ExecSpec, InstanceSpec, LiveInput
 from execbox.providers.docker import DockerProvider
-from execbox.providers.docker.provider import KIND_LABEL, PID_LABEL
+from execbox.providers.docker.container import KIND_LABEL, PID_LABEL
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="persistent docker sandboxes need root (exec cgroups)")
 

@@ -19,7 +19,7 @@ from execbox import Engine, ExecutionRequest, Limits, Status
 from execbox.errors import ProviderUnavailable
 from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.docker import DockerProvider, State
-from execbox.providers.docker.provider import HOST_LABEL, OWNER_LABEL, PID_LABEL, Container
+from execbox.providers.docker.container import HOST_LABEL, OWNER_LABEL, PID_LABEL, Container
 from execbox.providers.registry import ProviderRegistry
 
 DISK = 32

@@ -22,8 +22,8 @@ from tests.docker.conftest import sandbox_containers, settings
 from execbox import Engine, Limits, NotFoundError, SandboxError, Status
 from execbox.errors import ProviderUnavailable
 from execbox.providers.docker import DockerProvider
+from execbox.providers.docker.container import EXTRA_PIDS
 from execbox.providers.docker.persistent import DockerSandbox
-from execbox.providers.docker.provider import EXTRA_PIDS
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import AsyncSandbox, SandboxManager
 

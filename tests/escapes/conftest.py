@@ -35,9 +35,10 @@ from tests.providers import docker_provider_or_skip, local_provider, uid_block
 from execbox import Engine, ExecutionRequest, ExecutionResult, File, Limits
 from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.docker import DockerProvider, State
-from execbox.providers.docker.provider import PID_LABEL, DockerInstance
+from execbox.providers.docker.container import PID_LABEL
+from execbox.providers.docker.provider import DockerInstance
 from execbox.providers.host.cgroups import Cgroup
-from execbox.providers.local.provider import _kill_uid, _umount
+from execbox.providers.local.host import kill_by_uid, umount
 from execbox.providers.registry import ProviderRegistry
 from execbox.sandbox import SandboxManager
 
@@ -265,13 +266,13 @@ def host_is_clean(sandbox: Sandbox) -> Iterator[None]:
 def _scrub(box: Sandbox) -> None:
     """Best-effort removal of what a failed test left behind."""
     for uid in box.uids:
-        _kill_uid(uid)
+        kill_by_uid(uid)
     runtime = str(box.runtime)
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mnt = line.split(" ")[4].encode().decode("unicode_escape")
         if mnt.startswith(runtime + "/"):
             with contextlib.suppress(OSError):
-                _umount(Path(mnt))
+                umount(Path(mnt))
     for d in (box.runtime / "instances").iterdir():
         shutil.rmtree(d, ignore_errors=True)
     me = f"{os.getpid()}-"
@@ -358,7 +359,7 @@ def _docker_is_clean(box: Sandbox) -> Iterator[None]:
     pooled = {i.handle.id: i for i in box.provider.pool.items() if i.handle is not None}
     for cid, state in _docker_containers(box).items():
         if cid in pooled:
-            if state != "running" or not box.provider._healthy(pooled[cid].handle):
+            if state != "running" or not box.provider.containers.healthy(pooled[cid].handle):
                 found.append(f"pooled container {cid[:12]} is not healthy ({state})")
         elif cid not in before:
             found.append(f"container {cid[:12]} ({state}) left beyond the pool's")

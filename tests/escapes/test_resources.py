@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from execbox.providers.docker.provider import EXTRA_PIDS
+from execbox.providers.docker.container import EXTRA_PIDS
 
 if TYPE_CHECKING:
     from conftest import Sandbox

@@ -1,23 +1,23 @@
 """Persistent docker sandboxes: one dedicated container per sandbox, many execs in it (issue 5).
 
-The container is created like a pooled one (provider.py: no network, read-only root, size-capped tmpfs,
+The container is created like a pooled one (container.py: no network, read-only root, size-capped tmpfs,
 every capability dropped, ``no-new-privileges``, execbox's seccomp profile, private cgroup and IPC
 namespaces, the program as uid 1000) with the sandbox's memory and pids caps as the container's limits and
 ``disk_mb`` as its tmpfs size. It never comes from the shared warm pool and never goes back to it: it is
 removed by ``close()``, by the provider's ``close()`` and, after a crash, by the provider's label cleanup.
 
-Each exec is a ``docker exec`` of provider.py's AGENT (a bash waiting for its header on stdin), as for a
-one-shot run. Why per-exec cgroups: a runaway exec must lose its whole tree (setsid, double forks and
-SIGTERM-ignoring children included) while background processes of earlier execs live on. Process groups
-and sessions cannot hold that (a program leaves them with one setsid), and ``kill -9 -1`` as uid 1000 would
-take every exec's processes. A cgroup can only be left by writing to cgroupfs, which the program cannot (no
-capability, uid 1000, read-only ``/sys/fs/cgroup``). So before sending the header, the host moves the
-waiting AGENT (its host pid, from the exec's inspect) into a child cgroup of the container's, created with
-the exec's memory/pids limits: everything the exec starts is born there. Its CPU time, peak memory and OOM
-kills are read there, and a kill (wall time, CPU, output, cancellation) SIGKILLs that group only. The
-container's own cgroup still caps everything alive in the sandbox at once. This needs dockerd on this host,
-root and cgroup v1 (on v2 a cgroup with processes cannot have controlled children without moving the
-container's init, which runc's execs would then fail to join); elsewhere persistent sandboxes are refused.
+Each exec is a ``docker exec`` of container.py's AGENT (a bash waiting for its header on stdin), run by
+session.py as for a one-shot run. Why per-exec cgroups: a runaway exec must lose its whole tree (setsid,
+double forks and SIGTERM-ignoring children included) while background processes of earlier execs live on.
+Process groups and sessions cannot hold that (a program leaves them with one setsid), and ``kill -9 -1`` as
+uid 1000 would take every exec's processes. A cgroup can only be left by writing to cgroupfs, which the
+program cannot (no capability, uid 1000, read-only ``/sys/fs/cgroup``). So before sending the header, the host
+moves the waiting AGENT (its host pid, from the exec's inspect) into a child cgroup of the container's,
+created with the exec's memory/pids limits: everything the exec starts is born there. Its CPU time, peak
+memory and OOM kills are read there, and a kill (wall time, CPU, output, cancellation) SIGKILLs that group
+only. The container's own cgroup still caps everything alive in the sandbox at once. This needs dockerd on
+this host, root and cgroup v1 (on v2 a cgroup with processes cannot have controlled children without moving
+the container's init, which runc's execs would then fail to join); elsewhere persistent sandboxes are refused.
 
 Files: the host reaches the container's ``/work`` through ``/proc/<init pid>/root/work``, opened once when
 the container starts (before any program ran), then only with ``openat2(RESOLVE_BENEATH)`` beneath that
@@ -38,7 +38,7 @@ import select
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,20 +49,19 @@ from execbox.providers.base import (
     OutputChunk,
     ProcessOutcome,
 )
-from execbox.providers.docker.provider import (
+from execbox.providers.docker.container import (
     EXTRA_PIDS,
     FILES_FAILED,
     SANDBOX_UID,
     WORKDIR,
     Container,
-    DockerProvider,
-    _header,
-    _NotRunning,
-    _read_number,
-    _Session,
-    _thread,
-    _thread_to_end,
+    Containers,
+    NotRunning,
+    in_thread,
+    in_thread_to_end,
+    read_number,
 )
+from execbox.providers.docker.session import Session, agent_header
 from execbox.providers.host import cgroups, files
 from execbox.providers.supervisor import Scope, stop_reason
 
@@ -96,13 +95,37 @@ def _status(pid: int) -> dict[str, str]:
     return out
 
 
+class Sandboxes:
+    """One provider's live persistent sandboxes (thread-safe): its ``close()`` tears down those left."""
+
+    def __init__(self) -> None:
+        self._live: set[DockerSandbox] = set()
+        self._lock = threading.Lock()
+
+    def add(self, sb: DockerSandbox) -> None:
+        with self._lock:
+            self._live.add(sb)
+
+    def discard(self, sb: DockerSandbox) -> None:
+        with self._lock:
+            self._live.discard(sb)
+
+    def take_all(self) -> list[DockerSandbox]:
+        with self._lock:
+            live, self._live = list(self._live), set()
+        return live
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
 class DockerSandbox(files.WorkdirInstance):
     """A persistent sandbox: one dedicated container; start it with ``start()``."""
 
     supports_live = True  # ExecSpec.live: stdin pumped into the exec's stream, signals to its cgroup
 
-    def __init__(self, provider: DockerProvider, spec: InstanceSpec, c: Container) -> None:
-        self.provider, self.spec, self.container = provider, spec, c
+    def __init__(self, containers: Containers, spec: InstanceSpec, c: Container, sandboxes: Sandboxes) -> None:
+        self.containers, self.spec, self.container, self.sandboxes = containers, spec, c, sandboxes
         self.cghost = cgroups.CgroupHost(None)
         self.pidfd = -1  # the container's init: readable once it has died
         self.workdir: files.Workdir | None = None
@@ -114,24 +137,25 @@ class DockerSandbox(files.WorkdirInstance):
 
     # ------------------------------------------------------------------ life
     @classmethod
-    async def start(cls, p: DockerProvider, spec: InstanceSpec) -> DockerSandbox:
-        if p.settings.runtime:
+    async def start(cls, containers: Containers, spec: InstanceSpec, sandboxes: Sandboxes,
+                    image: Callable[[InstanceSpec], Awaitable[str]]) -> DockerSandbox:
+        """A new sandbox in a container of ``image(spec)`` (the tag of a built image), in ``sandboxes``
+        until it is closed."""
+        if containers.runtime:
             raise IsolationError(f"persistent docker sandboxes need runc (per-exec cgroups, host-side file "
-                                 f"access); the configured runtime is {p.settings.runtime!r}")
+                                 f"access); the configured runtime is {containers.runtime!r}")
         if os.geteuid() != 0:
             raise IsolationError("persistent docker sandboxes need root (each exec gets its own cgroup under "
                                  "the container's); refusing to run them weaker")
         if problem := files.available():
             raise IsolationError(f"persistent docker sandboxes need {problem}")
-        tag = p.catalog.tag(p.image_for_any(spec.binaries), p.settings.official)
-        await p.ensure_image(tag)
-        c = await _thread_to_end("create a sandbox container", p._create, (tag, spec.disk_mb, spec.network),
-                                 spec.memory_mb, spec.pids + EXTRA_PIDS, "sandbox", undo=p._destroy)
-        inst = cls(p, spec, c)
-        with p._sandboxes_lock:
-            p._sandboxes.add(inst)
+        tag = await image(spec)
+        c = await in_thread_to_end("create a sandbox container", containers.create, (tag, spec.disk_mb, spec.network),
+                                   spec.memory_mb, spec.pids + EXTRA_PIDS, "sandbox", undo=containers.destroy)
+        inst = cls(containers, spec, c, sandboxes)
+        sandboxes.add(inst)
         try:
-            await _thread_to_end("open the sandbox", inst._open)  # (done before a cancel's close)
+            await in_thread_to_end("open the sandbox", inst._open)  # (done before a cancel's close)
         except BaseException:
             await asyncio.shield(inst.close())
             raise
@@ -167,10 +191,9 @@ class DockerSandbox(files.WorkdirInstance):
         if self._closed:
             return
         self._closed = True
-        with self.provider._sandboxes_lock:
-            self.provider._sandboxes.discard(self)
+        self.sandboxes.discard(self)
         # to the end whatever cancels the caller: this sandbox is no longer the provider's to remove
-        await _thread_to_end("remove the sandbox container", self.teardown)
+        await in_thread_to_end("remove the sandbox container", self.teardown)
 
     def teardown(self) -> None:
         with self._agent_lock:  # (waits for a prestart under way: its AGENT is closed with the container)
@@ -181,7 +204,7 @@ class DockerSandbox(files.WorkdirInstance):
         for g in list(self._groups.values()):
             g.remove()
         self._groups.clear()
-        self.provider._destroy(self.container)
+        self.containers.destroy(self.container)
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -208,7 +231,7 @@ class DockerSandbox(files.WorkdirInstance):
             if self._closed or c.agent is not None:
                 return
             try:
-                c.agent = self.provider._start_agent(c)
+                c.agent = self.containers.start_agent(c)
             except Exception:  # the next exec starts its own (and reports what is wrong)
                 return
 
@@ -216,7 +239,7 @@ class DockerSandbox(files.WorkdirInstance):
         """Move the exec's waiting AGENT into its group, before it has read its header (so before it can
         start anything); its host pid. Only a process of the sandbox uid inside this container's cgroup is
         moved."""
-        api = self.provider.api
+        api = self.containers.api
         deadline = time.monotonic() + EXEC_START_S
         while not (pid := int((info := api.exec_inspect(exec_id)).get("Pid") or 0)):
             if not info.get("Running") and info.get("ExitCode") is not None:
@@ -250,10 +273,10 @@ class DockerSandbox(files.WorkdirInstance):
             raise SandboxError("the sandbox has died")
         if not spec.argv:
             raise SandboxError("empty argv")
-        p, c = self.provider, self.container
+        c = self.container
         cwd = posixpath.normpath(posixpath.join(WORKDIR, spec.cwd))
         nonce = secrets.token_hex(8)
-        header = _header(nonce, 0, cwd, spec)  # (files are written from the host, never sent with an exec)
+        header = agent_header(nonce, 0, cwd, spec)  # (files are written from the host, never sent with an exec)
         self._sweep()
         name = f"e{next(self._ids)}"
         try:  # +1: the AGENT bash, the program's parent, is in the group too
@@ -264,14 +287,14 @@ class DockerSandbox(files.WorkdirInstance):
         self._groups[name] = cg
         self._running.add(name)
         try:
-            return await self._supervise(p, c, cg, spec, header, nonce, on_chunk)
+            return await self._supervise(c, cg, spec, header, nonce, on_chunk)
         finally:
             self._running.discard(name)
             threading.Thread(target=self._prestart, daemon=True).start()
             if not cg.pids() and cg.remove():  # else its background processes live on; swept later
                 self._groups.pop(name, None)
 
-    async def _supervise(self, p: DockerProvider, c: Container, cg: cgroups.Cgroup, spec: ExecSpec,
+    async def _supervise(self, c: Container, cg: cgroups.Cgroup, spec: ExecSpec,
                          header: bytes, nonce: str,
                          on_chunk: Callable[[OutputChunk], None] | None) -> ProcessOutcome:
         with self._agent_lock:  # one started ahead of time (with the container, or after the last exec)
@@ -280,10 +303,10 @@ class DockerSandbox(files.WorkdirInstance):
             while True:
                 fresh = agent is None
                 if agent is None:
-                    agent = await _thread("docker exec", p._start_agent, c)
+                    agent = await in_thread("docker exec", self.containers.start_agent, c)
                 exec_id, sock = agent
                 try:
-                    agent_pid = await _thread("docker exec inspect", self._join, exec_id, cg)
+                    agent_pid = await in_thread("docker exec inspect", self._join, exec_id, cg)
                     break
                 except BaseException as e:
                     sock.close()
@@ -292,30 +315,30 @@ class DockerSandbox(files.WorkdirInstance):
                     if fresh or not isinstance(e, _AgentGone) or not self.alive:
                         raise
                     agent = None
-        except _NotRunning as e:
+        except NotRunning as e:
             raise SandboxError(f"the sandbox container stopped: {e}") from e
         except SandboxError:
             if not self.alive:
                 raise SandboxError("the sandbox has died") from None
             raise
-        oom0 = _read_number(c.oom_file, c.oom_key)
+        oom0 = read_number(c.oom_file, c.oom_key)
         # a client's signals (an interactive exec) reach the group's processes but the AGENT, which must live
         # to report how the program ended
         scope = Scope(kill=lambda: cg.kill_all(wait=False), cpu_seconds=cg.cpu_time_s, stall=cg.memory_stall(),
                       kill_lingering=False, signal=lambda signum: cg.signal(signum, spare=(agent_pid,)))
         stdin = spec.stdin if spec.live is None else b""  # (live: the client's input, pumped as it comes)
-        session = _Session(p, c, sock, spec, header + stdin, time.monotonic(), cg.cpu_time_s(), exec_id, nonce,
-                           scope=scope, on_chunk=on_chunk)
+        session = Session(self.containers, c, sock, spec, header + stdin, time.monotonic(), cg.cpu_time_s(),
+                          exec_id, nonce, scope=scope, on_chunk=on_chunk)
         outcome = await session.run()
         if session.exit_status is None and outcome.stopped_by is None and not self.alive:
             raise SandboxError("the sandbox died during the exec")
         if session.exit_status is None and outcome.exit_code == FILES_FAILED:  # the AGENT's cd failed
             raise SandboxError("cannot start the exec: " + outcome.stderr.decode(errors="replace").strip()[-300:])
-        oom1 = _read_number(c.oom_file, c.oom_key)
+        oom1 = read_number(c.oom_file, c.oom_key)
         oom = cg.oom_killed() or (oom0 is not None and oom1 is not None and oom1 > oom0)
         cpu = cg.cpu_time_s()
         return replace(outcome, stopped_by=stop_reason(outcome.stopped_by, outcome.signal, cpu, spec.cpu_time_s, oom),
                        cpu_time_s=cpu, max_rss_mb=cg.peak_memory_mb())
 
 
-__all__ = ["DockerSandbox"]
+__all__ = ["DockerSandbox", "Sandboxes"]

@@ -12,8 +12,8 @@ expires items past their TTL, retires pools unused for ``max_idle_s``, and healt
 ``health_interval_s``; the slow work (create, reset, destroy) runs on a small thread pool, so the pool is
 independent of any event loop (the sync facade runs one ``asyncio.run`` per call).
 
-Why not ``execbox.pool.WarmPool``: that pool hands each item out once; this one takes items back, resets them
-and tracks their state, TTL and health.
+Why not ``execbox.pool.PrestartPool``: that pool hands each item out once; this one is keyed, takes items back,
+resets them and tracks their state, TTL and health.
 
 The pool knows nothing of Docker: ``create``, ``reset``, ``healthy`` and ``destroy`` are given to it.
 """
@@ -83,7 +83,7 @@ class _Pool(Generic[K]):
         return sum(1 for i in self.items if i.state in states)
 
 
-class WarmPool(Generic[K]):
+class KeyedPool(Generic[K]):
     def __init__(self, settings: PoolSettings, create: Callable[[K], Any], reset: Callable[[Any], None],
                  destroy: Callable[[Any], None], healthy: Callable[[Any], bool], name: str = "execbox-docker-pool"
                  ) -> None:

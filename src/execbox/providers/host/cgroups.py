@@ -1,8 +1,8 @@
 """Per-execution cgroups: memory, pids and CPU accounting, on cgroup v1 or v2.
 
 Each execution gets its own group under ``<execbox's own cgroup>/execbox/``. The sandbox's first process
-writes itself into the group before it drops privileges (see provider.py), so every descendant is inside
-from birth. At the end every process in the group is killed and the group removed.
+writes itself into the group before it drops privileges (local: launch.c, see local/host.py), so every
+descendant is inside from birth. At the end every process in the group is killed and the group removed.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import os
-import resource
 import signal
 import socket
 import struct
@@ -35,9 +34,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from execbox.errors import IsolationError, RequestError, SandboxError
+from execbox.pool import PrestartPool
 from execbox.providers.base import (
     ExecSpec,
     InstanceSpec,
@@ -50,23 +49,26 @@ from execbox.providers.base import (
 )
 from execbox.providers.host import cgroups, files
 from execbox.providers.local import bwrap
+from execbox.providers.local.host import (
+    IDLE_MEMORY_MB,
+    IDLE_PIDS,
+    PRESTART_CPU_S,
+    PRESTART_NPROC,
+    READY_TIMEOUT_S,
+    RLIM_INFINITY,
+    SANDBOX_PATH,
+    WRITE_OR_SPAWN,
+    Host,
+    InstanceDir,
+    build_binary,
+)
 from execbox.providers.local.supervise import stdin_fd
 from execbox.providers.supervisor import PIPE_GRACE_S, FdReaders, Scope, Watch, exit_of_status
 
-if TYPE_CHECKING:
-    from execbox.providers.local.provider import LocalProvider, _Workdir
-
-READY_TIMEOUT_S = 10.0
 REPORT_TIMEOUT_S = 10.0  # after a kill, the agent's report of the exec's end
 REPORT_SIZE = 13  # kind (1), exec id (u64), wait status or errno (i32)
 AGENT_PIDS = 3  # the launcher, bubblewrap and the agent, in the sandbox's cgroup besides the programs
 # (each exec's own cgroup holds its program's tree only: its pids.max is exactly the exec's pids)
-IDLE_MEMORY_MB = 64  # a pre-started sandbox's caps until it is handed out
-IDLE_PIDS = 8
-PRESTART_CPU_S = 1 << 40
-PRESTART_NPROC = 1 << 16
-RLIM_INFINITY = (1 << 64) - 1
-SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str, nproc: int) -> bytes:
@@ -81,12 +83,6 @@ def _exec_message(exec_id: int, spec: ExecSpec, env: Mapping[str, str], cwd: str
               len(env)]
     body = struct.pack("<9Q", *header) + b"".join(x.encode() + b"\0" for x in strings)
     return struct.pack("<Q", len(body)) + body
-
-
-def _max_nofile() -> int:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return min(int(Path("/proc/sys/fs/nr_open").read_text()), hard if hard != resource.RLIM_INFINITY
-               else RLIM_INFINITY)
 
 
 class _Reports:
@@ -138,8 +134,8 @@ class PersistentInstance(files.WorkdirInstance):
 
     supports_live = True
 
-    def __init__(self, provider: LocalProvider, spec: InstanceSpec, wd: _Workdir) -> None:
-        self.provider, self.spec, self.wd = provider, spec, wd
+    def __init__(self, host: Host, spec: InstanceSpec, wd: InstanceDir) -> None:
+        self.host, self.spec, self.wd = host, spec, wd
         self.uid, self.name = wd.uid, wd.name
         self.work = wd.path / "work"
         self.cgroup: cgroups.Cgroup | None = None
@@ -155,14 +151,16 @@ class PersistentInstance(files.WorkdirInstance):
 
     # ------------------------------------------------------------------ life
     @classmethod
-    async def start(cls, p: LocalProvider, spec: InstanceSpec) -> PersistentInstance:
-        if not (p.root and p.cgroups.usable and p.slots is not None):
+    async def start(cls, host: Host, spec: InstanceSpec,
+                    pool: PrestartPool[PersistentInstance] | None = None) -> PersistentInstance:
+        """A sandbox for ``spec``: a pre-started one from ``pool`` (given when the spec matches its sandboxes)
+        if it takes the spec's caps, else a new one."""
+        if not (host.root and host.cgroups.usable and host.slots is not None):
             raise IsolationError("persistent local sandboxes need root and cgroups (each exec gets its own "
                                  "cgroup); refusing to run them weaker")
         if problem := files.available():
             raise IsolationError(f"persistent local sandboxes need {problem}")
-        pool = p.sandbox_pool
-        if pool is not None and not spec.network and spec.disk_mb == p.settings.sandbox_pool_disk_mb:
+        if pool is not None:
             while (inst := pool.take()) is not None:  # a pre-started one: the request's caps, then it is its
                 assert inst.cgroup is not None
                 if inst.proc is not None and inst.proc.poll() is None and inst.cgroup.set_limits(
@@ -171,8 +169,8 @@ class PersistentInstance(files.WorkdirInstance):
                     inst.reports = _Reports(inst.control)  # type: ignore[arg-type]
                     return inst
                 pool.defer(inst._teardown)  # it died, or its usage is above the caps: never handed out
-        uid = await p.slots.acquire()
-        inst = cls(p, spec, p._workdir(uid, spec.disk_mb))
+        uid = await host.slots.acquire()
+        inst = cls(host, spec, host.workdir(uid, spec.disk_mb))
         try:
             inst._spawn()
             assert inst.control is not None
@@ -192,17 +190,16 @@ class PersistentInstance(files.WorkdirInstance):
         return inst
 
     @classmethod
-    def prestart(cls, p: LocalProvider) -> PersistentInstance | None:
+    def prestart(cls, host: Host, disk_mb: int) -> PersistentInstance | None:
         """A sandbox started before it is asked for (the provider's sandbox pool, on its worker thread): up,
         its agent ready, idle under tight caps (IDLE_MEMORY_MB, IDLE_PIDS) until ``start`` hands it out.
         None when every uid is busy."""
-        assert p.slots is not None
-        uid = p.slots.try_acquire()
+        assert host.slots is not None
+        uid = host.slots.try_acquire()
         if uid is None:
             return None
-        disk = p.settings.sandbox_pool_disk_mb
-        inst = cls(p, InstanceSpec(disk_mb=disk, persistent=True, memory_mb=IDLE_MEMORY_MB, pids=IDLE_PIDS),
-                   p._workdir(uid, disk))
+        inst = cls(host, InstanceSpec(disk_mb=disk_mb, persistent=True, memory_mb=IDLE_MEMORY_MB, pids=IDLE_PIDS),
+                   host.workdir(uid, disk_mb))
         try:
             inst._spawn()
             assert inst.control is not None
@@ -230,10 +227,8 @@ class PersistentInstance(files.WorkdirInstance):
 
     def _spawn(self) -> None:
         """The sandbox's cgroup, then launcher -> bubblewrap -> agent; the agent's 'R' is read by the caller."""
-        from execbox.providers.local.provider import _WRITE_OR_SPAWN, _build_binary
-
-        p = self.provider
-        agent = _build_binary(p.runtime, "agent.c", "execbox-agent", 0o755)
+        p = self.host
+        agent = build_binary(p.runtime, "agent.c", "execbox-agent", 0o755)
         self.workdir = files.Workdir(str(self.work), self.uid)
         try:
             self.cgroup = cgroups.Cgroup(p.cgroups, f"{self.name}-s", memory_mb=self.spec.memory_mb,
@@ -245,12 +240,12 @@ class PersistentInstance(files.WorkdirInstance):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.control = ours
         try:
-            sandbox = bwrap.with_waiter(p._sandbox_spec(self.wd, self.spec.network, seccomp_fd, (), {}, "."),
+            sandbox = bwrap.with_waiter(p.sandbox_spec(self.wd, self.spec.network, seccomp_fd, (), {}, "."),
                                         agent_fd, theirs.fileno())
             argv = bwrap.build_argv(sandbox, p.bwrap)
-            argv[:0] = p._launcher_argv(self.uid, PRESTART_CPU_S, RLIM_INFINITY, _max_nofile(), PRESTART_NPROC,
+            argv[:0] = p.launcher_argv(self.uid, PRESTART_CPU_S, RLIM_INFINITY, p.max_nofile, PRESTART_NPROC,
                                         0, self.cgroup.procs_files)
-            with _WRITE_OR_SPAWN:
+            with WRITE_OR_SPAWN:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                              stderr=subprocess.PIPE, env={},
                                              pass_fds=(seccomp_fd, agent_fd, theirs.fileno()),
@@ -286,7 +281,7 @@ class PersistentInstance(files.WorkdirInstance):
             self.control.close()
         if self.workdir is not None:
             self.workdir.close()
-        self.provider._release(self.wd, kill_uid=not gone or self.proc is not None)
+        self.host.release(self.wd, kill_uid=not gone or self.proc is not None)
 
     # ------------------------------------------------------------------ files
     def _files(self) -> files.Workdir:
@@ -316,7 +311,7 @@ class PersistentInstance(files.WorkdirInstance):
         self._sweep_groups()
         group = f"e{exec_id}"
         try:
-            cg = cgroups.Cgroup(self.provider.cgroups, f"{self.name}-s/{group}",
+            cg = cgroups.Cgroup(self.host.cgroups, f"{self.name}-s/{group}",
                                 memory_mb=min(spec.memory_mb, self.spec.memory_mb),
                                 pids=min(spec.pids, self.spec.pids))
         except OSError as e:

@@ -1,0 +1,1 @@
+kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null; exit 0
