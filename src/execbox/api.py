@@ -6,13 +6,14 @@ import asyncio
 import concurrent.futures
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, Unpack
 
 from pydantic import ValidationError
 
 from execbox.engine import Engine
 from execbox.errors import ExecutionFailed, RequestError
 from execbox.models import ExecutionRequest, ExecutionResult, File, Limits
+from execbox.protocol import ProgramOptions
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -31,21 +32,17 @@ def _files(files: Mapping[str, str | bytes] | Sequence[File] | None) -> list[Fil
     return list(files)
 
 
-def program_request(
-    code: str | None, language: str, *, stdin: str | bytes | None = "",
-    files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
-    args: Sequence[str] | None = (), env: Mapping[str, str] | None = None, limits: Limits | None = None,
-    version: str | None = None, arguments: Mapping[str, Any] | None = None, provider: str | None = None,
-    command: Literal["run", "test"] = "run",
-) -> ExecutionRequest:
+def program_request(code: str | None, language: str, *, provider: str | None = None,
+                    **options: Unpack[ProgramOptions]) -> ExecutionRequest:
     """The ExecutionRequest of ``run``'s arguments (in-process, in a sandbox, or sent to a server); a
     client's mistake is a RequestError (still a ValueError), never a pydantic error."""
     try:
+        args, env, arguments = options.get("args", ()), options.get("env"), options.get("arguments")
         return ExecutionRequest(
-            language=language, code=code, files=_files(files), entry=entry, version=version,
-            stdin=stdin, args=None if args is None else list(args), env=None if env is None else dict(env),
-            arguments=None if arguments is None else dict(arguments), limits=limits, provider=provider,
-            command=command,
+            language=language, code=code, files=_files(options.get("files")), entry=options.get("entry"),
+            version=options.get("version"), stdin=options.get("stdin", ""), args=None if args is None else list(args),
+            env=None if env is None else dict(env), arguments=None if arguments is None else dict(arguments),
+            limits=options.get("limits"), provider=provider, command=options.get("command", "run"),
         )
     except ValidationError as e:
         raise RequestError(f"invalid request: {e}") from e

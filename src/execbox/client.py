@@ -33,7 +33,7 @@ import functools
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 from pydantic import BaseModel, ValidationError
 
@@ -55,7 +55,14 @@ from execbox.models import (
     check_file_name,
     check_labels,
 )
-from execbox.protocol import AsyncFilesProtocol, AsyncSandboxesProtocol, AsyncSandboxProtocol, Command, implements
+from execbox.protocol import (
+    AsyncFilesProtocol,
+    AsyncSandboxesProtocol,
+    AsyncSandboxProtocol,
+    Command,
+    ProgramOptions,
+    implements,
+)
 from execbox.protocol import argv_of as _argv
 from execbox.transport import DEFAULT_TIMEOUT_S, Transport, _make, _parse, _sse, default_api_key, default_url
 from execbox.wire import (
@@ -288,15 +295,10 @@ class RemoteAsyncSandbox:
                     raise SandboxError(f"sandbox {self.id}: {data.get('detail') if isinstance(data, dict) else data}")
         raise SandboxError(f"sandbox {self.id}: the stream ended before the command's exit")
 
-    async def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
-                  files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
-                  stdin: str | bytes | None = "", args: Sequence[str] | None = (),
-                  env: Mapping[str, str] | None = None, limits: Limits | None = None,
-                  arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
-                  check: bool = False) -> ExecutionResult:
+    async def run(self, code: str | None = None, *, language: str | None = None, check: bool = False,
+                  **options: Unpack[ProgramOptions]) -> ExecutionResult:
         lang = language or self.language
-        request = program_request(code, lang, version=version, files=files, entry=entry, stdin=stdin,
-                                  args=args, env=env, limits=limits, arguments=arguments, command=command)
+        request = program_request(code, lang, **options)
         # ExecuteBody's fields but provider and session (None here, left out): SandboxRunBody's
         resp = await self._request("POST", f"{self._path}/run", json=_dump(ExecuteBody.of(request)), language=lang)
         result = _parse(resp, "an execution result", parse_result)

@@ -30,6 +30,8 @@ LabelKey = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0
 LabelValue = Annotated[str, Field(max_length=256)]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
 _LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
+Seconds = Annotated[float, Field(gt=0, le=3600)]  # a time limit
+MiB = Annotated[int, Field(ge=1, le=65536)]  # a size limit
 
 
 class _Model(BaseModel):
@@ -40,25 +42,28 @@ class Limits(_Model):
     """Hard limits for one execution. Fields left unset take the operator's defaults; a request can only
     tighten the operator's maxima, never widen them (see ``Policy``)."""
 
-    wall_time_s: Annotated[float, Field(gt=0, le=3600)] = Field(
-        10.0, description="Wall-clock time for the run step, in seconds; the whole process tree is killed.")
-    cpu_time_s: Annotated[float, Field(gt=0, le=3600)] = Field(
-        10.0, description="CPU time (all processes together) for the run step, in seconds.")
-    compile_wall_time_s: Annotated[float, Field(gt=0, le=3600)] = Field(
-        60.0, description="Wall-clock time for the compile step, in seconds.")
-    memory_mb: Annotated[int, Field(ge=8, le=65536)] = Field(
-        512, description="Memory for all processes together, in MiB (cgroup; address-space rlimit otherwise).")
-    pids: Annotated[int, Field(ge=1, le=4096)] = Field(
-        128, description="Processes and threads alive at once.")
-    output_bytes: Annotated[int, Field(ge=1, le=256 * 1024 * 1024)] = Field(
-        1024 * 1024, description="Bytes kept per output stream; past it the run is killed and marked truncated.")
-    file_size_mb: Annotated[int, Field(ge=1, le=65536)] = Field(
-        64, description="Largest single file a program may write, in MiB.")
-    disk_mb: Annotated[int, Field(ge=1, le=65536)] = Field(
-        256, description="Size of the writable workdir and /tmp together, in MiB.")
-    open_files: Annotated[int, Field(ge=16, le=65536)] = Field(
-        256, description="Open file descriptors per process.")
-    network: bool = Field(False, description="Give the sandbox the host's network. Off: loopback only.")
+    model_config = ConfigDict(use_attribute_docstrings=True)  # each field's description is the string below it
+
+    wall_time_s: Seconds = 10.0
+    """Wall-clock time for the run step, in seconds; the whole process tree is killed."""
+    cpu_time_s: Seconds = 10.0
+    """CPU time (all processes together) for the run step, in seconds."""
+    compile_wall_time_s: Seconds = 60.0
+    """Wall-clock time for the compile step, in seconds."""
+    memory_mb: Annotated[MiB, Field(ge=8)] = 512
+    """Memory for all processes together, in MiB (cgroup; address-space rlimit otherwise)."""
+    pids: Annotated[int, Field(ge=1, le=4096)] = 128
+    """Processes and threads alive at once."""
+    output_bytes: Annotated[int, Field(ge=1, le=256 * 1024 * 1024)] = 1024 * 1024
+    """Bytes kept per output stream; past it the run is killed and marked truncated."""
+    file_size_mb: MiB = 64
+    """Largest single file a program may write, in MiB."""
+    disk_mb: MiB = 256
+    """Size of the writable workdir and /tmp together, in MiB."""
+    open_files: Annotated[int, Field(ge=16, le=65536)] = 256
+    """Open file descriptors per process."""
+    network: bool = False
+    """Give the sandbox the host's network. Off: loopback only."""
 
     @classmethod
     def with_timeout(cls, timeout_s: float | None, limits: Limits | None = None, **fields: Any) -> Limits | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypedDict, TypeVar, Unpack
 
 from execbox.errors import RequestError
 from execbox.interpreter import CellResult
@@ -23,6 +23,22 @@ from execbox.models import ExecEvent, ExecutionResult, File, FileInfo, Limits
 Command = str | Sequence[str]
 C = TypeVar("C", bound=type)
 SB = TypeVar("SB", bound="AsyncSandboxProtocol")
+
+
+class ProgramOptions(TypedDict, total=False):
+    """A program's options besides its code and language, as ``execbox.run`` takes them; each left out (or
+    None) means nothing or the default: no stdin, files, args or env, the language's entry and version, the
+    default limits, ``command="run"``. One list for every ``run`` and the request they make (``program_request``)."""
+
+    stdin: str | bytes | None
+    files: Mapping[str, str | bytes] | Sequence[File] | None
+    entry: str | None
+    args: Sequence[str] | None
+    env: Mapping[str, str] | None
+    limits: Limits | None
+    version: str | None
+    arguments: Mapping[str, Any] | None
+    command: Literal["run", "test"]
 
 
 class AsyncFilesProtocol(Protocol):
@@ -70,17 +86,14 @@ class AsyncSandboxProtocol(Protocol):
         "stderr", within the output cap), then an "exit" event carrying the result. Leaving the loop early
         kills the command."""
 
-    async def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
-                  files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
-                  stdin: str | bytes | None = "", args: Sequence[str] | None = (),
-                  env: Mapping[str, str] | None = None, limits: Limits | None = None,
-                  arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
-                  check: bool = False) -> ExecutionResult:
-        """Run a program in the sandbox as ``execbox.run`` runs one in a fresh sandbox: ``code`` (and/or
-        ``files``) in ``language`` (default: the sandbox's) is written into the workdir, compiled and run as
-        the language says (a server's: its languages); the files (and what the compile step built) stay in
-        the workdir afterwards. Its limits are the sandbox's, tightened by ``limits``. The program failing
-        is a result; ``check=True`` raises ExecutionFailed for anything but ``ok``."""
+    async def run(self, code: str | None = None, *, language: str | None = None, check: bool = False,
+                  **options: Unpack[ProgramOptions]) -> ExecutionResult:
+        """Run a program in the sandbox as ``execbox.run`` runs one in a fresh sandbox (``options``: its
+        ProgramOptions, ``stdin=``, ``files=``, ``args=``...): ``code`` (and/or ``files``) in ``language``
+        (default: the sandbox's) is written into the workdir, compiled and run as the language says (a
+        server's: its languages); the files (and what the compile step built) stay in the workdir afterwards.
+        Its limits are the sandbox's, tightened by ``limits``. The program failing is a result; ``check=True``
+        raises ExecutionFailed for anything but ``ok``."""
 
     async def run_code(self, code: str, *, timeout_s: float | None = None) -> CellResult:
         """Run a Python cell in the sandbox's IPython kernel (started by the first call), which keeps its

@@ -32,8 +32,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar, Unpack
 
 from execbox.api import program_request
 from execbox.blocking import BlockingSandbox, Files
@@ -44,7 +44,6 @@ from execbox.models import (
     ExecEvent,
     ExecutionRequest,
     ExecutionResult,
-    File,
     FileInfo,
     Limits,
     check_cwd,
@@ -57,6 +56,7 @@ from execbox.protocol import (
     AsyncSandboxesProtocol,
     AsyncSandboxProtocol,
     Command,
+    ProgramOptions,
     argv_of,
     implements,
 )
@@ -442,15 +442,9 @@ class AsyncSandbox:
             self._busy -= 1
             self._touch()
 
-    async def run(self, code: str | None = None, *, language: str | None = None, version: str | None = None,
-                  files: Mapping[str, str | bytes] | Sequence[File] | None = None, entry: str | None = None,
-                  stdin: str | bytes | None = "", args: Sequence[str] | None = (),
-                  env: Mapping[str, str] | None = None, limits: Limits | None = None,
-                  arguments: Mapping[str, Any] | None = None, command: Literal["run", "test"] = "run",
-                  check: bool = False) -> ExecutionResult:
-        result = await self._run_request(program_request(
-            code, language or self.language, version=version, files=files, entry=entry, stdin=stdin, args=args,
-            env=env, limits=limits, arguments=arguments, command=command))
+    async def run(self, code: str | None = None, *, language: str | None = None, check: bool = False,
+                  **options: Unpack[ProgramOptions]) -> ExecutionResult:
+        result = await self._run_request(program_request(code, language or self.language, **options))
         if check and not result.ok:
             raise ExecutionFailed(result)
         return result

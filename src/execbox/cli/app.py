@@ -13,9 +13,9 @@ import typer
 from rich.table import Table
 
 import execbox
-from execbox.cli.common import EXIT_HELP, exit_code, fail, out, parse_env, parse_labels, report
+from execbox.cli.common import EXIT_HELP, exit_code, fail, out, parse_env, parse_labels, write_result
 from execbox.errors import ExecboxError, RequestError, UnknownLanguageError
-from execbox.models import Limits, Status
+from execbox.models import Limits
 
 app = typer.Typer(help="Run untrusted code in a sandbox, in many languages, with hard limits.", epilog=EXIT_HELP,
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -128,12 +128,7 @@ def run(
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
-        if result.compile and result.status is Status.COMPILE_ERROR:
-            sys.stderr.write(result.compile.stdout + result.compile.stderr)
-        sys.stdout.write(result.stdout)
-        sys.stderr.write(result.stderr)
-        sys.stdout.flush()
-        report(result)
+        write_result(result)
     raise typer.Exit(exit_code(result))
 
 

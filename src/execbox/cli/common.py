@@ -14,6 +14,8 @@ Exit codes of `run` and `exec` (documented in the README):
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -55,6 +57,16 @@ def report(result: ExecutionResult) -> None:
     if result.status is not Status.OK:
         err.print(f"[yellow]execbox:[/yellow] {result.status.value}"
                   + (f": {escape(result.message)}" if result.message else ""), highlight=False, soft_wrap=True)
+
+
+def write_result(result: ExecutionResult) -> None:
+    """A finished run's output as the program wrote it (a compile error's on stderr), then ``report``."""
+    if result.compile and result.status is Status.COMPILE_ERROR:
+        sys.stderr.write(result.compile.stdout + result.compile.stderr)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    sys.stdout.flush()
+    report(result)
 
 
 def parse_env(items: list[str] | None) -> dict[str, str]:

@@ -17,10 +17,10 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from execbox.cli.common import err, exit_code, fail, out, parse_env, parse_labels, report
+from execbox.cli.common import err, exit_code, fail, out, parse_env, parse_labels, report, write_result
 from execbox.client import Client, RemoteSandbox, default_url
 from execbox.errors import AuthenticationError, ExecboxError, NotFoundError, RequestError, ServerUnreachable
-from execbox.models import ExecutionResult, Limits, Status
+from execbox.models import ExecutionResult, Limits
 
 Url = Annotated[str | None, typer.Option("--url", help="The execbox server (default: EXECBOX_URL, else "
                                          "http://127.0.0.1:8002).", show_default=False)]
@@ -77,12 +77,7 @@ def run_in_sandbox(*, url: str | None, api_key: str | None, keep: bool, labels: 
     if as_json:
         print(json.dumps({"sandbox_id": sb.id, **result.model_dump(mode="json")}, indent=2))
         return exit_code(result)
-    if result.compile and result.status is Status.COMPILE_ERROR:
-        sys.stderr.write(result.compile.stdout + result.compile.stderr)
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
-    sys.stdout.flush()
-    report(result)
+    write_result(result)
     return exit_code(result)
 
 

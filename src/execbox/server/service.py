@@ -9,13 +9,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from execbox.engine import Emit, Engine
 from execbox.errors import AtCapacity, CapacityError, ProviderUnavailable, RequestError, SandboxError
 from execbox.languages import default_registry
-from execbox.models import ExecutionRequest, ExecutionResult, Limits, Status
+from execbox.models import ExecutionRequest, ExecutionResult, Status
 from execbox.providers.base import LiveInput
 from execbox.providers.registry import ProviderRegistry, available_names
 from execbox.sandbox import AsyncSandbox, SandboxManager
@@ -24,7 +23,7 @@ from execbox.server.limits import Capacity, RateLimiter
 from execbox.server.metrics import Metrics
 from execbox.server.settings import ServerSettings
 from execbox.store import COMPLETED, QUEUED, SQLiteStore
-from execbox.wire import ExecuteBody
+from execbox.wire import CreateBody, ExecuteBody
 
 log = logging.getLogger("execbox.server")
 EXPIRE_EVERY_S = 60
@@ -163,36 +162,24 @@ class Service:
             raise SandboxError("the service is not started")
         return self._sandboxes
 
-    def _sandbox_options(self, principal: Principal, *, ttl_s: float | None, limits: Limits | None,
-                         provider: str | None) -> dict[str, Any]:
-        """A create's options as the key may have them: limits capped by the key's policy as executions'
-        are, the idle TTL by ``sandbox_max_ttl_s``."""
-        if provider is not None and provider not in self.provider_names():
-            raise RequestError(f"unknown provider {provider!r}; known: {', '.join(self.provider_names())}")
-        return {"limits": self.engine.policy.capped(principal.caps).apply(limits), "provider": provider,
-                "ttl_s": None if ttl_s is None else min(ttl_s, self.settings.sandbox_max_ttl_s)}
-
-    async def create_sandbox(self, principal: Principal, language: str, *, labels: Mapping[str, str],
-                             ttl_s: float | None, limits: Limits | None, provider: str | None,
-                             env: Mapping[str, str], max_lifetime_s: float | None = None) -> AsyncSandbox:
-        """A sandbox owned by ``principal`` (see ``_sandbox_options``)."""
-        options = self._sandbox_options(principal, ttl_s=ttl_s, limits=limits, provider=provider)
-        sb = await self.sandboxes.create(language, labels=labels, env=env, max_lifetime_s=max_lifetime_s,
-                                         owner=principal.name, **options)
-        log.info("sandbox created", extra={"fields": {"sandbox_id": sb.id, "key": principal.name,
-                                                      "language": sb.language, "labels": sb.labels}})
-        return sb
-
-    async def get_or_create_sandbox(self, principal: Principal, language: str, *, labels: Mapping[str, str],
-                                    ttl_s: float | None, limits: Limits | None, provider: str | None,
-                                    env: Mapping[str, str], max_lifetime_s: float | None = None) -> AsyncSandbox:
-        """``principal``'s live sandbox whose labels include ``labels``, or a new one (concurrent calls with
-        the same labels create one: SandboxManager.get_or_create)."""
-        options = self._sandbox_options(principal, ttl_s=ttl_s, limits=limits, provider=provider)
-        sb = await self.sandboxes.get_or_create(labels, language=language, env=env, max_lifetime_s=max_lifetime_s,
-                                                owner=principal.name, **options)
-        log.info("sandbox get_or_create", extra={"fields": {"sandbox_id": sb.id, "key": principal.name,
-                                                             "language": sb.language, "labels": sb.labels}})
+    async def open_sandbox(self, principal: Principal, body: CreateBody, *, reuse: bool = False) -> AsyncSandbox:
+        """A sandbox owned by ``principal`` made from ``body``, its limits capped by the key's policy as
+        executions' are and its idle TTL by ``sandbox_max_ttl_s``. With ``reuse``, the key's live sandbox whose
+        labels include ``body.labels`` if there is one (concurrent calls with the same labels create one:
+        SandboxManager.get_or_create)."""
+        if body.provider is not None and body.provider not in self.provider_names():
+            raise RequestError(f"unknown provider {body.provider!r}; known: {', '.join(self.provider_names())}")
+        ttl_s = None if body.ttl_s is None else min(body.ttl_s, self.settings.sandbox_max_ttl_s)
+        options: dict[str, Any] = {
+            "language": body.language, "env": body.env, "max_lifetime_s": body.max_lifetime_s, "ttl_s": ttl_s,
+            "limits": self.engine.policy.capped(principal.caps).apply(body.limits), "provider": body.provider,
+            "owner": principal.name}
+        if reuse:
+            sb = await self.sandboxes.get_or_create(body.labels, **options)
+        else:
+            sb = await self.sandboxes.create(labels=body.labels, **options)
+        log.info("sandbox get_or_create" if reuse else "sandbox created", extra={"fields": {
+            "sandbox_id": sb.id, "key": principal.name, "language": sb.language, "labels": sb.labels}})
         return sb
 
     # --- async jobs: the store is the queue, so a restarted server runs what was queued

@@ -77,10 +77,7 @@ async def create(body: CreateBody, service: ServiceDep, principal: PrincipalDep)
     """Create a sandbox owned by your key. 429 (with Retry-After) when your key or the server has as many
     live sandboxes as allowed: destroy one, or wait for one to idle out."""
     service.admit(principal)
-    sb = await service.create_sandbox(principal, body.language, labels=body.labels, ttl_s=body.ttl_s,
-                                      limits=body.limits, provider=body.provider, env=body.env,
-                                      max_lifetime_s=body.max_lifetime_s)
-    return _info(sb)
+    return _info(await service.open_sandbox(principal, body))
 
 
 @router.post("/get_or_create", response_model=SandboxInfo)
@@ -89,10 +86,7 @@ async def get_or_create(body: CreateBody, service: ServiceDep, principal: Princi
     this body as by POST /api/v1/sandboxes. Concurrent calls with the same labels create only one sandbox;
     the others get it. A sandbox found is returned as it is (its language and limits are not the body's)."""
     service.admit(principal)
-    sb = await service.get_or_create_sandbox(principal, body.language, labels=body.labels, ttl_s=body.ttl_s,
-                                             limits=body.limits, provider=body.provider, env=body.env,
-                                             max_lifetime_s=body.max_lifetime_s)
-    return _info(sb)
+    return _info(await service.open_sandbox(principal, body, reuse=True))
 
 
 @router.get("", response_model=SandboxList)
