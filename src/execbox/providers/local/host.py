@@ -275,8 +275,19 @@ class Host:
             cwd=os.path.normpath(os.path.join(bwrap.WORKDIR, cwd)), shm_dir=str(wd.path / "shm"),
             env=tuple(env.items()))
 
+    def prestart_launcher_argv(self, uid: int, procs_files: list[str]) -> list[str]:
+        """A pre-started sandbox's launcher arguments: its rlimits at the maxima (its waiter or agent only
+        lowers them, to each exec's, before the exec's program starts)."""
+        return self.launcher_argv(uid, PRESTART_CPU_S, RLIM_INFINITY, self.max_nofile, PRESTART_NPROC, 0,
+                                  procs_files)
+
     def launcher_argv(self, uid: int, cpu_s: int, fsize: int, nofile: int, nproc: int, address_space: int,
                       procs_files: list[str]) -> list[str]:
         """execbox-launch's arguments (see launch.c): join the cgroup, set rlimits, drop to the instance's uid."""
         return [self.launcher, str(os.getpid()), str(uid if self.root else -1), str(cpu_s), str(fsize),
                 str(nofile), str(nproc), str(address_space), *procs_files, "--"]
+
+
+def sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A sandboxed program's environment: execbox's base, under the exec's own variables."""
+    return {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **env}

@@ -25,14 +25,11 @@ from execbox.providers.local import bwrap
 from execbox.providers.local.host import (
     IDLE_MEMORY_MB,
     IDLE_PIDS,
-    PRESTART_CPU_S,
-    PRESTART_NPROC,
     READY_TIMEOUT_S,
-    RLIM_INFINITY,
-    SANDBOX_PATH,
     WRITE_OR_SPAWN,
     Host,
     InstanceDir,
+    sandbox_env,
 )
 from execbox.providers.local.supervise import Launch, Waiter, stdin_fd, supervise, watch
 
@@ -110,8 +107,7 @@ def prepare(host: Host, waiter: str, disk_mb: int) -> InstanceDir | None:
         spec = bwrap.with_waiter(host.sandbox_spec(wd, False, seccomp_fd, (), {}, "."), waiter_fd,
                                  theirs.fileno())
         argv = bwrap.build_argv(spec, host.bwrap)
-        argv[:0] = host.launcher_argv(uid, PRESTART_CPU_S, RLIM_INFINITY, host.max_nofile, PRESTART_NPROC, 0,
-                                       cg.procs_files)
+        argv[:0] = host.prestart_launcher_argv(uid, cg.procs_files)
         with WRITE_OR_SPAWN:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env={},
@@ -211,7 +207,7 @@ class LocalInstance(Instance):
             return f.read(max_bytes)
 
     def _env(self, spec: ExecSpec) -> dict[str, str]:
-        return {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
+        return sandbox_env(spec.env)
 
     async def exec(self, spec: ExecSpec) -> ProcessOutcome:
         if self._closed:

@@ -52,15 +52,12 @@ from execbox.providers.local import bwrap
 from execbox.providers.local.host import (
     IDLE_MEMORY_MB,
     IDLE_PIDS,
-    PRESTART_CPU_S,
-    PRESTART_NPROC,
     READY_TIMEOUT_S,
-    RLIM_INFINITY,
-    SANDBOX_PATH,
     WRITE_OR_SPAWN,
     Host,
     InstanceDir,
     build_binary,
+    sandbox_env,
 )
 from execbox.providers.local.supervise import stdin_fd
 from execbox.providers.supervisor import PIPE_GRACE_S, FdReaders, Scope, Watch, exit_of_status
@@ -243,8 +240,7 @@ class PersistentInstance(files.WorkdirInstance):
             sandbox = bwrap.with_waiter(p.sandbox_spec(self.wd, self.spec.network, seccomp_fd, (), {}, "."),
                                         agent_fd, theirs.fileno())
             argv = bwrap.build_argv(sandbox, p.bwrap)
-            argv[:0] = p.launcher_argv(self.uid, PRESTART_CPU_S, RLIM_INFINITY, p.max_nofile, PRESTART_NPROC,
-                                        0, self.cgroup.procs_files)
+            argv[:0] = p.prestart_launcher_argv(self.uid, self.cgroup.procs_files)
             with WRITE_OR_SPAWN:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                              stderr=subprocess.PIPE, env={},
@@ -304,7 +300,7 @@ class PersistentInstance(files.WorkdirInstance):
             raise SandboxError("the sandbox has died")
         exec_id = next(self._ids)
         cwd = os.path.normpath(os.path.join(bwrap.WORKDIR, spec.cwd))
-        env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp", **spec.env}
+        env = sandbox_env(spec.env)
         # RLIMIT_NPROC counts every process of the sandbox's uid in its user namespace (the agent, every
         # exec's, background ones too): the sandbox's cap, not the exec's (its cgroup holds that exactly)
         message = _exec_message(exec_id, spec, env, cwd, self.spec.pids + 1)
