@@ -251,3 +251,21 @@ def test_the_sync_facade(manager: SandboxManager) -> None:
         assert box.run_code("x = 41").ok
         assert box.run_code("x + 1").text == "42"
         assert box.run_code("1 / 0").error is not None
+
+
+BURN_CELL = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\nround(time.process_time())"
+
+
+async def test_each_cell_gets_its_timeout_of_cpu_time_not_the_kernel(manager: SandboxManager) -> None:
+    """`timeout_s` is the cell's wall time and its CPU time, as `timeout` is everywhere: a sandbox whose CPU
+    time is 4 s runs cell after cell of 2 s of CPU in one kernel (the kernel's lifetime rlimit was the
+    sandbox's CPU time: the second cell killed it), and a cell past its timeout's CPU time is stopped."""
+    limits = Limits(wall_time_s=30, cpu_time_s=4, memory_mb=512, pids=128, disk_mb=128)
+    async with await AsyncSandbox.create("python", limits=limits, manager=manager) as box:
+        for _ in range(3):
+            r = await box.run_code(BURN_CELL.format(s=2), timeout_s=20)
+            assert r.ok and not r.restarted, r
+        assert int(r.text or 0) >= 6  # one kernel burnt all three cells' CPU
+        spin = await box.run_code(BURN_CELL.format(s=60), timeout_s=3)
+        assert spin.status is CellStatus.TIMEOUT and "3 s" in (spin.message or ""), spin
+        assert (await box.run_code("1 + 1")).text == "2"

@@ -49,6 +49,7 @@ SOCKET = f"{KERNEL_DIR}/bridge.sock"
 START_WALL_S = 60.0  # starting python, jupyter_client and the kernel, on a cold page cache
 INTERRUPT_GRACE_S = 3.0  # after the SIGINT, before the kernel is killed
 RELAY_MARGIN_S = 60.0  # the relay's wall time past the cell's: the grace, a kernel (re)start, the answer
+KERNEL_CPU_S = 3600.0  # CPU time a kernel's processes may use over their whole life (each cell: its timeout)
 NO_BRIDGE, BRIDGE_GONE, TOO_BIG = 3, 4, 5  # the relay's exit codes (relay.py)
 ENVELOPE_BYTES = 64 * 1024  # the relay's output cap beyond the cell's own output: the answer's JSON around it
 MAX_DEPTH = 64  # nesting of an output's data (application/json): deeper cannot be serialized back out
@@ -286,9 +287,10 @@ class Kernel:
 
     async def _start(self) -> None:
         config = json.dumps({"dir": KERNEL_DIR, "socket": SOCKET, "ready_timeout_s": START_WALL_S - 10}).encode()
-        # The bridge and the kernel inherit this exec's limits: cpu_time_s becomes their lifetime CPU rlimit.
+        # The bridge and the kernel inherit this exec's limits, its CPU time as their lifetime CPU rlimit: the
+        # bridge holds each cell to its own CPU time (its timeout's), so the kernel's life gets KERNEL_CPU_S.
         spec = self._spec(("python3", "-I", "-c", _script("bridge.py"), "start"), config, START_WALL_S,
-                          self._limits.cpu_time_s)
+                          max(self._limits.cpu_time_s, KERNEL_CPU_S))
         outcome = await self._instance.exec(spec)
         try:
             answer = json.loads(outcome.stdout)

@@ -26,6 +26,8 @@ from typing import Any
 KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:", "--InteractiveShell.colors=NoColor"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 POLL_S = 0.2  # how often a quiet cell checks that its kernel is alive
+CPU_CHECK_S = 0.1  # how often a running cell's CPU time is read
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REPLY_TIMEOUT_S = 10.0  # the execute_reply, after the kernel went idle
 MAX_REQUEST = 64 << 20
 SOCKET_CHECK_S = 1.0  # how often an idle bridge checks that its socket is still its own
@@ -190,6 +192,16 @@ class Bridge:
             self.stop_kernel()
             raise
 
+    def cpu_time_s(self) -> float:
+        """The CPU time the kernel has used, its threads and the children it reaped included (0 when unknown)."""
+        pid = getattr(self.km.provisioner, "pid", None) if self.km is not None else None
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except (OSError, TypeError):
+            return 0.0
+        return sum(int(t) for t in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
+
     def exit_code(self) -> int | None:
         """None while the kernel runs; its return code once it ended (-N: killed by signal N)."""
         process = getattr(self.km.provisioner, "process", None) if self.km is not None else None
@@ -258,20 +270,28 @@ class Bridge:
             why = self.lost or "the previous one had gone"
             notes.append(f"a new kernel was started because {why}: variables and imports of earlier cells are gone")
             self.lost = None
-        answer = self.execute(request["code"], float(request["timeout_s"]), float(request["interrupt_grace_s"]),
-                              int(request["output_bytes"]))
+        timeout_s = float(request["timeout_s"])
+        answer = self.execute(request["code"], timeout_s, float(request.get("cpu_time_s", timeout_s)),
+                              float(request["interrupt_grace_s"]), int(request["output_bytes"]))
         if answer.get("message"):
             notes.append(answer["message"])
         answer.update(restarted=restarted, message="; ".join(notes) or None)
         return answer
 
-    def execute(self, code: str, timeout_s: float, grace_s: float, budget: int) -> dict[str, Any]:
+    def execute(self, code: str, timeout_s: float, cpu_s: float, grace_s: float, budget: int) -> dict[str, Any]:
+        """Run a cell: past ``timeout_s`` of wall time or ``cpu_s`` of the kernel's CPU time (the bridge's own
+        measure: the kernel's lifetime rlimit is far above any cell's) it is interrupted, then killed."""
         kc, cell = self.kc, Cell(budget)
+        cpu_start = self.cpu_time_s()
         msg_id = kc.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
-        start = time.monotonic()
-        deadline, interrupted, idle, ended = start + timeout_s, False, False, None
+        start = checked = time.monotonic()
+        deadline, interrupted, idle, ended, limit = start + timeout_s, False, False, None, f"timeout of {timeout_s:g} s"
         while not idle:
             now = time.monotonic()
+            if not interrupted and now - checked >= CPU_CHECK_S:
+                checked = now
+                if self.cpu_time_s() - cpu_start > cpu_s:
+                    deadline, limit = now, f"CPU time of {cpu_s:g} s"
             if now >= deadline:
                 if interrupted:
                     ended = "killed"
@@ -301,7 +321,7 @@ class Bridge:
             self.lost = "the previous one was killed: a cell ran past its timeout and ignored the interrupt"
             self.stop_kernel()
             status = "timeout"
-            message = (f"the cell ran past its timeout of {timeout_s:g} s and did not stop within {grace_s:g} s of "
+            message = (f"the cell ran past its {limit} and did not stop within {grace_s:g} s of "
                        "an interrupt: the kernel was killed, its state is lost; the next cell starts a new one")
         else:
             reply = self.reply(msg_id)
@@ -310,7 +330,7 @@ class Bridge:
             failed = content.get("status", "error" if cell.error else "ok") != "ok" or cell.error is not None
             if interrupted and failed:
                 status = "timeout"
-                message = (f"the cell ran past its timeout of {timeout_s:g} s and was interrupted "
+                message = (f"the cell ran past its {limit} and was interrupted "
                            "(KeyboardInterrupt); the kernel and its state live on")
             elif failed:
                 status = "error"
