@@ -253,7 +253,8 @@ def test_the_sync_facade(manager: SandboxManager) -> None:
         assert box.run_code("1 / 0").error is not None
 
 
-BURN_CELL = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\nround(time.process_time())"
+BURN_CELL = ("import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+             "round(time.process_time())")
 
 
 async def test_each_cell_gets_its_timeout_of_cpu_time_not_the_kernel(manager: SandboxManager) -> None:
