@@ -42,9 +42,12 @@ def _docker() -> Iterator[Provider]:
             pytest.skip("docker keeps no sandboxes here")
         yield p
 
-# SIGKILL one of the kernel's processes and wait until it is gone (a zombie has an empty command line)
+# SIGKILL one of the kernel's processes and wait until it is gone: reaped, or a zombie (an empty command line)
+# whose other threads have all exited too (its descriptors, the bridge's listening socket, close with the last
+# thread: a leader already a zombie beside exiting ZMQ threads still accepted a connection)
 KILL = ("pid=$(cat /tmp/.execbox-kernel/{name}.pid); kill -9 $pid; "
-        "for _ in $(seq 1000); do grep -q . /proc/$pid/cmdline 2>/dev/null || break; sleep 0.01; done")
+        "for _ in $(seq 1000); do ! grep -q . /proc/$pid/cmdline 2>/dev/null && "
+        "[ $(ls /proc/$pid/task 2>/dev/null | wc -l) -le 1 ] && break; sleep 0.01; done")
 
 
 @pytest.fixture(scope="module", params=["local", "docker"])
