@@ -19,7 +19,6 @@ import asyncio
 import datetime
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,10 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPORT, ROOT, machine, pct, write_section
+from common import REPORT, ROOT, machine, pct, start_server, write_section
 
 SECTION = "## HTTP service: a burst of simultaneous requests"
 KEY = "bench-key-0123456789abcdef"
@@ -57,28 +54,6 @@ def memory_mb(pid: int, field_name: str) -> float:
         if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def start_server(src: Path, data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECBOX_")}
-    env.update(PYTHONPATH=str(src), EXECBOX_DATA_DIR=str(data_dir), EXECBOX_PORT=str(port), EXECBOX_API_KEY=KEY,
-               EXECBOX_DEV_KEY="false")
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([sys.executable, "-m", "execbox.cli", "serve"], env=env, stdout=log, stderr=log)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the server ({src}) did not start: {(data_dir / 'server.log').read_text()[-3000:]}")
 
 
 def request(provider: str) -> bytes:
@@ -134,7 +109,7 @@ def measure(versions: dict[str, Path], providers: dict[str, list[int]], tmp: Pat
     try:
         for code, src in versions.items():
             (tmp / code).mkdir()
-            servers[code] = start_server(src, tmp / code)
+            servers[code] = start_server(tmp / code, KEY, src)
         for provider, sizes in providers.items():
             for _, port in servers.values():
                 asyncio.run(warm(port, provider))

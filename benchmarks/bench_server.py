@@ -16,19 +16,16 @@ import asyncio
 import datetime
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPORT, machine, pct, write_section
+from common import REPORT, machine, pct, start_server, write_section
 
 import execbox
 from execbox.engine import Engine
@@ -36,26 +33,6 @@ from execbox.engine import Engine
 SECTION = "## HTTP service: load"
 KEY = "bench-key-0123456789abcdef"
 BODY = {"language": "python", "code": "print(1)"}
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECBOX_")}
-    env.update(EXECBOX_DATA_DIR=str(data_dir), EXECBOX_PORT=str(port), EXECBOX_API_KEY=KEY, EXECBOX_DEV_KEY="false")
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([sys.executable, "-m", "execbox.cli", "serve"], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the server did not start: {(data_dir / 'server.log').read_text()}")
 
 
 class Connection:
@@ -185,7 +162,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPORT)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp))
+        proc, port = start_server(Path(tmp), KEY)
+        url = f"http://127.0.0.1:{port}"
         try:
             with Progress(transient=True) as progress:
                 http, inproc = asyncio.run(latency(url, a.runs, progress))
