@@ -31,7 +31,8 @@ REGION_BLOCKS = 64
 REGIONS = 256
 RUNTIME_ROOT = Path("/run/execbox-tests")
 
-_blocks: dict[str, int] = {}
+_blocks: dict[str, tuple[int, int]] = {}  # name -> (first block, uids)
+_taken = [0]  # blocks handed out
 
 
 @functools.cache
@@ -50,12 +51,15 @@ def region() -> int:
     raise RuntimeError(f"all {REGIONS} test uid regions are held by other test processes")
 
 
-def uid_block(name: str) -> range:
-    """This process's block of uids for ``name``."""
-    n = _blocks.setdefault(name, len(_blocks))
-    assert n < REGION_BLOCKS, f"more than {REGION_BLOCKS} uid blocks in one test process"
+def uid_block(name: str, size: int = BLOCK) -> range:
+    """This process's block of ``size`` uids for ``name`` (the size of its first ask)."""
+    if name not in _blocks:
+        _blocks[name] = (_taken[0], size)
+        _taken[0] += -(-size // BLOCK)
+    n, size = _blocks[name]
+    assert _taken[0] <= REGION_BLOCKS, f"more than {REGION_BLOCKS * BLOCK} uids in one test process"
     first = FIRST_TEST_UID + (region() * REGION_BLOCKS + n) * BLOCK
-    return range(first, first + BLOCK)
+    return range(first, first + size)
 
 
 def runtime_dir(name: str) -> Path:
@@ -63,10 +67,11 @@ def runtime_dir(name: str) -> Path:
     return RUNTIME_ROOT / f"{name}-{region()}"
 
 
-def local_provider(name: str, **settings: Any) -> LocalProvider:
-    """A LocalProvider with ``name``'s uids and runtime dir; ``settings`` are LocalSettings' other fields."""
-    uids = uid_block(name)
-    return LocalProvider(LocalSettings(first_uid=uids.start, uid_count=len(uids), runtime_dir=runtime_dir(name),
+def local_provider(name: str, uids: int = BLOCK, **settings: Any) -> LocalProvider:
+    """A LocalProvider with ``name``'s uids (``uids`` of them) and runtime dir; ``settings`` are
+    LocalSettings' other fields."""
+    block = uid_block(name, uids)
+    return LocalProvider(LocalSettings(first_uid=block.start, uid_count=len(block), runtime_dir=runtime_dir(name),
                                        **settings))
 
 

@@ -190,3 +190,18 @@ async def test_aclose_waits_for_teardown_of_used_instances(provider: LocalProvid
             await inst.exec(ExecSpec(argv=("/bin/true",), **SPEC))
     await provider.aclose()
     assert not any(p.exists() for p in paths)
+
+
+def test_uids_are_handed_out_in_turn(tmp_path: Path) -> None:
+    """A uid given back is the last one handed out again (its zombies may still count against the next
+    instance's RLIMIT_NPROC), and two holders never share one."""
+    from execbox.providers.local.host import UidSlots
+
+    slots = UidSlots(tmp_path, 5000, 3)
+    a = slots.try_acquire()
+    slots.release(a)  # type: ignore[arg-type]
+    b, c = slots.try_acquire(), slots.try_acquire()
+    assert (a, b, c) == (5000, 5001, 5002)
+    assert slots.try_acquire() == 5000 and slots.try_acquire() is None  # every uid held
+    slots.release(c)  # type: ignore[arg-type]
+    assert slots.try_acquire() == 5002

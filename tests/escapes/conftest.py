@@ -46,7 +46,7 @@ from execbox.sandbox import SandboxManager
 SECRET = "execbox-test-secret-" + secrets.token_hex(16)
 os.environ["EXECBOX_TEST_SECRET"] = SECRET
 
-UIDS = uid_block("escapes")
+UIDS = uid_block("escapes", 32)  # in turn (UidSlots): a uid is reused after 31 others
 
 # Small limits: every hostile program is stopped within a few seconds (CI has 2 cores).
 DEFAULT_LIMITS: dict[str, Any] = dict(

@@ -106,16 +106,23 @@ def default_runtime_dir() -> Path:
 
 class UidSlots:
     """Dedicated uids, one per live instance, shared safely between execbox processes via flock (and
-    between this process's threads: the pools' workers take and release them too)."""
+    between this process's threads: the pools' workers take and release them too).
+
+    Handed out in turn, not lowest first: a uid just given back may still own the zombies of its last
+    instance (orphans wait for the host's init to reap them, seconds on some hosts), and they count against
+    the next instance's RLIMIT_NPROC, which is exact (pids + execbox's own). In turn, a uid comes back only
+    after every other one was used once."""
 
     def __init__(self, lock_dir: Path, first: int, count: int) -> None:
         self.lock_dir, self.first, self.count = lock_dir, first, count
         self.held: dict[int, int] = {}  # uid -> lock fd
         self._lock = threading.Lock()
+        self._next = 0  # where the next search starts (an offset from first)
 
     def try_acquire(self) -> int | None:
         with self._lock:
-            for uid in range(self.first, self.first + self.count):
+            for i in range(self.count):
+                uid = self.first + (self._next + i) % self.count
                 if uid in self.held:
                     continue
                 fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -125,6 +132,7 @@ class UidSlots:
                     os.close(fd)
                     continue
                 self.held[uid] = fd
+                self._next = (uid - self.first + 1) % self.count
                 return uid
         return None
 
