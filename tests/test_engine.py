@@ -16,6 +16,7 @@ from execbox.errors import (
     ExecboxError,
     InvalidFileError,
     IsolationError,
+    OutcomeUnknown,
     ProviderUnavailable,
     RequestError,
     SandboxError,
@@ -23,8 +24,9 @@ from execbox.errors import (
 )
 from execbox.languages import Language, LanguageRegistry
 from execbox.models import ExecutionRequest, ExecutionResult, File, Limits, Policy, Status
-from execbox.providers import registry as provider_registry
+from execbox.providers import kinds as provider_kinds
 from execbox.providers.base import ExecSpec, InstanceSpec, LiveInput, ProcessOutcome, StopReason
+from execbox.providers.kinds import ProviderKind
 from execbox.providers.mock import MockInstance, MockProvider, echo
 from execbox.providers.registry import ProviderRegistry
 
@@ -771,7 +773,8 @@ async def test_no_native_exception_escapes_unmapped(where: str, exc: Exception, 
     )
     with pytest.raises(ExecboxError) as ei:
         await engine.execute(req("def main(): pass", arguments={}))
-    assert type(ei.value) is SandboxError
+    # once a process was asked for, the code may have run: the outcome is unknown (never retried)
+    assert type(ei.value) is (OutcomeUnknown if where in ("exec", "read_file") else SandboxError)
     assert ei.value.__cause__ is exc
     assert str(ei.value).startswith("provider 'mock' failed")
     assert not isinstance(ei.value, RequestError)  # a ValueError from the provider is not the client's fault
@@ -843,16 +846,19 @@ def fake_provider_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 
     module.Broken, module.Refusing, module.Fine = Broken, Refusing, Fine
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    for name in ("Broken", "Refusing", "Fine", "Missing"):
-        monkeypatch.setitem(provider_registry.BUILTIN, name.lower(), f"{module.__name__}:{name}")
-    monkeypatch.setitem(provider_registry.BUILTIN, "notinstalled", "execbox_no_such_module_xyz:Provider")
+    fakes = [ProviderKind(name.lower(), "a test's", f"{module.__name__}:{name}", takes_settings=False)
+             for name in ("Broken", "Refusing", "Fine", "Missing")]
+    fakes.append(ProviderKind("notinstalled", "a test's", "execbox_no_such_module_xyz:Provider"))
+    fakes.append(ProviderKind("needsdep", "a test's", "x:Y", requires=("execbox_no_such_dep_xyz",),
+                              install="pip install 'execbox[needsdep]'"))
+    monkeypatch.setattr(provider_kinds, "BUILTIN_KINDS", (*provider_kinds.BUILTIN_KINDS, *fakes))
     return module
 
 
 async def test_registry_maps_constructor_failures(fake_provider_module, languages) -> None:
     engine = Engine(providers=ProviderRegistry(default="fine"), languages=languages)
     r = await engine.execute(req())
-    assert isinstance(r, ExecutionResult) and r.provider == "mock"
+    assert isinstance(r, ExecutionResult) and r.provider == "fine"  # the instance's name
     assert engine.providers.get("fine") is engine.providers.get("fine")  # created once
 
     with pytest.raises(ProviderUnavailable, match="provider 'broken' cannot be set up") as ei:
@@ -873,6 +879,12 @@ async def test_registry_maps_constructor_failures(fake_provider_module, language
     ) as ei:
         await engine.execute(req(provider="notinstalled"))
     assert isinstance(ei.value.__cause__, ImportError)
+
+    # a missing optional dependency is found without importing anything, and named with its fix
+    assert engine.providers.unavailable("needsdep") == (
+        "needs execbox_no_such_dep_xyz: pip install 'execbox[needsdep]'")
+    with pytest.raises(ProviderUnavailable, match=r"'needsdep' \(needsdep\) is unavailable: needs "):
+        await engine.execute(req(provider="needsdep"))
 
 
 async def test_registry_default_from_environment(monkeypatch: pytest.MonkeyPatch, languages) -> None:

@@ -140,9 +140,9 @@ async def test_a_provider_failure_is_a_sandbox_error(manager) -> None:
     sb = await manager.create("python")
     manager.engine.providers.get("mock").handler = broken
     for op in (sb.exec("true"), sb.run("print(1)")):
-        with pytest.raises(SandboxError, match="provider 'mock' failed: disk on fire"):
+        with pytest.raises(SandboxError, match=r"provider .mock. failed.*disk on fire"):
             await op
-    with pytest.raises(SandboxError, match="provider 'mock' failed: disk on fire"):
+    with pytest.raises(SandboxError, match=r"provider .mock. failed.*disk on fire"):
         [e async for e in sb.stream("true")]
     await manager.aclose()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from execbox.errors import ExecboxError, InvalidFileError, RequestError, SandboxError
+from execbox.errors import ExecboxError, InvalidFileError, OutcomeUnknown, RequestError, SandboxError
 from execbox.languages import Language, LanguageRegistry, Step, default_registry
 from execbox.models import ExecutionRequest, ExecutionResult, Limits, Policy, Status, StepResult
 from execbox.providers.base import (
@@ -21,7 +21,9 @@ from execbox.providers.base import (
     Provider,
     StopReason,
 )
+from execbox.providers.kinds import RequestRunner
 from execbox.providers.registry import ProviderRegistry
+from execbox.routing import NotHandedOver, Router, handed_over_error
 
 ARGS_FILE = ".execbox_args.json"
 RETURN_FILE = ".execbox_return.json"
@@ -56,14 +58,17 @@ Emit = Callable[[StageEvent], Awaitable[None]]
 
 
 @contextlib.contextmanager
-def provider_errors(provider: str, doing: str = "failed") -> Iterator[None]:
+def provider_errors(provider: str, doing: str = "failed", *, handed_over: bool = False) -> Iterator[None]:
     """execbox's own errors pass; any other exception is a provider bug or a host failure: the sandbox's
-    fault, mapped here (the one place) to SandboxError."""
+    fault, mapped here (the one place) to SandboxError, or to OutcomeUnknown once the user's code was
+    ``handed_over`` (it may have run)."""
     try:
         yield
     except ExecboxError:
         raise
     except Exception as e:
+        if handed_over:
+            raise handed_over_error(provider, e) from e
         raise SandboxError(f"provider {provider!r} {doing}: {e}") from e
 
 
@@ -129,10 +134,11 @@ class Engine:
     """Runs ExecutionRequests: resolves the language, clamps limits by policy, drives a provider."""
 
     def __init__(self, providers: ProviderRegistry | None = None, languages: LanguageRegistry | None = None,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, router: Router | None = None) -> None:
         self.providers = providers or ProviderRegistry()
         self.languages = languages or default_registry()
         self.policy = policy or Policy()
+        self.router = router or Router(self.providers)
 
     def check(self, request: ExecutionRequest, policy: Policy | None = None) -> Language:
         """The request's language, or the RequestError that ``execute`` would raise before running anything
@@ -178,28 +184,83 @@ class Engine:
 
     async def execute(self, request: ExecutionRequest, policy: Policy | None = None,
                       execution_id: str | None = None, *, live: tuple[LiveInput, Emit] | None = None,
-                      ) -> ExecutionResult:
+                      on_handover: Callable[[], object] | None = None) -> ExecutionResult:
         """Run ``request``. ``policy`` (default: the engine's) sets the limits' defaults and maxima, so a
         server can cap each API key differently; ``execution_id`` names the run (default: a new uuid).
         With ``live`` (input, emit) the run is interactive: its run step reads the input as its stdin (and
         takes its signals) instead of ``request.stdin``, and each stage's start, output and end are emitted
-        as they happen; it needs a provider whose persistent instances take live input (local, docker)."""
+        as they happen; it needs a provider whose persistent instances take live input (local, docker).
+        The provider is the pinned one or the first of the default and the fallback chain that can take it
+        (``Router.first``); ``on_handover`` is called just before the code is handed to it (a job records
+        it: from then on it is never run again on its own)."""
         limits = (policy or self.policy).apply(request.limits)
         lang, files, entry, build = self._prepare(request, limits)
-        provider = self.providers.get(request.provider)
-        if live is not None and not provider.supports_persistent:
-            raise RequestError(f"provider {provider.name!r} cannot run interactively")
+        execution_id = execution_id or uuid.uuid4().hex
+        asked = request.limits.model_fields_set if request.limits is not None else set()
         # interactive: a persistent instance, which takes live input
         steps = (build if request.command == "run" else None, self._main_step(lang, request))
-        instance = await self.start(provider, self.instance_spec(limits, steps, persistent=live is not None))
-        with provider_errors(provider.name):
-            async with instance:
-                if live is not None and not instance.supports_live:
-                    raise RequestError(f"provider {provider.name!r} cannot run interactively")
-                run = None if live is None else _live_runner(instance, *live)
-                result = await self._steps(instance, request, lang, limits, files, entry, build, run)
-        return ExecutionResult(execution_id=execution_id or uuid.uuid4().hex, language=lang.name,
-                               version=lang.version(), provider=provider.name, **result)
+        spec = self.instance_spec(limits, steps, persistent=live is not None)
+
+        def unfit(name: str) -> str | None:
+            return self.providers.capabilities(name).unfit(limits, asked, request, live=live is not None)
+
+        async def attempt(provider: Provider) -> dict[str, object]:
+            if isinstance(provider, RequestRunner):  # another server: the whole request, in one call
+                if on_handover is not None:
+                    on_handover()
+                try:
+                    ran = await provider.run_request(request.model_copy(update={"provider": None, "fallback": None}),
+                                                     limits, execution_id)
+                except OutcomeUnknown:
+                    raise
+                except Exception as e:  # its contract: anything but OutcomeUnknown means it did not run
+                    raise NotHandedOver(e) from e
+                return ran.model_dump(exclude={"execution_id", "language", "version", "provider",
+                                               "provider_attempts"})
+            try:
+                instance = await self.start(provider, spec)
+            except ExecboxError as e:
+                raise NotHandedOver(e) from e
+            try:
+                try:  # nothing run yet: another provider may still take it
+                    if live is not None and not instance.supports_live:
+                        raise RequestError(f"provider {provider.name!r} cannot run interactively")
+                    with provider_errors(provider.name, "failed to write the files"):
+                        await instance.write_files(files)
+                except ExecboxError as e:
+                    raise NotHandedOver(e) from e
+                if on_handover is not None:
+                    on_handover()
+                with provider_errors(provider.name, handed_over=True):
+                    run = None if live is None else _live_runner(instance, *live)
+                    return await self._steps(instance, request, lang, limits, files, entry, build, run)
+            finally:
+                with provider_errors(provider.name, "failed to clean up"):
+                    await instance.close()
+
+        names = self.router.order(request.provider, request.fallback)
+        result, name, attempts = await self.router.first(names, unfit, attempt)
+        return ExecutionResult(execution_id=execution_id, language=lang.name, version=lang.version(),
+                               provider=name, provider_attempts=attempts, **result)
+
+    async def start_sandbox(self, spec: InstanceSpec, limits: Limits, asked: Iterable[str], *,
+                            provider: str | None = None, fallback: Sequence[str] | None = None,
+                            ) -> tuple[Provider, Instance]:
+        """A persistent instance on the pinned provider, or on the first of the default and the chain that
+        keeps sandboxes, honours ``limits`` and starts (no code is handed over in starting one)."""
+        def unfit(name: str) -> str | None:
+            return self.providers.capabilities(name).unfit(limits, asked, persistent=True)
+
+        async def attempt(p: Provider) -> tuple[Provider, Instance]:
+            if not p.supports_persistent:
+                raise NotHandedOver(RequestError(f"provider {p.name!r} cannot keep sandboxes"))
+            try:
+                return p, await self.start(p, spec)
+            except ExecboxError as e:
+                raise NotHandedOver(e) from e
+
+        started, _, _ = await self.router.first(self.router.order(provider, fallback), unfit, attempt)
+        return started
 
     async def run_in(self, instance: Instance, request: ExecutionRequest, *, provider: str, caps: Limits,
                      env: Mapping[str, str] | None = None) -> ExecutionResult:
@@ -209,9 +270,10 @@ class Engine:
         ``request.provider`` is unused: the instance is ``provider``'s."""
         limits = tightened(caps, request.limits)
         lang, files, entry, build = self._prepare(request, limits)
-        with provider_errors(provider):
+        with provider_errors(provider, handed_over=True):
             if request.arguments is not None:  # a value left by an earlier run must not pass for this one's
                 await instance.remove_file(RETURN_FILE)
+            await instance.write_files(files)
             result = await self._steps(instance, request, lang, limits, files, entry, build, base_env=env)
         return ExecutionResult(execution_id=uuid.uuid4().hex, language=lang.name, version=lang.version(),
                                provider=provider, **result)
@@ -269,7 +331,6 @@ class Engine:
         if run is None:
             async def run(spec: ExecSpec, stage: str) -> ProcessOutcome:
                 return await instance.exec(spec)
-        await instance.write_files(files)
         sources = lang.sources(files) or [entry]
         compiled: StepResult | None = None
         if build is not None and request.command == "run":  # a test runner builds what it tests

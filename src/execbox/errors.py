@@ -15,7 +15,9 @@ request is unusable or when the sandbox itself fails.
     ├── ExecutionFailed         raised by ``check=True``; carries the ``ExecutionResult``
     └── SandboxError            the sandbox failed; not the program's fault
         ├── ProviderUnavailable the provider cannot run here (missing bwrap, engine down, ...)
-        │   └── ServerUnreachable   no execbox server answers at the client's URL (remote client)
+        │   ├── ServerUnreachable   no execbox server answers at the client's URL (remote client)
+        │   └── CircuitOpen     the provider's circuit breaker is open after repeated faults
+        ├── OutcomeUnknown      the provider failed after the code was handed to it: never retried
         └── IsolationError      a requested restriction cannot be enforced; we refuse rather than run weaker
 """
 
@@ -91,6 +93,15 @@ class ProviderUnavailable(SandboxError):
 
 class ServerUnreachable(ProviderUnavailable):
     """No execbox server answers at the client's URL (connection refused, unknown host, connect timeout)."""
+
+
+class CircuitOpen(ProviderUnavailable):
+    """The provider had too many faults in a row: nothing is sent to it until its cool-down ends."""
+
+
+class OutcomeUnknown(SandboxError):
+    """The provider failed after the user's code was handed to it (a connection lost mid-run, a server that
+    died): the code may have run, once. execbox never runs it again on its own."""
 
 
 class IsolationError(SandboxError):

@@ -221,7 +221,11 @@ class ExecutionRequest(_Model):
     arguments: dict[str, Any] | None = Field(
         None, description="Call the code's main(**arguments) and return its JSON value (python, javascript).")
     limits: Limits | None = Field(None, description="Limits; unset fields take the operator's defaults.")
-    provider: str | None = Field(None, description="Provider to run on (default: the configured default).")
+    provider: str | None = Field(None, description="Provider to run on (default: the configured default, then "
+                                 "the fallback chain); naming one pins it (no fallback unless `fallback` names some).")
+    fallback: list[str] | None = Field(None, description="Providers to fall back to, in order, in place of the "
+                                       "configured chain: tried only when the one before failed before the code "
+                                       "was handed to it.", max_length=16)
     command: Literal["run", "test"] = Field(
         "run", description="'run': the compile step (if any), then the program; 'test': the language's test "
         "runner over the files, where the language defines one (it builds what it tests: no compile step).")
@@ -302,6 +306,16 @@ class StepResult(_Model):
     message: str | None = Field(None, description="Why the step stopped, in words, when it did not end normally.")
 
 
+class ProviderAttempt(_Model):
+    """One provider tried on the way to a result (the one that ran it last)."""
+
+    provider: str
+    phase: Literal["route", "circuit", "start", "run"] = Field(
+        description="route: passed over (it cannot honour the request); circuit: its breaker was open; start: "
+                    "it failed before the code was handed to it; run: it was given the code.")
+    error: str | None = Field(None, description="What went wrong, in words (none: it ran the code).")
+
+
 class ExecutionResult(StepResult):
     """The outcome of one execution. ``status`` says why it stopped; user code failing is a result."""
 
@@ -309,6 +323,8 @@ class ExecutionResult(StepResult):
     language: str
     version: str | None = None
     provider: str
+    provider_attempts: list[ProviderAttempt] = Field(
+        default_factory=list, description="The providers tried, in order, the one that ran it last.")
     compile: StepResult | None = Field(None, description="The compile step, when the language has one.")
     return_value: Any = Field(None, description="main(**arguments)'s JSON value, when arguments were given.")
 

@@ -137,13 +137,11 @@ class SandboxManager:
         if ttl <= 0 or lifetime <= 0:
             raise RequestError("ttl_s and max_lifetime_s must be positive")
         applied = engine.policy.apply(limits)
-        prov = engine.providers.get(provider)
-        if not prov.supports_persistent:
-            raise RequestError(f"provider {prov.name!r} cannot keep sandboxes (no persistent instances)")
         self._reserve(owner)
         try:
             spec = engine.instance_spec(applied, (lang.compile, lang.run), persistent=True)
-            instance = await engine.start(prov, spec)
+            prov, instance = await engine.start_sandbox(
+                spec, applied, limits.model_fields_set if limits is not None else (), provider=provider)
             sb = AsyncSandbox(_token=_TOKEN, manager=self, instance=instance, provider=prov, language=lang.name,
                               lang_env=dict(lang.env), env=dict(env or {}), labels=labels, limits=applied,
                               ttl_s=ttl, max_lifetime_s=lifetime, owner=owner)

@@ -24,6 +24,7 @@ from execbox.errors import (
     CapacityError,
     ExecboxError,
     NotFoundError,
+    OutcomeUnknown,
     ProviderUnavailable,
     RequestError,
     SandboxError,
@@ -117,7 +118,8 @@ def _request_field(name: str, **http: Any) -> tuple[Any, FieldInfo]:
 
 # The fields an execution has on every face, taken from the library's request, not written again; HTTP
 # bounds the names' lengths.
-_SHARED = ("language", "code", "entry", "version", "args", "arguments", "provider", "command", "limits")
+_SHARED = ("language", "code", "entry", "version", "args", "arguments", "provider", "fallback", "command",
+           "limits")
 _HTTP: dict[str, dict[str, Any]] = {
     "language": {"max_length": 64, "description": "Language name or alias: see GET /api/v1/execute/languages."},
     "version": {"max_length": 64},
@@ -176,14 +178,14 @@ class _SandboxRunBase(_Body):
         return ExecuteBody.model_validate({**fields, "language": self.language or language}).to_request()
 
 
-# ExecuteBody's program fields (not its provider or session: the sandbox has its own), derived not rewritten
+# ExecuteBody's program fields (not its providers or session: the sandbox has its own), derived not rewritten
 SandboxRunBody: type[_SandboxRunBase] = create_model(  # type: ignore[call-overload]
     "SandboxRunBody",
     __base__=_SandboxRunBase,
     __doc__="A program to compile and run in the sandbox, as POST /api/v1/execute runs one in a fresh sandbox: "
             "its files stay in the workdir; its limits are the sandbox's, tightened by `limits`/`timeout`.",
     **{name: (f.annotation, f) for name, f in ExecuteBody.model_fields.items()
-       if name not in ("language", "provider", "session_id")},
+       if name not in ("language", "provider", "fallback", "session_id")},
 )
 
 
@@ -403,6 +405,7 @@ ERROR_STATUS: list[tuple[type[ExecboxError], int, bool]] = [  # (exception, stat
     (RequestError, 422, False),  # a body not of the schema
     (AtCapacity, 503, True),  # no execution slot freed in time (or the waiting room is full): retry later
     (CapacityError, 429, True),  # a count reached (live sandboxes, a key's rate or jobs): wait or destroy one
+    (OutcomeUnknown, 502, False),  # the provider failed after the code was handed to it: never retried
     (ProviderUnavailable, 503, False),  # the provider is down: retrying (or another provider) may help
     (SandboxError, 500, False),
     (ExecboxError, 500, False),

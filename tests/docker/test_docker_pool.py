@@ -290,4 +290,4 @@ def test_a_configured_runtime_that_dockerd_lacks_is_refused() -> None:
     from execbox.errors import IsolationError
 
     with pytest.raises(IsolationError, match="runtime 'runsc-not-installed' is configured but not installed"):
-        DockerProvider(replace(settings(), runtime="runsc-not-installed"))
+        DockerProvider(settings().model_copy(update={"runtime": "runsc-not-installed"}))

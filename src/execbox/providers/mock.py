@@ -71,3 +71,8 @@ class MockProvider(Provider):
         inst = MockInstance(self, spec)
         self.instances.append(inst)
         return inst
+
+
+def from_settings(settings: object = None) -> MockProvider:
+    """The mock kind's factory (it has nothing to set)."""
+    return MockProvider()

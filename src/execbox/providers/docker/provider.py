@@ -29,8 +29,10 @@ import socket
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from execbox.errors import IsolationError, ProviderUnavailable, RequestError, SandboxError
 from execbox.providers.base import ExecSpec, Instance, InstanceSpec, ProcessOutcome, Provider
@@ -62,11 +64,12 @@ def _env_bool(name: str, default: bool) -> bool:
     return default if v is None else v.strip().lower() in ("1", "true", "yes", "on")
 
 
-@dataclass(frozen=True)
-class DockerSettings:
+class DockerSettings(BaseModel):
     """The docker provider's settings. ``from_env`` reads ``EXECBOX_DOCKER_*`` (see the README)."""
 
-    pool: PoolSettings = field(default_factory=PoolSettings)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pool: PoolSettings = Field(default_factory=PoolSettings)
     runtime: str | None = None  # e.g. "runsc" (gVisor): refused when configured but not installed
     cpus: float = 1.0
     memory_mb: int = 256  # at creation; each exec sets its own

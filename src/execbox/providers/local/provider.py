@@ -17,9 +17,10 @@ import asyncio
 import atexit
 import os
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from execbox.pool import PrestartPool
 from execbox.providers.base import Instance, InstanceSpec, Provider
@@ -32,8 +33,11 @@ from execbox.providers.local.persistent import PersistentInstance
 WARM_POOL_DISK_MB = 256  # the default Limits.disk_mb: the pool serves requests with the default disk size
 
 
-@dataclass(frozen=True)
-class LocalSettings:
+class LocalSettings(BaseModel):
+    """The local provider's settings (an instance's, or ``from_env``'s defaults)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     bwrap: str = "bwrap"
     runtime_dir: Path | None = None
     first_uid: int = FIRST_UID

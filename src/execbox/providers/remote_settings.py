@@ -1,0 +1,24 @@
+"""The remote provider's settings (another execbox server)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class RemoteSettings(BaseModel):
+    """Another execbox server that runs what this one sends it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    url: str
+    """The server's base URL, e.g. http://10.0.0.7:8002."""
+    api_key: SecretStr | None = None
+    """An API key of that server."""
+    provider: str | None = None
+    """The provider to ask for there (default: that server's default)."""
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    """Seconds to wait for a connection."""
+    extra_time_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    """Seconds allowed on top of a run's own time limits for the answer (queueing, compiling, the network)."""

@@ -1,0 +1,1 @@
+"""The ssh provider: executions and sandboxes on another Linux host, inside execbox's isolation there."""
