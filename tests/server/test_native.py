@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -215,19 +217,6 @@ def test_another_keys_execution_is_404(make_server, tmp_path: Path) -> None:  # 
         assert len(c.get("/api/v1/sessions/s/executions").json()["executions"]) == 1
 
 
-def test_queued_jobs_survive_a_server_crash(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = {"EXECBOX_MAX_CONCURRENCY": "1"}
-    s = make_server(env=env)
-    with s.client() as c:
-        ids = [c.post("/api/v1/execute/async", json={**PY, "code": f"import time; time.sleep(0.5); print({i})"}
-                      ).json()["execution_id"] for i in range(4)]
-    s.stop(signal.SIGKILL)  # no shutdown hook runs: the queue must be in the store
-    s2 = make_server(env=env, data_dir=tmp_path)
-    with s2.client() as c:
-        outs = [wait_completed(c, i)["result"]["output"] for i in ids]
-    assert outs == ["0\n", "1\n", "2\n", "3\n"]
-
-
 def wait_running(c: httpx.Client, job_id: str) -> None:
     deadline = time.monotonic() + 30
     while c.get(f"/api/v1/execute/status/{job_id}").json()["status"] != "running":
@@ -235,12 +224,44 @@ def wait_running(c: httpx.Client, job_id: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_job_that_keeps_killing_its_server_is_abandoned(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def wait_handed_over(data_dir: Path, job_id: str) -> None:
+    """Until the server's store records that the job's code was handed to the provider."""
+    deadline = time.monotonic() + 30
+    with contextlib.closing(sqlite3.connect(data_dir / "execbox.db")) as db:
+        while not db.execute("SELECT handed_over_at FROM executions WHERE id = ?", (job_id,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the job's code was never handed over"
+            time.sleep(0.02)
+
+
+def test_queued_jobs_survive_a_server_crash_and_the_running_one_is_not_run_twice(  # type: ignore[no-untyped-def]
+        make_server, tmp_path: Path) -> None:
+    env = {"EXECBOX_MAX_CONCURRENCY": "1"}
+    s = make_server(env=env)
+    with s.client() as c:
+        ids = [c.post("/api/v1/execute/async", json={**PY, "code": f"import time; time.sleep(0.5); print({i})"}
+                      ).json()["execution_id"] for i in range(4)]
+    wait_handed_over(tmp_path, ids[0])
+    s.stop(signal.SIGKILL)  # no shutdown hook runs: the queue must be in the store
+    s2 = make_server(env=env, data_dir=tmp_path)
+    with s2.client() as c:
+        results = [wait_completed(c, i)["result"] for i in ids]
+    # the one whose code had been handed over may have run: reported so, never begun again
+    assert results[0]["status"] == "internal_error" and "outcome unknown" in results[0]["error"]
+    assert [r["output"] for r in results[1:]] == ["1\n", "2\n", "3\n"]
+
+
+def test_a_job_that_keeps_killing_its_server_before_its_code_is_sent_is_abandoned(  # type: ignore[no-untyped-def]
+        make_server, tmp_path: Path) -> None:
     s = make_server(env={"EXECBOX_MAX_CONCURRENCY": "1"})
     with s.client() as c:
-        job = c.post("/api/v1/execute/async", json={**PY, "code": "import time; time.sleep(60)"}).json()
-        wait_running(c, job["execution_id"])
-    s.stop(signal.SIGKILL)  # the server dies running it: one attempt spent
+        job = c.post("/api/v1/execute/async", json={**PY, "code": "print('x')"}).json()
+        wait_completed(c, job["execution_id"])
+    s.stop(signal.SIGKILL)
+    # the store as a server leaves it that died before handing the job over (once): running, not handed over
+    with contextlib.closing(sqlite3.connect(tmp_path / "execbox.db")) as db, db:
+        db.execute("UPDATE executions SET state = 'running', attempts = 1, handed_over_at = NULL, result = NULL, "
+                   "request = ? WHERE id = ?", (json.dumps({"principal": "env:1", "body": {**PY, "code": "1"}}),
+                                                job["execution_id"]))
     s2 = make_server(env={"EXECBOX_MAX_CONCURRENCY": "1", "EXECBOX_MAX_JOB_ATTEMPTS": "1"}, data_dir=tmp_path)
     with s2.client() as c:
         done = wait_completed(c, job["execution_id"])["result"]
@@ -248,17 +269,20 @@ def test_a_job_that_keeps_killing_its_server_is_abandoned(make_server, tmp_path:
     assert "stopped while running this job 1 times" in done["error"]
 
 
-def test_an_orderly_stop_requeues_the_running_job_without_counting_it(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_orderly_stop_kills_the_running_job_and_requeues_the_waiting_one(  # type: ignore[no-untyped-def]
+        make_server, tmp_path: Path) -> None:
     env = {"EXECBOX_MAX_CONCURRENCY": "1", "EXECBOX_MAX_JOB_ATTEMPTS": "1"}
     s = make_server(env=env)
     with s.client() as c:
-        job = c.post("/api/v1/execute/async", json={**PY, "code": "import time; time.sleep(2); print('ran')"}
-                     ).json()
-        wait_running(c, job["execution_id"])
-    s.stop()  # SIGTERM: the job is cancelled and queued again
+        running, waiting = (c.post("/api/v1/execute/async", json={
+            **PY, "code": f"import time; time.sleep(2); print('ran {i}')"}).json()["execution_id"] for i in (1, 2))
+        wait_handed_over(tmp_path, running)
+    s.stop()  # SIGTERM: the running job is cancelled (killed, not run again), the waiting one queued again
     s2 = make_server(env=env, data_dir=tmp_path)
     with s2.client() as c:
-        assert wait_completed(c, job["execution_id"])["result"]["output"] == "ran\n"
+        killed = wait_completed(c, running)["result"]
+        assert killed["status"] == "killed" and "not run again" in killed["error"]
+        assert wait_completed(c, waiting)["result"]["output"] == "ran 2\n"
 
 
 def test_a_key_may_have_only_so_many_jobs_pending(make_server) -> None:  # type: ignore[no-untyped-def]

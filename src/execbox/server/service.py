@@ -9,6 +9,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from execbox.engine import Emit, Engine
@@ -16,7 +17,8 @@ from execbox.errors import AtCapacity, CapacityError, ProviderUnavailable, Reque
 from execbox.languages import default_registry
 from execbox.models import ExecutionRequest, ExecutionResult, Status
 from execbox.providers.base import LiveInput
-from execbox.providers.registry import ProviderRegistry, available_names
+from execbox.providers.registry import ProviderRegistry, parse_instance
+from execbox.routing import Router
 from execbox.sandbox import AsyncSandbox, SandboxManager
 from execbox.server.auth import KeyRing, Principal
 from execbox.server.limits import Capacity, RateLimiter
@@ -43,14 +45,17 @@ class Service:
         if dev_key:
             static[dev_key] = "dev:1"
         self.keys = KeyRing(self.store, static, settings.rate_limit_per_min)
-        self.providers = ProviderRegistry(default=settings.default_provider)
-        self.engine = Engine(providers=self.providers, languages=default_registry(), policy=settings.policy)
+        self.providers = ProviderRegistry(default=settings.default_provider, configs={
+            name: parse_instance(name, str(table.get("kind", "")), {k: v for k, v in table.items() if k != "kind"})
+            for name, table in settings.providers.items()})
+        self.router = Router(self.providers, settings.fallback_chain, settings.routing)
+        self.router.order(None, None)  # a default or chain naming no provider: refused at start, in words
+        self.engine = Engine(providers=self.providers, languages=default_registry(), policy=settings.policy,
+                             router=self.router)
         self.rates = RateLimiter()
         self.capacity = Capacity(settings.max_concurrency, settings.max_queue, settings.queue_timeout_s)
         self.metrics = Metrics()
         self.metrics.queued.set_function(lambda: self.capacity.waiting)  # read when scraped: never stale
-        self._provider_names = sorted(n for n in available_names() if n != "mock" or settings.default_provider
-                                      == "mock")
         self._jobs: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._sandboxes: SandboxManager | None = None
@@ -88,9 +93,9 @@ class Service:
         """RequestError for what would fail before running (unknown language, version, provider, files...),
         counted in sandbox_errors_total as bad_request."""
         try:
-            if request.provider is not None and request.provider not in self.provider_names():
-                raise RequestError(f"unknown provider {request.provider!r}; known: "
-                                   f"{', '.join(self.provider_names())}")
+            for name in [request.provider or self.providers.default, *(request.fallback or ())]:
+                if name not in self.provider_names():
+                    raise RequestError(f"unknown provider {name!r}; known: {', '.join(self.provider_names())}")
             self.engine.check(request, self.engine.policy.capped(principal.caps if principal else None))
         except RequestError:
             self.metrics.errors.labels(language=request.language, provider=request.provider or
@@ -98,12 +103,14 @@ class Service:
             raise
 
     def provider_names(self) -> list[str]:
-        """The providers a request may name: the mock (which runs nothing) only when it is the default."""
-        return self._provider_names
+        """The providers a request may name: the mock (which runs nothing) only when it is the default, in the
+        chain or configured by name."""
+        used = {self.providers.default, *self.router.chain, *self.settings.providers}
+        return [n for n in self.providers.names() if self.providers.kind_of(n).name != "mock" or n in used]
 
     async def execute(self, principal: Principal, request: ExecutionRequest, *, session_id: str | None = None,
                       bounded: bool = True, admitted: bool = False, execution_id: str | None = None,
-                      live: tuple[LiveInput, Emit] | None = None,
+                      live: tuple[LiveInput, Emit] | None = None, on_handover: Callable[[], object] | None = None,
                       ) -> ExecutionResult:
         """Run one request under the caller's caps, within the server's capacity; record and count it.
         With ``live`` (input, emit) it runs interactively (see ``Engine.execute``). ``bounded``: waits at most
@@ -117,7 +124,8 @@ class Service:
             alone = bounded and not admitted  # counted against the line and timed, or waits its turn
             async with self.capacity.slot(counted=alone, timed=alone):
                 with self.metrics.in_progress(provider):
-                    result = await self.engine.execute(request, policy, execution_id, live=live)
+                    result = await self.engine.execute(request, policy, execution_id, live=live,
+                                                       on_handover=on_handover)
         except RequestError as e:
             self._log_failure(principal, labels, "bad_request", e, start)
             raise
@@ -216,21 +224,42 @@ class Service:
         body = ExecuteBody.model_validate(saved["body"])
         attempts = self.store.mark_running(job_id)
         request = body.to_request()
-        if attempts > self.settings.max_job_attempts:
-            result = internal_error(request, request.provider or self.providers.default,
-                                    f"the server stopped while running this job {attempts - 1} times: "
-                                    "it is not run again")
-            self.store.complete(job_id, result.model_copy(update={"execution_id": job_id}).model_dump(mode="json"),
-                                self.settings.job_ttl_s)
+        provider = request.provider or self.providers.default
+        if record.handed_over:  # a server died after handing its code over: it may have run; never again
+            self._finish_job(job_id, internal_error(
+                request, provider, "outcome unknown: the server stopped after this job's code was handed to the "
+                "provider; it may have run, so it is not run again"))
+            log.error("job outcome unknown", extra={"fields": {"execution_id": job_id}})
+            return
+        if attempts > self.settings.max_job_attempts:  # it kills its server before its code is even sent
+            self._finish_job(job_id, internal_error(
+                request, provider, f"the server stopped while running this job {attempts - 1} times: it is not "
+                "run again"))
             log.error("job abandoned", extra={"fields": {"execution_id": job_id, "attempts": attempts - 1}})
             return
+        handed_over = False
+
+        def hand_over() -> None:
+            nonlocal handed_over
+            handed_over = True
+            self.store.mark_handed_over(job_id)
+
         try:
-            result = await self.execute(principal, request, bounded=False, session_id=None, execution_id=job_id)
+            result = await self.execute(principal, request, bounded=False, session_id=None, execution_id=job_id,
+                                        on_handover=hand_over)
         except asyncio.CancelledError:
-            self.store.requeue(job_id)  # the server is stopping: the job runs after the restart, uncounted
+            if handed_over:  # the server is stopping mid-run: the run is cut short, and not run again
+                self._finish_job(job_id, ExecutionResult(
+                    execution_id=job_id, language=request.language, provider=provider, status=Status.KILLED,
+                    message="the server stopped while this job ran: it was killed and is not run again"))
+            else:  # not started: it runs after the restart, uncounted
+                self.store.requeue(job_id)
             raise
         except Exception as e:  # reported as data (the client polls for a result); never a job stuck running
-            result = internal_error(request, request.provider or self.providers.default, str(e))
+            result = internal_error(request, provider, str(e))
+        self._finish_job(job_id, result)
+
+    def _finish_job(self, job_id: str, result: ExecutionResult) -> None:
         result = result.model_copy(update={"execution_id": job_id})
         self.store.complete(job_id, result.model_dump(mode="json"), self.settings.job_ttl_s)
 

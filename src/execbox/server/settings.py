@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from execbox.models import Limits, Policy
+from execbox.routing import RoutingSettings
 
 # The library's maxima, with output kept per stream lowered: a response carries it (twice: `output` and
 # `stdout`), and a server answers many at once.
@@ -39,6 +46,15 @@ class ServerSettings(BaseSettings):
     dev_key: bool = Field(True, description="Create a random dev key in data_dir/dev-api-key on first start and "
                           "accept it (print it at start). Turn off in production and use `execbox keys`.")
     default_provider: str = Field("local", description="Provider used when a request names none.")
+    providers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Named provider instances: name -> {kind = 'ssh', ...that kind's "
+        "settings} (TOML tables [providers.NAME], or JSON in EXECBOX_PROVIDERS). The kinds that need no settings "
+        "(local, docker) have an instance of their own name without this.")
+    fallback_chain: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Providers tried after the default, in order, when it fails before the "
+        "code is handed to it: EXECBOX_FALLBACK_CHAIN=docker,ssh-gpu1 (a request's `fallback` replaces it).")
+    routing: RoutingSettings = Field(default_factory=RoutingSettings,
+                                     description="Circuit breakers and the retry before dispatch.")
     max_concurrency: Annotated[int, Field(ge=1, le=1024)] = Field(
         default_factory=lambda: 2 * (os.cpu_count() or 1), description="Executions running at once.")
     queue_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
@@ -79,6 +95,11 @@ class ServerSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Origins browsers may call from (e.g. "
                                     "a page with the codapi-js widget); '*' for any. None by default.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+
+    @field_validator("fallback_chain", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        return [n.strip() for n in v.split(",") if n.strip()] if isinstance(v, str) else v
 
     @field_validator("defaults", "maxima", mode="before")
     @classmethod

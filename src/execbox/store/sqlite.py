@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS executions (
     created_at REAL NOT NULL,
     finished_at REAL,
     expires_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0  -- times a server began running the job
+    attempts INTEGER NOT NULL DEFAULT 0,  -- times a server began running the job
+    handed_over_at REAL            -- when its code was handed to a provider: from then on never run again
 );
 CREATE INDEX IF NOT EXISTS executions_state ON executions (state, created_at);
 CREATE INDEX IF NOT EXISTS executions_session ON executions (owner, session_id, created_at);
@@ -66,6 +67,7 @@ class ExecutionRecord:
     result: dict[str, Any] | None
     created_at: float
     finished_at: float | None
+    handed_over: bool = False  # its code was handed to a provider (it may have run)
 
 
 class NameTaken(ValueError):
@@ -87,6 +89,8 @@ class SQLiteStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(executions)")}
         if "attempts" not in columns:  # a store made before jobs counted their attempts
             self._db.execute("ALTER TABLE executions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+        if "handed_over_at" not in columns:  # ... or recorded the handover of their code
+            self._db.execute("ALTER TABLE executions ADD COLUMN handed_over_at REAL")
 
     def close(self) -> None:
         with self._lock:
@@ -147,6 +151,11 @@ class SQLiteStore:
                        (RUNNING, id))
         return int(rows[0][0]) if rows else 0
 
+    def mark_handed_over(self, id: str) -> None:
+        """The job's code is being handed to a provider: a server that dies from now on leaves its outcome
+        unknown (it is reported so, never run again)."""
+        self._q("UPDATE executions SET handed_over_at = ? WHERE id = ?", (time.time(), id))
+
     def requeue(self, id: str) -> None:
         """A job the server stopped in an orderly way: queued again, and the attempt does not count."""
         self._q("UPDATE executions SET state = ?, attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = ?",
@@ -159,7 +168,7 @@ class SQLiteStore:
 
     def _execution(self, row: tuple[Any, ...]) -> ExecutionRecord:
         return ExecutionRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] else None,
-                               row[6], row[7])
+                               row[6], row[7], row[10] is not None)
 
     def execution(self, id: str, owner: str) -> ExecutionRecord | None:
         rows = self._q("SELECT * FROM executions WHERE id = ? AND owner = ? AND (expires_at IS NULL OR "
