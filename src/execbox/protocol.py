@@ -4,7 +4,7 @@ through the remote client (``client.AsyncSandbox``) both implement, with the doc
 
     AsyncSandboxesProtocol   create, get_or_create, get, find, list    (AsyncSandbox's classmethods, or a
                                                                         client's ``AsyncSandbox`` object)
-    AsyncSandboxProtocol     exec, stream, files, run, run_code, destroy, id, language, labels, alive
+    AsyncSandboxProtocol     exec, stream, files, run, run_code, destroy, id, language, provider, labels, alive
     AsyncFilesProtocol       write, read, list, remove
 
 tests/test_public_api.py checks every implementation against these: the same names and parameters.
@@ -63,6 +63,7 @@ class AsyncSandboxProtocol(Protocol):
 
     id: str
     language: str
+    provider: str
     labels: dict[str, str]
 
     @property

@@ -312,6 +312,7 @@ class AsyncSandbox:
             raise TypeError("use AsyncSandbox.create() or get_or_create()")
         self.id = "sb_" + uuid.uuid4().hex[:20]
         self.manager, self._instance, self._provider = manager, instance, provider
+        self.provider = provider.name  # the instance that holds it (the first of the chain that could start it)
         self.language, self._env, self.labels, self.limits = language, {**lang_env, **env}, labels, limits
         self._own_env = env  # the variables given at create: under those of each run's language
         self.ttl_s, self.max_lifetime_s, self.owner = ttl_s, max_lifetime_s, owner

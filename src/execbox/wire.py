@@ -41,6 +41,7 @@ from execbox.models import (
     check_env,
     check_labels,
 )
+from execbox.providers.kinds import Capabilities
 
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 Name = Annotated[str, Field(max_length=64)]
@@ -240,11 +241,23 @@ class LanguageInfo(_Answer):
     commands: list[str] = Field(description="Commands a request may ask for: 'run', and 'test' where defined.")
 
 
+class BreakerInfo(_Answer):
+    state: Literal["closed", "open", "half_open"] = Field(
+        description="closed: in use; open: skipped after repeated faults; half_open: one probe may go through.")
+    faults: int = Field(0, description="Provider faults in a row.")
+    retry_in_s: float | None = Field(None, description="Seconds until an open circuit lets a probe through.")
+    last_error: str | None = Field(None, description="The last fault, in words.")
+
+
 class ProviderInfo(_Answer):
     name: str
+    kind: str = Field(description="Its kind (local, docker, ssh, remote, ...): several instances may share one.")
     status: Literal["available", "unavailable"]
     is_default: bool
-    message: str | None = None
+    chain_position: int | None = Field(None, description="Its place in the fallback chain (0: the default).")
+    message: str | None = Field(None, description="Why it is unavailable, with the fix.")
+    breaker: BreakerInfo
+    capabilities: Capabilities
 
 
 class Providers(_Answer):

@@ -393,7 +393,12 @@ def test_languages_and_providers(client: httpx.Client) -> None:
     assert langs["c"]["compiled"] is True
     providers = client.get("/api/v1/providers").json()["providers"]
     local = next(p for p in providers if p["name"] == "local")
-    assert local == {"name": "local", "status": "available", "is_default": True, "message": None}
+    assert {k: local[k] for k in ("name", "kind", "status", "is_default", "chain_position", "message")} == {
+        "name": "local", "kind": "local", "status": "available", "is_default": True, "chain_position": 0,
+        "message": None}
+    assert local["breaker"]["state"] == "closed" and local["capabilities"]["persistent"] is True
+    assert local["capabilities"]["isolation"] == "namespaces"
+    assert not {"ssh", "remote"} & {p["name"] for p in providers}  # no instance until one is configured
 
 
 def test_metrics_count_executions_by_language_provider_status(make_server) -> None:  # type: ignore[no-untyped-def]

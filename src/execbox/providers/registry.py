@@ -63,6 +63,7 @@ class ProviderRegistry:
         self._instances: dict[str, Provider] = {}
         self._retired: list[Provider] = []  # replaced at runtime: closed with the registry
         for name, provider in (instances or {}).items():  # made in code (tests, embedders): a kind of their own
+            provider.name = name
             self._instances[name] = provider
             self.kinds.setdefault(f"given:{name}", ProviderKind(
                 f"given:{name}", f"{type(provider).__name__}, given in code", "", capabilities=Capabilities(

@@ -28,6 +28,9 @@ class Metrics:
                               registry=self.registry)
         self.queued = Gauge("sandbox_queued_requests", "Requests waiting for an execution slot.",
                             registry=self.registry)
+        self.circuit = Gauge("sandbox_provider_circuit_state", "Each provider's circuit breaker: 0 closed, 1 "
+                             "half-open (one probe may go through), 2 open (skipped).", ["provider"],
+                             registry=self.registry)
         self.pending_jobs = Gauge("sandbox_pending_jobs", "Async jobs queued or running.", registry=self.registry)
 
     @contextlib.contextmanager

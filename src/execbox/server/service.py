@@ -18,7 +18,7 @@ from execbox.languages import default_registry
 from execbox.models import ExecutionRequest, ExecutionResult, Status
 from execbox.providers.base import LiveInput
 from execbox.providers.registry import ProviderRegistry, parse_instance
-from execbox.routing import Router
+from execbox.routing import BreakerState, Router
 from execbox.sandbox import AsyncSandbox, SandboxManager
 from execbox.server.auth import KeyRing, Principal
 from execbox.server.limits import Capacity, RateLimiter
@@ -29,6 +29,7 @@ from execbox.wire import CreateBody, ExecuteBody
 
 log = logging.getLogger("execbox.server")
 EXPIRE_EVERY_S = 60
+CIRCUIT_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 def internal_error(request: ExecutionRequest, provider: str, message: str) -> ExecutionResult:
@@ -149,7 +150,10 @@ class Service:
         return result
 
     def refresh_gauges(self) -> None:
-        """sandbox_active_containers of providers that keep sandboxes (the docker pool): what exists now."""
+        """sandbox_active_containers of providers that keep sandboxes (the docker pool): what exists now; the
+        circuit breakers' states."""
+        for name, breaker in self.router.breakers().items():
+            self.metrics.circuit.labels(name).set(CIRCUIT_GAUGE[breaker.state])
         for name, provider in self.providers.loaded().items():
             if (n := provider.active_sandboxes()) is not None:
                 self.metrics.pooled.add(name)

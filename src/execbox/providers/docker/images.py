@@ -103,14 +103,15 @@ def host_mirror(default: str) -> str:
     return default
 
 
-def client() -> Any:
-    """A docker SDK client, or ProviderUnavailable with the fix."""
+def client(host: str | None = None) -> Any:
+    """A docker SDK client of the engine at ``host`` (default: DOCKER_HOST or the local socket), or
+    ProviderUnavailable with the fix."""
     try:
         import docker
     except ImportError as e:
         raise ProviderUnavailable("the docker provider needs the docker SDK: pip install 'execbox[docker]'") from e
     try:
-        c = docker.from_env(timeout=120)
+        c = docker.DockerClient(base_url=host, timeout=120) if host else docker.from_env(timeout=120)
         c.ping()
     except Exception as e:
         raise ProviderUnavailable(f"the Docker engine is not reachable ({e}); start dockerd "

@@ -69,6 +69,7 @@ class DockerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    host: str | None = None  # the engine's address (unix:///..., tcp://...); None: DOCKER_HOST or the local socket
     pool: PoolSettings = Field(default_factory=PoolSettings)
     runtime: str | None = None  # e.g. "runsc" (gVisor): refused when configured but not installed
     cpus: float = 1.0
@@ -105,7 +106,8 @@ class DockerProvider(Provider):
 
     def __init__(self, settings: DockerSettings | None = None) -> None:
         self.settings = settings or DockerSettings.from_env()
-        self.client = images.client()  # ProviderUnavailable when dockerd is down or the SDK is missing
+        # ProviderUnavailable when dockerd is down or the SDK is missing
+        self.client = images.client(self.settings.host)
         self.api = self.client.api
         self.catalog = images.Catalog.load(self.settings.images_dir)
         self.host = socket.gethostname()

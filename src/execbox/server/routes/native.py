@@ -18,6 +18,7 @@ from execbox.server.deps import PrincipalDep, ServiceDep, get_principal
 from execbox.server.service import internal_error
 from execbox.store import ExecutionRecord
 from execbox.wire import (
+    BreakerInfo,
     ErrorBody,
     ExecuteBody,
     ExecuteResponse,
@@ -132,14 +133,24 @@ async def languages(service: ServiceDep, principal: PrincipalDep) -> dict[str, l
 
 
 def provider_infos(service: Any) -> list[ProviderInfo]:
+    """Every provider a request may name: its kind, whether it can run here (creating it, which probes the
+    host or engine; a remote one is not contacted), its place in the chain, its breaker and capabilities."""
     infos = []
+    order = service.router.order(None, None)
     for name in service.provider_names():
+        message = None
         try:
             service.providers.get(name)
-            infos.append(ProviderInfo(name=name, status="available", is_default=name == service.providers.default))
         except Exception as e:  # any failure to set up means unavailable, with why
-            infos.append(ProviderInfo(name=name, status="unavailable", message=str(e),
-                                      is_default=name == service.providers.default))
+            message = str(e)
+        b = service.router.breaker(name)
+        infos.append(ProviderInfo(
+            name=name, kind=service.providers.kind_of(name).name, status="unavailable" if message else "available",
+            is_default=name == service.providers.default, message=message,
+            chain_position=order.index(name) if name in order else None,
+            breaker=BreakerInfo(state=b.state.value, faults=b.faults, retry_in_s=b.retry_in_s(),
+                                last_error=b.last_error),
+            capabilities=service.providers.capabilities(name)))
     return infos
 
 
@@ -168,10 +179,13 @@ async def health(service: ServiceDep) -> JSONResponse:
         log.exception("health: the store does not answer")
         components["store"] = {"status": "down", "message": "the store does not answer (see the server log)"}
     infos = provider_infos(service)
-    default = next((p for p in infos if p.is_default), None)
-    components["providers"] = {"status": "ok" if default and default.status == "available" else "down",
-                               "default": service.providers.default,
-                               "available": [p.name for p in infos if p.status == "available"]}
+    # ok while some provider of the chain can run code; the breakers say which are being skipped
+    chain = sorted((p for p in infos if p.chain_position is not None), key=lambda p: p.chain_position or 0)
+    usable = [p for p in chain if p.status == "available" and p.breaker.state != "open"]
+    components["providers"] = {"status": "ok" if usable else "down", "default": service.providers.default,
+                               "chain": [p.name for p in chain],
+                               "available": [p.name for p in infos if p.status == "available"],
+                               "breakers": {p.name: p.breaker.state for p in infos if p.breaker.state != "closed"}}
     langs = [lang.name for lang in service.engine.languages if lang.available]
     components["languages"] = {"status": "ok" if langs else "down", "available": len(langs)}
     ok = all(c["status"] == "ok" for c in components.values())

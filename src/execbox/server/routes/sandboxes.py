@@ -53,7 +53,7 @@ router = APIRouter(prefix=PREFIX, tags=["sandboxes"], responses={**ERRORS, **NOT
 def _info(sb: AsyncSandbox) -> SandboxInfo:
     now_wall, now_mono = time.time(), time.monotonic()
     last_used = now_wall - (now_mono - sb.last_used_at)
-    return SandboxInfo(id=sb.id, language=sb.language, provider=sb._provider.name, labels=sb.labels,
+    return SandboxInfo(id=sb.id, language=sb.language, provider=sb.provider, labels=sb.labels,
                        created_at=sb.created_at, last_used_at=last_used, ttl_s=sb.ttl_s,
                        idle_expires_at=last_used + sb.ttl_s, max_lifetime_s=sb.max_lifetime_s,
                        expires_at=sb.created_at + sb.max_lifetime_s, limits=sb.limits)
