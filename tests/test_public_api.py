@@ -221,6 +221,7 @@ def test_run_signature_is_pinned() -> None:
         "version",
         "arguments",
         "provider",
+        "fallback",
         "command",
         "check",
     ]

@@ -225,3 +225,24 @@ async def test_a_sandbox_is_created_on_the_next_provider_when_the_first_cannot_s
         assert sb.provider == "up" and down.starts == 1
     finally:
         await manager.aclose()
+
+
+async def test_the_library_surface_names_a_chain_and_a_sandboxs_own_fallback() -> None:
+    from execbox import AsyncSandbox
+
+    down, up = Failing(ProviderUnavailable("down")), MockProvider()
+    e = Engine(providers=ProviderRegistry(instances={"down": down, "up": up}, default="down"), chain=["up"])
+    assert (await e.execute(req())).provider == "up"  # Engine(chain=...): the default, then the chain
+    manager = SandboxManager(e)
+    try:
+        with pytest.raises(ProviderUnavailable, match="down"):  # pinned, no fallback named
+            await AsyncSandbox.create(provider="down", manager=manager)
+        sb = await AsyncSandbox.create(provider="down", fallback=["up"], manager=manager)
+        assert sb.provider == "up"
+    finally:
+        await manager.aclose()
+
+
+def test_the_library_chain_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXECBOX_FALLBACK_CHAIN", "docker, local")
+    assert Engine(providers=ProviderRegistry(default="mock")).router.chain == ["docker", "local"]

@@ -33,7 +33,7 @@ def _files(files: Mapping[str, str | bytes] | Sequence[File] | None) -> list[Fil
 
 
 def program_request(code: str | None, language: str, *, provider: str | None = None,
-                    **options: Unpack[ProgramOptions]) -> ExecutionRequest:
+                    fallback: Sequence[str] | None = None, **options: Unpack[ProgramOptions]) -> ExecutionRequest:
     """The ExecutionRequest of ``run``'s arguments (in-process, in a sandbox, or sent to a server); a
     client's mistake is a RequestError (still a ValueError), never a pydantic error."""
     try:
@@ -42,7 +42,8 @@ def program_request(code: str | None, language: str, *, provider: str | None = N
             language=language, code=code, files=_files(options.get("files")), entry=options.get("entry"),
             version=options.get("version"), stdin=options.get("stdin", ""), args=None if args is None else list(args),
             env=None if env is None else dict(env), arguments=None if arguments is None else dict(arguments),
-            limits=options.get("limits"), provider=provider, command=options.get("command", "run"),
+            limits=options.get("limits"), provider=provider, fallback=None if fallback is None else list(fallback),
+            command=options.get("command", "run"),
         )
     except ValidationError as e:
         raise RequestError(f"invalid request: {e}") from e
@@ -61,17 +62,19 @@ async def arun(
     version: str | None = None,
     arguments: Mapping[str, Any] | None = None,
     provider: str | None = None,
+    fallback: Sequence[str] | None = None,
     command: Literal["run", "test"] = "run",
     check: bool = False,
 ) -> ExecutionResult:
-    """Run ``code`` (and/or ``files``) in a sandbox and return the result.
+    """Run ``code`` (and/or ``files``) in a sandbox and return the result: on ``provider`` (then on those of
+    ``fallback``, when given), or on the default and then the fallback chain (EXECBOX_FALLBACK_CHAIN).
 
     The program failing is a result (see ``result.status``); with ``check=True`` anything but ``ok`` raises
     ``ExecutionFailed`` carrying the result. Errors of the request or the sandbox raise ``ExecboxError``s.
     """
     request = program_request(code, language, stdin=stdin, files=files, entry=entry, args=args, env=env,
                               limits=limits, version=version, arguments=arguments, provider=provider,
-                              command=command)
+                              fallback=fallback, command=command)
     result = await default_engine().execute(request)
     if check and not result.ok:
         raise ExecutionFailed(result)

@@ -8,7 +8,7 @@ import asyncio
 import builtins
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Self, TypeVar
 
@@ -120,17 +120,20 @@ class BlockingSandbox(Generic[S]):
     @classmethod
     def create(cls, language: str = "python", *, labels: Mapping[str, str] | None = None,
                ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-               provider: str | None = None, env: Mapping[str, str] | None = None, **options: Any) -> Self:
+               provider: str | None = None, fallback: Sequence[str] | None = None,
+               env: Mapping[str, str] | None = None, **options: Any) -> Self:
         return cls(call(cls._backend.create(language, labels=labels, ttl_s=ttl_s, max_lifetime_s=max_lifetime_s,
-                                            limits=limits, provider=provider, env=env, **options)))
+                                            limits=limits, provider=provider, fallback=fallback, env=env,
+                                            **options)))
 
     @classmethod
     def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
                       max_lifetime_s: float | None = None, limits: Limits | None = None,
-                      provider: str | None = None, env: Mapping[str, str] | None = None, **options: Any) -> Self:
+                      provider: str | None = None, fallback: Sequence[str] | None = None,
+                      env: Mapping[str, str] | None = None, **options: Any) -> Self:
         return cls(call(cls._backend.get_or_create(labels, language=language, ttl_s=ttl_s,
                                                    max_lifetime_s=max_lifetime_s, limits=limits,
-                                                   provider=provider, env=env, **options)))
+                                                   provider=provider, fallback=fallback, env=env, **options)))
 
     @classmethod
     def get(cls, sandbox_id: str, **options: Any) -> Self:

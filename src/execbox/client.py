@@ -115,6 +115,7 @@ class AsyncClient(Transport):
         version: str | None = None,
         arguments: Mapping[str, Any] | None = None,
         provider: str | None = None,
+        fallback: Sequence[str] | None = None,
         command: Literal["run", "test"] = "run",
         check: bool = False,
     ) -> ExecutionResult:
@@ -123,7 +124,7 @@ class AsyncClient(Transport):
         # the library's checks first: the same RequestErrors before anything is sent
         request = program_request(code, language, stdin=stdin, files=files, entry=entry, args=args, env=env,
                                   limits=limits, version=version, arguments=arguments, provider=provider,
-                                  command=command)
+                                  fallback=fallback, command=command)
         resp = await self._request("POST", f"{API}/execute", language=language, json=_dump(ExecuteBody.of(request)))
         result = _parse(resp, "an execution result", parse_result)
         if check and not result.ok:
@@ -156,16 +157,18 @@ class AsyncSandboxes:
 
     async def create(self, language: str = "python", *, labels: Mapping[str, str] | None = None,
                      ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-                     provider: str | None = None, env: Mapping[str, str] | None = None) -> RemoteAsyncSandbox:
-        body = _dump(CreateBody.of(language, labels, ttl_s, max_lifetime_s, limits, provider, env))
+                     provider: str | None = None, fallback: Sequence[str] | None = None,
+                     env: Mapping[str, str] | None = None) -> RemoteAsyncSandbox:
+        body = _dump(CreateBody.of(language, labels, ttl_s, max_lifetime_s, limits, provider, env, fallback))
         resp = await self._client._request("POST", f"{API}/sandboxes", json=body, language=language)
         return self._sandbox(resp)
 
     async def get_or_create(self, labels: Mapping[str, str], *, language: str = "python",
                             ttl_s: float | None = None, max_lifetime_s: float | None = None,
                             limits: Limits | None = None, provider: str | None = None,
-                            env: Mapping[str, str] | None = None) -> RemoteAsyncSandbox:
-        body = _dump(CreateBody.of(language, labels, ttl_s, max_lifetime_s, limits, provider, env))
+                            fallback: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+                            ) -> RemoteAsyncSandbox:
+        body = _dump(CreateBody.of(language, labels, ttl_s, max_lifetime_s, limits, provider, env, fallback))
         resp = await self._client._request("POST", f"{API}/sandboxes/get_or_create", json=body, language=language)
         return self._sandbox(resp)
 

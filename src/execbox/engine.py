@@ -23,7 +23,7 @@ from execbox.providers.base import (
 )
 from execbox.providers.kinds import RequestRunner
 from execbox.providers.registry import ProviderRegistry
-from execbox.routing import NotHandedOver, Router, handed_over_error
+from execbox.routing import NotHandedOver, Router, env_chain, handed_over_error
 
 ARGS_FILE = ".execbox_args.json"
 RETURN_FILE = ".execbox_return.json"
@@ -134,11 +134,14 @@ class Engine:
     """Runs ExecutionRequests: resolves the language, clamps limits by policy, drives a provider."""
 
     def __init__(self, providers: ProviderRegistry | None = None, languages: LanguageRegistry | None = None,
-                 policy: Policy | None = None, router: Router | None = None) -> None:
+                 policy: Policy | None = None, router: Router | None = None,
+                 chain: Sequence[str] | None = None) -> None:
+        """``chain``: the providers tried after the default when it fails before the code is handed over
+        (default: EXECBOX_FALLBACK_CHAIN, comma-separated); ``router`` replaces both (a server's)."""
         self.providers = providers or ProviderRegistry()
         self.languages = languages or default_registry()
         self.policy = policy or Policy()
-        self.router = router or Router(self.providers)
+        self.router = router or Router(self.providers, env_chain() if chain is None else chain)
 
     def check(self, request: ExecutionRequest, policy: Policy | None = None) -> Language:
         """The request's language, or the RequestError that ``execute`` would raise before running anything

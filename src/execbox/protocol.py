@@ -114,15 +114,17 @@ class AsyncSandboxesProtocol(Protocol[SB]):
 
     async def create(self, language: str = "python", *, labels: Mapping[str, str] | None = None,
                      ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-                     provider: str | None = None, env: Mapping[str, str] | None = None) -> SB:
+                     provider: str | None = None, fallback: Sequence[str] | None = None,
+                     env: Mapping[str, str] | None = None) -> SB:
         """A new sandbox: ``labels`` to find it again, ``ttl_s`` idle seconds before it is destroyed,
         ``max_lifetime_s`` its hard maximum age, ``limits`` each exec's defaults and the sandbox's caps,
-        ``env`` variables of every exec."""
+        ``env`` variables of every exec; ``provider`` pins one, ``fallback`` names the providers to try
+        after it (or after the default, in place of the chain) when it cannot start a sandbox."""
 
     async def get_or_create(self, labels: Mapping[str, str], *, language: str = "python",
                             ttl_s: float | None = None, max_lifetime_s: float | None = None,
                             limits: Limits | None = None, provider: str | None = None,
-                            env: Mapping[str, str] | None = None) -> SB:
+                            fallback: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> SB:
         """The live sandbox whose labels include ``labels``, or a new one (concurrent calls create one)."""
 
     async def get(self, sandbox_id: str) -> SB:

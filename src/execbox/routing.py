@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +49,11 @@ class RoutingSettings(BaseModel):
     """Times a provider is tried again, before the code is handed over, when it was unreachable or busy."""
     retry_backoff_s: float = Field(0.1, ge=0, le=60)
     """The first retry's wait; each next one doubles it; each is jittered between half and all of it."""
+
+
+def env_chain() -> list[str]:
+    """The library's fallback chain: EXECBOX_FALLBACK_CHAIN, comma-separated (none by default)."""
+    return [n.strip() for n in os.environ.get("EXECBOX_FALLBACK_CHAIN", "").split(",") if n.strip()]
 
 
 class BreakerState(enum.StrEnum):

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, TypeVar, Unpack
 
 from execbox.api import program_request
@@ -125,8 +125,8 @@ class SandboxManager:
 
     async def create(self, language: str = "python", *, labels: Mapping[str, str] | None = None,
                      ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-                     provider: str | None = None, env: Mapping[str, str] | None = None,
-                     owner: str | None = None) -> AsyncSandbox:
+                     provider: str | None = None, fallback: Sequence[str] | None = None,
+                     env: Mapping[str, str] | None = None, owner: str | None = None) -> AsyncSandbox:
         """A new sandbox. Raises CapacityError at the count limits, RequestError for a bad request,
         SandboxError when the provider cannot start it (or cannot keep sandboxes at all)."""
         engine = self.engine
@@ -141,7 +141,8 @@ class SandboxManager:
         try:
             spec = engine.instance_spec(applied, (lang.compile, lang.run), persistent=True)
             prov, instance = await engine.start_sandbox(
-                spec, applied, limits.model_fields_set if limits is not None else (), provider=provider)
+                spec, applied, limits.model_fields_set if limits is not None else (), provider=provider,
+                fallback=fallback)
             sb = AsyncSandbox(_token=_TOKEN, manager=self, instance=instance, provider=prov, language=lang.name,
                               lang_env=dict(lang.env), env=dict(env or {}), labels=labels, limits=applied,
                               ttl_s=ttl, max_lifetime_s=lifetime, owner=owner)
@@ -327,19 +328,20 @@ class AsyncSandbox:
     @classmethod
     async def create(cls, language: str = "python", *, labels: Mapping[str, str] | None = None,
                      ttl_s: float | None = None, max_lifetime_s: float | None = None, limits: Limits | None = None,
-                     provider: str | None = None, env: Mapping[str, str] | None = None,
-                     manager: SandboxManager | None = None) -> AsyncSandbox:
+                     provider: str | None = None, fallback: Sequence[str] | None = None,
+                     env: Mapping[str, str] | None = None, manager: SandboxManager | None = None) -> AsyncSandbox:
         return await _manager(manager).create(language, labels=labels, ttl_s=ttl_s, max_lifetime_s=max_lifetime_s,
-                                              limits=limits, provider=provider, env=env)
+                                              limits=limits, provider=provider, fallback=fallback, env=env)
 
     @classmethod
     async def get_or_create(cls, labels: Mapping[str, str], *, language: str = "python", ttl_s: float | None = None,
                             max_lifetime_s: float | None = None, limits: Limits | None = None,
-                            provider: str | None = None, env: Mapping[str, str] | None = None,
-                            manager: SandboxManager | None = None) -> AsyncSandbox:
+                            provider: str | None = None, fallback: Sequence[str] | None = None,
+                            env: Mapping[str, str] | None = None, manager: SandboxManager | None = None,
+                            ) -> AsyncSandbox:
         return await _manager(manager).get_or_create(labels, language=language, ttl_s=ttl_s,
                                                      max_lifetime_s=max_lifetime_s, limits=limits, provider=provider,
-                                                     env=env)
+                                                     fallback=fallback, env=env)
 
     @classmethod
     async def find(cls, labels: Mapping[str, str], *, manager: SandboxManager | None = None) -> AsyncSandbox | None:

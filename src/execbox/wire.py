@@ -287,18 +287,22 @@ class CreateBody(_Body):
         None, description="Hard maximum age, seconds, used or not (default and maximum: the server's "
                           "sandbox_max_lifetime_s).")
     limits: Limits | None = Field(None, description="Limits of every exec and caps of the sandbox.")
-    provider: Name | None = Field(None, description="Provider (GET /api/v1/providers).")
+    provider: Name | None = Field(None, description="Provider (GET /api/v1/providers); pinned: no fallback "
+                                  "unless `fallback` names some.")
+    fallback: list[Name] | None = Field(None, max_length=16, description="Providers to try next, in order, "
+                                        "when the one before cannot start the sandbox (in place of the chain).")
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables of every exec.")
 
     _env = field_validator("env")(check_env)
 
     @classmethod
     def of(cls, language: str, labels: Any, ttl_s: float | None, max_lifetime_s: float | None,
-           limits: Limits | None, provider: str | None, env: Any) -> CreateBody:
+           limits: Limits | None, provider: str | None, env: Any, fallback: Any = None) -> CreateBody:
         """A client's body from the library's arguments (RequestError as the library's checks say)."""
         try:
             return cls(language=language, labels=check_labels(labels), ttl_s=ttl_s, max_lifetime_s=max_lifetime_s,
-                       limits=limits, provider=provider, env=check_env(env or {}))
+                       limits=limits, provider=provider, env=check_env(env or {}),
+                       fallback=None if fallback is None else list(fallback))
         except ValidationError as e:
             raise RequestError(field_errors(e)) from None
 

@@ -19,14 +19,19 @@ def serve(
     (see the README); the dev API key is printed at start."""
     import uvicorn
 
+    from execbox.errors import RequestError
     from execbox.server import ServerSettings, create_app
     from execbox.server.app import configure_logging, dev_key
+    from execbox.server.service import provider_setup
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     try:
         settings = ServerSettings(**overrides)  # type: ignore[arg-type]
+        provider_setup(settings)
     except ValidationError as e:
         raise fail(f"invalid settings: {e}", EXIT_EXECBOX) from None
+    except RequestError as e:
+        raise fail(f"invalid provider settings: {e}", EXIT_EXECBOX) from None
     configure_logging(settings.log_level)
     key = dev_key(settings)
     url = f"http://{settings.host}:{settings.port}"

@@ -38,6 +38,17 @@ def internal_error(request: ExecutionRequest, provider: str, message: str) -> Ex
                            status=Status.INTERNAL_ERROR, message=message)
 
 
+def provider_setup(settings: ServerSettings) -> tuple[ProviderRegistry, Router]:
+    """The provider instances and the router the settings describe (no provider is created yet); RequestError
+    naming what is wrong: a bad instance table, or a default or chain naming no provider."""
+    registry = ProviderRegistry(default=settings.default_provider, configs={
+        name: parse_instance(name, str(table.get("kind", "")), {k: v for k, v in table.items() if k != "kind"})
+        for name, table in settings.providers.items()})
+    router = Router(registry, settings.fallback_chain, settings.routing)
+    router.order(None, None)
+    return registry, router
+
+
 class Service:
     def __init__(self, settings: ServerSettings, dev_key: str | None = None) -> None:
         self.settings = settings
@@ -46,11 +57,7 @@ class Service:
         if dev_key:
             static[dev_key] = "dev:1"
         self.keys = KeyRing(self.store, static, settings.rate_limit_per_min)
-        self.providers = ProviderRegistry(default=settings.default_provider, configs={
-            name: parse_instance(name, str(table.get("kind", "")), {k: v for k, v in table.items() if k != "kind"})
-            for name, table in settings.providers.items()})
-        self.router = Router(self.providers, settings.fallback_chain, settings.routing)
-        self.router.order(None, None)  # a default or chain naming no provider: refused at start, in words
+        self.providers, self.router = provider_setup(settings)
         self.engine = Engine(providers=self.providers, languages=default_registry(), policy=settings.policy,
                              router=self.router)
         self.rates = RateLimiter()
@@ -179,12 +186,14 @@ class Service:
         executions' are and its idle TTL by ``sandbox_max_ttl_s``. With ``reuse``, the key's live sandbox whose
         labels include ``body.labels`` if there is one (concurrent calls with the same labels create one:
         SandboxManager.get_or_create)."""
-        if body.provider is not None and body.provider not in self.provider_names():
-            raise RequestError(f"unknown provider {body.provider!r}; known: {', '.join(self.provider_names())}")
+        for name in [body.provider or self.providers.default, *(body.fallback or ())]:
+            if name not in self.provider_names():
+                raise RequestError(f"unknown provider {name!r}; known: {', '.join(self.provider_names())}")
         ttl_s = None if body.ttl_s is None else min(body.ttl_s, self.settings.sandbox_max_ttl_s)
         options: dict[str, Any] = {
             "language": body.language, "env": body.env, "max_lifetime_s": body.max_lifetime_s, "ttl_s": ttl_s,
             "limits": self.engine.policy.capped(principal.caps).apply(body.limits), "provider": body.provider,
+            "fallback": body.fallback,
             "owner": principal.name}
         if reuse:
             sb = await self.sandboxes.get_or_create(body.labels, **options)
