@@ -39,7 +39,11 @@ def run(
                                                   "and the CPU time with it.")] = None,
     memory: Annotated[int | None, typer.Option("--memory", "-m", help="Memory limit, MiB.")] = None,
     network: Annotated[bool, typer.Option("--network", help="Give the program the host's network.")] = False,
-    provider: Annotated[str | None, typer.Option("--provider", help="Isolation provider.")] = None,
+    provider: Annotated[str | None, typer.Option("--provider", help="Isolation provider (pinned: no fallback "
+                                                 "unless --fallback names some).")] = None,
+    fallback: Annotated[list[str] | None, typer.Option("--fallback", help="Provider to try next when the one "
+                                                       "before fails before running the code (repeatable; in place "
+                                                       "of EXECBOX_FALLBACK_CHAIN).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ExecutionResult as JSON.")] = False,
     keep: Annotated[bool, typer.Option("--keep", help="Run in a new persistent sandbox on the server and leave it "
                                        "alive (its id is printed).")] = False,
@@ -121,7 +125,7 @@ def run(
                 limits=limits, provider=provider,
                 as_json=as_json))
         result = execbox.run(source, lang, stdin=stdin or "", files=files, entry=entry, args=positional,
-                             env=variables, limits=limits, provider=provider)
+                             env=variables, limits=limits, provider=provider, fallback=fallback)
     except (ExecboxError, ValueError, OSError) as e:
         kind = "bad request" if isinstance(e, RequestError | ValueError) else "sandbox failure"
         raise fail(f"{kind}: {e}") from None
