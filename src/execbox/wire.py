@@ -37,6 +37,7 @@ from execbox.models import (
     FileInfo,
     Labels,
     Limits,
+    ProviderAttempt,
     check_cwd,
     check_env,
     check_labels,
@@ -267,6 +268,8 @@ class Providers(_Answer):
 class ErrorBody(_Answer):
     detail: Any = Field(description="What is wrong, in words (a list of field errors for 422).")
     supported: list[str] | None = Field(None, description="The supported languages, for an unknown one.")
+    provider_attempts: list[ProviderAttempt] | None = Field(
+        None, description="When no provider could run it: each one tried and how it failed.")
 
 
 # ---------------------------------------------------------------------------------------------- sandboxes

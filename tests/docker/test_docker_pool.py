@@ -285,7 +285,6 @@ async def test_a_burst_beyond_the_pool_starts_containers_cold_then_shrinks_back(
 
 
 def test_a_configured_runtime_that_dockerd_lacks_is_refused() -> None:
-    from dataclasses import replace
 
     from execbox.errors import IsolationError
 

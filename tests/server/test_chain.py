@@ -37,6 +37,7 @@ def test_the_chain_falls_over_from_an_unreachable_engine_and_its_breaker_opens(m
 
         pinned = c.post("/api/v1/execute", json={**PY, "provider": "gone"})  # pinned: no fallback
         assert pinned.status_code == 503 and "circuit open" in pinned.json()["detail"]
+        assert [a["phase"] for a in pinned.json()["provider_attempts"]] == ["circuit"]
         named = c.post("/api/v1/execute", json={**PY, "provider": "gone", "fallback": ["local"]}).json()
         assert named["provider"] == "local"
 

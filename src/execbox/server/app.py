@@ -152,7 +152,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @app.exception_handler(ExecboxError)
     async def _execbox_error(request: Request, exc: ExecboxError) -> JSONResponse:
         status, retry = status_of(exc)  # the wire schema's table, which the client reads back
-        extra = {"supported": exc.supported} if isinstance(exc, UnknownLanguageError) else None
+        extra: dict[str, Any] = {"supported": exc.supported} if isinstance(exc, UnknownLanguageError) else {}
+        if attempts := getattr(exc, "provider_attempts", None):  # which providers were tried, and how each failed
+            extra["provider_attempts"] = [a.model_dump(mode="json") for a in attempts]
         if status >= 500 and retry is None:  # a loaded server (503 + Retry-After) is not a failure
             log.error("sandbox failure", extra={"fields": {"path": request.url.path, "error": str(exc)}})
         headers = {"Retry-After": str(retry)} if retry is not None else None
