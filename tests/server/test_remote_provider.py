@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import signal
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -171,6 +172,21 @@ async def test_executions_run_on_the_far_server_once_each(front: Front, proxy: C
     r = await run("import sys; sys.exit(3)")
     assert (r.status, r.exit_code) == (Status.RUNTIME_ERROR, 3)
     assert front.untouched_mock()
+
+
+async def test_the_execution_id_is_the_far_servers_idempotency_key(server: Server, proxy: CountingProxy) -> None:
+    """Sent twice with one execution id (as a client that lost the answer would), it runs once there."""
+    provider = RemoteProvider(RemoteSettings(url=proxy.url, api_key=KEY))  # type: ignore[arg-type]
+    request = ExecutionRequest(language="python", code="import random; print(random.random())")
+    limits, execution_id = Policy().apply(None), uuid.uuid4().hex
+    try:
+        first = await provider.run_request(request, limits, execution_id)
+        again = await provider.run_request(request, limits, execution_id)
+        other = await provider.run_request(request, limits, uuid.uuid4().hex)
+    finally:
+        await provider.aclose()
+    assert proxy.executes == 3
+    assert first.status is Status.OK and first.stdout == again.stdout != other.stdout
 
 
 async def test_the_fronts_limits_are_sent_whole(proxy: CountingProxy) -> None:
