@@ -44,13 +44,16 @@ EXECUTE = b"POST /api/v1/execute HTTP/1.1\r\n"
 
 class CountingProxy:
     """A loopback TCP proxy to ``port``: counts the POST /api/v1/execute requests it forwards; with ``hold``
-    set, it drops what the server answers (as a network that stalls)."""
+    set, it drops what the server answers (as a network that stalls); with ``reply`` set, it answers an
+    execute request with those bytes itself, then closes (as a reverse proxy whose upstream failed)."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.executes = 0
         self.hold = False
+        self.reply: bytes | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._front: dict[asyncio.StreamReader, asyncio.StreamWriter] = {}
 
     async def start(self) -> CountingProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -69,6 +72,7 @@ class CountingProxy:
             writer.close()
             return
         self._writers.add(up_writer)
+        self._front[reader] = writer
         await asyncio.gather(self._pipe(reader, up_writer, upstream=True),
                              self._pipe(up_reader, writer, upstream=False))
 
@@ -80,6 +84,10 @@ class CountingProxy:
                     seen = tail + data
                     self.executes += seen.count(EXECUTE)
                     tail = seen[-(len(EXECUTE) - 1):]
+                    if self.reply is not None and EXECUTE in seen:
+                        self._front[reader].write(self.reply)
+                        self._front[reader].close()
+                        return
                 if upstream or not self.hold:
                     writer.write(data)
                     await writer.drain()
@@ -226,6 +234,29 @@ async def test_a_lost_answer_is_an_unknown_outcome_never_a_retry(proxy: Counting
             await front.run("print(1)", limits=Limits(wall_time_s=1, cpu_time_s=1, compile_wall_time_s=1))
         assert proxy.executes == 1
         assert front.untouched_mock()
+    finally:
+        await front.registry.aclose()
+
+
+@pytest.mark.parametrize(("status", "headers", "handed_over"), [
+    (502, "", True), (500, "", True), (504, "", True),
+    (503, "", False), (503, "Retry-After: 3\r\n", False), (429, "Retry-After: 3\r\n", False)])
+async def test_a_5xx_that_is_not_a_refusal_is_an_unknown_outcome(proxy: CountingProxy, status: int, headers: str,
+                                                                 handed_over: bool) -> None:
+    """A reverse proxy between them answering for a far server that failed: 500, 502, 504 may come after the
+    request went through (unknown); 503 and 429 are refusals (the next provider runs it)."""
+    body = b'{"detail": "upstream trouble"}'
+    proxy.reply = (f"HTTP/1.1 {status} X\r\n{headers}content-type: application/json\r\n"
+                   f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+    front = Front(proxy.url, chain=["mock"])
+    try:
+        if handed_over:
+            with pytest.raises(OutcomeUnknown, match="may have run"):
+                await front.run("print(1)")
+            assert proxy.executes == 1 and front.untouched_mock()
+        else:
+            r = await front.run("print(1)")
+            assert r.provider == "mock" and r.provider_attempts[0].phase == "start"
     finally:
         await front.registry.aclose()
 
