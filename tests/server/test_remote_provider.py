@@ -184,7 +184,7 @@ async def test_executions_run_on_the_far_server_once_each(front: Front, proxy: C
 
 async def test_the_execution_id_is_the_far_servers_idempotency_key(server: Server, proxy: CountingProxy) -> None:
     """Sent twice with one execution id (as a client that lost the answer would), it runs once there."""
-    provider = RemoteProvider(RemoteSettings(url=proxy.url, api_key=KEY))  # type: ignore[arg-type]
+    provider = RemoteProvider(RemoteSettings(url=proxy.url, api_key=KEY))
     request = ExecutionRequest(language="python", code="import random; print(random.random())")
     limits, execution_id = Policy().apply(None), uuid.uuid4().hex
     try:
