@@ -356,6 +356,10 @@ async def test_a_sandbox_on_the_far_server(server: Server, front: Front, proxy: 
         r = await sb.exec("sleep 5", limits=Limits(wall_time_s=1))
         assert r.status is Status.TIMEOUT and "wall time" in (r.message or "")
         assert (await sb.exec("cat data/x.txt")).stdout == "abc"  # it lives on
+        r = await sb.exec("yes", limits=Limits(output_bytes=10))  # each exec's own limits reach the far side
+        assert (r.status, r.stdout, r.stdout_truncated) == (Status.OUTPUT_LIMIT, "y\n" * 5, True)
+        r = await sb.exec("for i in $(seq 40); do sleep 5 & done; wait", limits=Limits(pids=8))
+        assert r.status is Status.RUNTIME_ERROR and "fork" in r.stderr.lower() + (r.message or "")
         assert await sb.files.remove("data/x.txt") is True
         assert await sb.files.remove("data/x.txt") is False
         with pytest.raises(NotFoundError):
