@@ -90,9 +90,16 @@ class RemoteProvider(Provider):
         except (ProviderUnavailable, CapacityError, RequestError):  # refused, or never reached
             raise
         except SandboxError as e:
-            if _pool_timeout(e):  # no connection free to send it on: nothing was sent
+            import httpx
+
+            cause = e.__cause__
+            if isinstance(cause, httpx.PoolTimeout):  # no connection free to send it on: nothing was sent
                 raise AtCapacity(f"provider {self.name!r}: every connection to {self.url} is busy", 1) from e
-            raise self._unknown(f"no complete answer came within {wait_s:g} s ({e})") from e
+            if isinstance(cause, httpx.TimeoutException):
+                raise self._unknown(f"no answer came within {wait_s:g} s") from e
+            if isinstance(cause, httpx.HTTPError):
+                raise self._unknown(f"the connection broke before the whole answer came ({cause!r})") from e
+            raise self._unknown(f"it failed after taking it ({e})") from e  # a 5xx that is not a refusal
         # any other ExecboxError is another 4xx: refused, raised as it is
         try:
             return _parse(resp, "an execution result", parse_result)
@@ -222,12 +229,6 @@ def _language(binaries: tuple[str, ...]) -> str:
             if any(step is not None and step.command[0] == binaries[0] for step in (lang.compile, lang.run)):
                 return lang.name
     return "python"
-
-
-def _pool_timeout(e: BaseException) -> bool:
-    import httpx
-
-    return isinstance(e.__cause__, httpx.PoolTimeout)
 
 
 class _Client(AsyncClient):
