@@ -134,15 +134,21 @@ class Transport:
     No request is made until the first call."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *,
-                 timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+                 timeout: float | None = DEFAULT_TIMEOUT_S, connect_timeout: float | None = None,
+                 keepalive_s: float = 5.0) -> None:
         import httpx
 
         self.url = _check_url(url or default_url())
         key = api_key if api_key is not None else default_api_key()
         self._timeout = timeout
-        # a command's own limits are the server's to enforce: `timeout` only bounds waiting for any one answer
+        connect = connect_timeout if connect_timeout is not None else min(timeout or 10.0, 10.0)
+        # a command's own limits are the server's to enforce: `timeout` only bounds waiting for any one answer.
+        # `keepalive_s`: idle connections are dropped before the server closes them (uvicorn: after 5 s), so a
+        # request is never sent on one the server is closing (an error that looks like a lost answer).
         self._http = httpx.AsyncClient(base_url=self.url, headers={"X-API-Key": key} if key else {},
-                                       timeout=httpx.Timeout(timeout, connect=min(timeout or 10.0, 10.0)))
+                                       timeout=httpx.Timeout(timeout, connect=connect),
+                                       limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                                                           keepalive_expiry=keepalive_s))
 
     def _transport_error(self, e: Exception) -> ExecboxError:
         import httpx
@@ -159,7 +165,7 @@ class Transport:
                 kw["content"] = json.dumps(kw.pop("json"), allow_nan=False).encode()
             except (TypeError, ValueError) as e:
                 raise RequestError(f"the request cannot be sent as JSON: {e}") from None
-            kw["headers"] = {"Content-Type": "application/json"}
+            kw["headers"] = {**kw.get("headers", {}), "Content-Type": "application/json"}
         return kw
 
     async def _request(self, method: str, path: str, *, language: str | None = None, **kw: Any) -> httpx.Response:

@@ -22,3 +22,6 @@ class RemoteSettings(BaseModel):
     """Seconds to wait for a connection."""
     extra_time_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     """Seconds allowed on top of a run's own time limits for the answer (queueing, compiling, the network)."""
+    sandbox_ttl_s: Annotated[float, Field(gt=0, le=365 * 86400)] = 3600.0
+    """Idle seconds asked for each persistent sandbox there (that server caps it by its sandbox_max_ttl_s):
+    this server destroys its sandboxes itself; the TTL only bounds what it leaves behind if it dies."""

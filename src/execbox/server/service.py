@@ -21,6 +21,7 @@ from execbox.providers.registry import ProviderRegistry, parse_instance
 from execbox.routing import BreakerState, Router
 from execbox.sandbox import AsyncSandbox, SandboxManager
 from execbox.server.auth import KeyRing, Principal
+from execbox.server.idempotency import Idempotency
 from execbox.server.limits import Capacity, RateLimiter
 from execbox.server.metrics import Metrics
 from execbox.server.settings import ServerSettings
@@ -61,6 +62,7 @@ class Service:
         self.engine = Engine(providers=self.providers, languages=default_registry(), policy=settings.policy,
                              router=self.router)
         self.rates = RateLimiter()
+        self.idempotency = Idempotency(settings.job_ttl_s)  # POST /api/v1/execute's Idempotency-Key
         self.capacity = Capacity(settings.max_concurrency, settings.max_queue, settings.queue_timeout_s)
         self.metrics = Metrics()
         self.metrics.queued.set_function(lambda: self.capacity.waiting)  # read when scraped: never stale

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Response
+from fastapi import APIRouter, Body, Depends, Header, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from execbox.errors import RequestError
-from execbox.models import Limits
+from execbox.models import ExecutionResult, Limits
 from execbox.server.deps import PrincipalDep, ServiceDep, get_principal
+from execbox.server.idempotency import KEY_HELP, fingerprint
 from execbox.server.service import internal_error
 from execbox.store import ExecutionRecord
 from execbox.wire import (
@@ -49,13 +51,22 @@ router = APIRouter(responses=ERRORS)
 
 
 @router.post("/api/v1/execute", response_model=ExecuteResponse, tags=["execute"])
-async def execute(body: ExecuteBody, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Run code and wait for the result. The program failing is a result (`status`), never an HTTP error."""
+async def execute(body: ExecuteBody, service: ServiceDep, principal: PrincipalDep,
+                  idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128,
+                                                                description=KEY_HELP)] = None) -> dict[str, Any]:
+    """Run code and wait for the result. The program failing is a result (`status`), never an HTTP error.
+    With an `Idempotency-Key`, it runs at most once per key: a repeat gets the first one's answer."""
     service.admit(principal)
     request = body.to_request()
     service.check(request, principal)
-    result = await service.execute(principal, request, session_id=body.session_id)
-    return execute_response(result)
+
+    def run() -> Awaitable[ExecutionResult]:
+        return service.execute(principal, request, session_id=body.session_id)
+
+    if idempotency_key is None:
+        return execute_response(await run())
+    digest = fingerprint(body.model_dump(mode="json", exclude_unset=True))
+    return execute_response(await service.idempotency.run(principal.name, idempotency_key, digest, run))
 
 
 @router.post("/api/v1/execute/async", response_model=Queued, status_code=202, tags=["execute"])
