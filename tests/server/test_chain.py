@@ -55,3 +55,26 @@ def test_a_bad_provider_table_stops_the_server_naming_the_field(make_server) -> 
     bad = {"gpu1": {"kind": "ssh", "host": "h"}}  # no known_hosts: a host key must be pinned
     with pytest.raises(RuntimeError, match="provider 'gpu1' \\(ssh\\): known_hosts: Field required"):
         make_server(env={"EXECBOX_PROVIDERS": json.dumps(bad)})
+
+
+def test_servers_chain_through_settings_and_the_front_falls_over_when_the_far_one_dies(  # type: ignore[no-untyped-def]
+        make_server, tmp_path) -> None:
+    from tests.server.conftest import KEY
+
+    (tmp_path / "far").mkdir()
+    (tmp_path / "front").mkdir()
+    far = make_server(data_dir=tmp_path / "far")
+    front = make_server(env={"EXECBOX_PROVIDERS": json.dumps({"far": {"kind": "remote", "url": far.url,
+                                                                      "api_key": KEY}}),
+                             "EXECBOX_DEFAULT_PROVIDER": "far", "EXECBOX_FALLBACK_CHAIN": "local"},
+                        data_dir=tmp_path / "front")
+    with front.client() as c:
+        r = c.post("/api/v1/execute", json=PY).json()
+        assert r["output"] == "42\n" and r["provider"] == "far"
+        assert [a["phase"] for a in r["provider_attempts"]] == ["run"]
+        infos = c.get("/api/v1/providers").text
+        assert KEY not in infos and '"kind":"remote"' in infos  # the far key is a secret: never answered
+        far.stop()
+        r = c.post("/api/v1/execute", json=PY).json()
+        assert r["output"] == "42\n" and r["provider"] == "local"
+        assert r["provider_attempts"][0]["provider"] == "far" and r["provider_attempts"][0]["phase"] == "start"
