@@ -267,8 +267,8 @@ class Agent:
         if op == "close":
             iid = str(msg["instance"])
             self.staged.pop(iid, None)
-            if (inst := self.instances.pop(iid, None)) is not None:
-                await inst.close()
+            if (closing := self.instances.pop(iid, None)) is not None:
+                await closing.close()
             return {}
         inst = self._instance(msg)
         if op == "write_files":

@@ -1,0 +1,185 @@
+"""The ssh provider against a real sshd on loopback and a real agent driving this host's local provider:
+executions and sandboxes through the engine, limits enforced on the far side, and what happens when the
+login, the server or the connection fails (failover before the hand-over, OutcomeUnknown after it, nothing
+left running either way). Host-key pinning: tests/escapes/test_ssh_host_keys.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+from tests.ssh.conftest import FAR_UIDS, Sshd, agents, far_processes, keygen, registry, wait_until
+
+from execbox import AsyncSandbox, Engine, ExecutionRequest, File, Limits, Status
+from execbox.errors import OutcomeUnknown, ProviderUnavailable, RequestError
+from execbox.providers.mock import MockProvider
+from execbox.providers.registry import ProviderRegistry, parse_instance
+from execbox.providers.ssh.provider import SshProvider
+from execbox.routing import Router, RoutingSettings
+from execbox.sandbox import SandboxManager
+
+LIMITS = Limits(wall_time_s=10, cpu_time_s=10, memory_mb=256, pids=32, disk_mb=32)
+
+
+def req(code: str, language: str = "python", **fields: object) -> ExecutionRequest:
+    return ExecutionRequest(language=language, code=code, limits=fields.pop("limits", LIMITS), **fields)  # type: ignore[arg-type]
+
+
+async def test_python_hello_runs_on_the_far_side(engine: Engine) -> None:
+    r = await engine.execute(req("print('hello')"))
+    assert r.status is Status.OK and r.stdout == "hello\n", r
+    assert r.provider == "ssh-t" and [a.phase for a in r.provider_attempts] == ["run"]
+
+
+async def test_a_c_program_is_compiled_and_run_with_stdin(engine: Engine) -> None:
+    code = '#include <stdio.h>\nint main(void){int a,b; scanf("%d %d",&a,&b); printf("%d\\n", a*b); return 3;}\n'
+    r = await engine.execute(req(code, "c", stdin="6 7\n"))
+    assert r.status is Status.RUNTIME_ERROR and r.exit_code == 3 and r.stdout == "42\n", r
+    assert r.compile is not None and r.compile.status is Status.OK
+
+
+async def test_files_in_and_mains_return_value(engine: Engine) -> None:
+    big = os.urandom(5 * 1024 * 1024)  # more than one protocol message of files
+    code = ("import hashlib\n"
+            "def main(n):\n"
+            "    data = open('data/blob.bin', 'rb').read()\n"
+            "    return {'n': n, 'sha': hashlib.sha256(data).hexdigest(), 'note': open('note.txt').read()}\n")
+    r = await engine.execute(req(code, files=[File(name="data/blob.bin", content=big),
+                                              File(name="note.txt", content="hi")], arguments={"n": 5}))
+    import hashlib
+
+    assert r.status is Status.OK, r
+    assert r.return_value == {"n": 5, "sha": hashlib.sha256(big).hexdigest(), "note": "hi"}
+
+
+async def test_a_timeout_kills_the_far_process_tree(engine: Engine) -> None:
+    code = ("import subprocess, time\n"
+            "subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+            "print('started', flush=True)\n"
+            "time.sleep(300)\n")
+    r = await engine.execute(req(code, limits=LIMITS.model_copy(update={"wall_time_s": 2})))
+    assert r.status is Status.TIMEOUT and r.stdout == "started\n", r
+    assert wait_until(lambda: not far_processes(), 5), far_processes()
+
+
+async def test_the_memory_limit_is_enforced_there(engine: Engine) -> None:
+    r = await engine.execute(req("x = bytearray(512 * 1024 * 1024)\nprint(len(x))",
+                                 limits=LIMITS.model_copy(update={"memory_mb": 64})))
+    assert r.status is Status.MEMORY_LIMIT, r
+
+
+async def test_a_persistent_sandbox_streams_and_keeps_files(engine: Engine) -> None:
+    manager = SandboxManager(engine, max_sandboxes=2)
+    try:
+        async with await AsyncSandbox.create("python", limits=LIMITS, manager=manager) as sb:
+            r = await sb.exec("echo kept > a.txt && echo ok")
+            assert r.status is Status.OK and r.stdout == "ok\n" and r.provider == "ssh-t", r
+            # the program waits for a file the test writes only once it has seen the program's first line:
+            # without streaming (or with requests not multiplexed) it would time out
+            program = ("import os, time\nprint('ready', flush=True)\n"
+                       "while not os.path.exists('go'): time.sleep(0.02)\nprint('done')\n")
+            await sb.files.write("wait.py", program)
+            seen = ""
+            async for ev in sb.stream(["python3", "wait.py"]):
+                if ev.type == "stdout":
+                    seen += ev.data
+                    if seen == "ready\n":
+                        await sb.files.write("go", b"")
+                elif ev.type == "exit":
+                    assert ev.result is not None and ev.result.status is Status.OK, ev.result
+            assert seen == "ready\ndone\n"
+            assert await sb.files.read("a.txt") == b"kept\n"
+            names = {f.name for f in await sb.files.list(".")}
+            assert names == {"a.txt", "wait.py", "go"}
+            assert await sb.files.remove("a.txt") is True
+            assert await sb.files.remove("a.txt") is False
+            assert "a.txt" not in {f.name for f in await sb.files.list()}
+    finally:
+        await manager.aclose()
+
+
+async def test_many_concurrent_runs_share_one_connection(engine: Engine) -> None:
+    results = await asyncio.gather(*(engine.execute(req(f"print({i} * 2)")) for i in range(6)))
+    assert [r.stdout for r in results] == [f"{i * 2}\n" for i in range(6)]
+    assert len(agents()) == 1
+
+
+async def test_a_wrong_client_key_is_a_clear_error(sshd: Sshd, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    other, _ = keygen(tmp_path / "other")
+    providers = registry(sshd, private_key=other)
+    try:
+        with pytest.raises(ProviderUnavailable, match="authentication failed"):
+            await Engine(providers=providers).execute(req("print(1)"))
+    finally:
+        await providers.aclose()
+    assert not agents()
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(RequestError, match="private_key or password"):
+        parse_instance("x", "ssh", {"host": "h", "known_hosts": "h ssh-ed25519 AAAA"})
+    with pytest.raises(ProviderUnavailable, match="private_key cannot be read"):
+        SshProvider(parse_instance("x", "ssh", {"host": "h", "known_hosts": "h ssh-ed25519 AAAA",
+                                                "private_key": "not a key"}).settings)  # type: ignore[arg-type]
+
+
+async def test_isolation_none_is_refused_without_running(sshd: Sshd) -> None:
+    providers = registry(sshd, isolation="none")
+    try:
+        from execbox.errors import IsolationError
+
+        with pytest.raises(IsolationError, match="not supported yet"):
+            await Engine(providers=providers).execute(req("print(1)"))
+    finally:
+        await providers.aclose()
+
+
+async def test_sshd_down_fails_over_before_anything_runs(own_sshd: Sshd) -> None:
+    own_sshd.stop()
+    mock = MockProvider()
+    providers = ProviderRegistry(instances={"fallback": mock}, configs={
+        "ssh-t": parse_instance("ssh-t", "ssh", own_sshd.settings())}, default="ssh-t")
+    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "fallback"],
+                                                       settings=RoutingSettings(retries=0)))
+    try:
+        r = await engine.execute(req("print(1)"))
+    finally:
+        await providers.aclose()
+    assert r.provider == "fallback" and len(mock.calls) == 1
+    first = r.provider_attempts[0]
+    assert first.provider == "ssh-t" and first.phase == "start" and "cannot connect" in (first.error or ""), first
+
+
+async def test_a_connection_killed_mid_run_is_outcome_unknown_and_kills_the_run(own_sshd: Sshd) -> None:
+    mock = MockProvider()
+    providers = ProviderRegistry(instances={"fallback": mock}, configs={
+        "ssh-t": parse_instance("ssh-t", "ssh", own_sshd.settings())}, default="ssh-t")
+    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "fallback"]))
+    try:
+        run = asyncio.create_task(engine.execute(req("import time\ntime.sleep(5)\nprint('finished')")))
+        assert await asyncio.to_thread(wait_until, lambda: any("main.py" in p for p in far_processes()), 30), \
+            "the program never started"
+        for pid in own_sshd.connection_pids():  # the connection's sshd processes, not the listener
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(OutcomeUnknown, match="connection was lost during the run"):
+            await run
+    finally:
+        await providers.aclose()
+    assert mock.calls == [] and mock.instances == [], "the fallback was given code that may have run"
+    assert await asyncio.to_thread(wait_until, lambda: not far_processes(), 10), far_processes()
+    assert await asyncio.to_thread(wait_until, lambda: not agents(), 10), "the agent outlived its connection"
+
+
+async def test_a_lost_connection_is_opened_again(own_sshd: Sshd) -> None:
+    providers = registry(own_sshd)
+    engine = Engine(providers=providers)
+    try:
+        assert (await engine.execute(req("print(1)"))).stdout == "1\n"
+        for pid in own_sshd.connection_pids():
+            os.kill(pid, signal.SIGKILL)
+        assert await asyncio.to_thread(wait_until, lambda: not agents(), 10)
+        assert (await engine.execute(req("print(2)"))).stdout == "2\n"
+    finally:
+        await providers.aclose()
