@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import threading
 
 import pytest
-from tests.ssh.conftest import FAR_UIDS, Sshd, agents, far_processes, keygen, registry, wait_until
+from tests.ssh.conftest import Sshd, agents, far_processes, keygen, registry, wait_until
 
 from execbox import AsyncSandbox, Engine, ExecutionRequest, File, Limits, Status
 from execbox.errors import OutcomeUnknown, ProviderUnavailable, RequestError
@@ -115,6 +117,39 @@ async def test_a_wrong_client_key_is_a_clear_error(sshd: Sshd, tmp_path) -> None
     finally:
         await providers.aclose()
     assert not agents()
+
+
+async def test_a_missing_agent_command_is_a_clear_error(sshd: Sshd) -> None:
+    providers = registry(sshd, execbox_command="/nonexistent/execbox")
+    try:
+        with pytest.raises(ProviderUnavailable, match=r"agent .* did not start: .*/nonexistent/execbox"):
+            await Engine(providers=providers).execute(req("print(1)"))
+    finally:
+        await providers.aclose()
+
+
+async def test_a_server_that_is_not_sshd_is_mapped(sshd: Sshd) -> None:
+    """Whatever asyncssh raises (here: a peer that answers garbage, then hangs up) comes out as execbox's."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        for _ in range(2):  # the router tries it twice (one retry)
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                conn.recv(1024)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    providers = registry(sshd, port=port)
+    try:
+        with pytest.raises(ProviderUnavailable, match="127.0.0.1") as caught:
+            await Engine(providers=providers).execute(req("print(1)"))
+        assert type(caught.value.__cause__).__module__.startswith("asyncssh")
+    finally:
+        await providers.aclose()
+        listener.close()
 
 
 def test_settings_are_checked() -> None:
