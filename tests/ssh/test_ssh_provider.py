@@ -15,7 +15,7 @@ import pytest
 from tests.ssh.conftest import Sshd, agents, far_processes, keygen, registry, wait_until
 
 from execbox import AsyncSandbox, Engine, ExecutionRequest, File, Limits, Status
-from execbox.errors import OutcomeUnknown, ProviderUnavailable, RequestError
+from execbox.errors import OutcomeUnknown, ProviderUnavailable, RequestError, SandboxError
 from execbox.providers.mock import MockProvider
 from execbox.providers.registry import ProviderRegistry, parse_instance
 from execbox.providers.ssh.provider import SshProvider
@@ -144,7 +144,7 @@ async def test_a_server_that_is_not_sshd_is_mapped(sshd: Sshd) -> None:
     thread.start()
     providers = registry(sshd, port=port)
     try:
-        with pytest.raises(ProviderUnavailable, match="127.0.0.1") as caught:
+        with pytest.raises(ProviderUnavailable, match=r"ssh://root@127\.0\.0\.1") as caught:
             await Engine(providers=providers).execute(req("print(1)"))
         assert type(caught.value.__cause__).__module__.startswith("asyncssh")
     finally:
@@ -217,4 +217,34 @@ async def test_a_lost_connection_is_opened_again(own_sshd: Sshd) -> None:
         assert await asyncio.to_thread(wait_until, lambda: not agents(), 10)
         assert (await engine.execute(req("print(2)"))).stdout == "2\n"
     finally:
+        await providers.aclose()
+
+
+async def test_a_silent_connection_is_taken_for_lost_on_both_sides(own_sshd: Sshd) -> None:
+    """sshd's connection processes stopped (the network gone silent, no FIN): the agent misses its heartbeats
+    and kills everything it started, a background process of a sandbox included; the near side finds the
+    connection dead as soon."""
+    providers = registry(own_sshd, heartbeat_s=0.5)
+    manager = SandboxManager(Engine(providers=providers))
+    try:
+        sb = await AsyncSandbox.create("python", limits=LIMITS, manager=manager)
+        r = await sb.exec("(sleep 300 > /dev/null 2>&1 &) ; echo started")
+        assert r.stdout == "started\n", r
+        assert any("sleep 300" in p for p in far_processes())
+        pids = own_sshd.connection_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            assert await asyncio.to_thread(wait_until, lambda: not far_processes() and not agents(), 15), \
+                far_processes()
+            provider = providers.get("ssh-t")
+            assert isinstance(provider, SshProvider)
+            assert await asyncio.to_thread(wait_until, lambda: not provider.connected, 15)
+            with pytest.raises(SandboxError, match="connection was lost before the run"):
+                await sb.exec("echo again")
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        await manager.aclose()
         await providers.aclose()

@@ -13,6 +13,9 @@ def agent(
     uid_count: Annotated[int | None, typer.Option(help="How many uids from --first-uid.", show_default=False)] = None,
     runtime_dir: Annotated[str | None, typer.Option(help="The local provider's runtime dir (default: "
                                                     "/run/execbox).", show_default=False)] = None,
+    idle_timeout: Annotated[float | None, typer.Option(help="Seconds without a byte from the other side (its "
+                                                       "heartbeats) after which the connection is taken for lost.",
+                                                       show_default=False)] = None,
 ) -> None:
     """Serve another execbox's ssh provider on stdin/stdout (JSON lines) with this host's local provider.
 
@@ -22,4 +25,5 @@ def agent(
     """
     from execbox.providers.ssh.agent import AgentOptions, serve
 
-    raise typer.Exit(serve(AgentOptions(first_uid=first_uid, uid_count=uid_count, runtime_dir=runtime_dir)))
+    raise typer.Exit(serve(AgentOptions(first_uid=first_uid, uid_count=uid_count, runtime_dir=runtime_dir,
+                                           idle_timeout_s=idle_timeout)))

@@ -11,11 +11,13 @@ execution costs a few round trips, not a process start.
                  {"id": N, "ok": false, "error": {"type": NAME, "message": TEXT}}   an execbox error
                  {"id": N, "chunk": [STREAM, B64]}             a streamed exec's output, before its result
 
-``hello`` comes first: the protocol version, and whether this host can isolate (bubblewrap, root, cgroups);
-it is refused with the reason otherwise. ``cancel`` (of request ``target``) has no reply: the cancelled
-request's process is killed. When the agent's stdin ends (the connection died, or the near side closed it)
-it closes every instance, which kills their process trees, and exits: a lost connection never leaves a
-program running here.
+``hello`` comes first: the protocol version, and whether this host can isolate (bubblewrap, root,
+cgroups); it is refused with the reason otherwise. ``cancel`` (of request ``target``) has no reply: the
+cancelled request's process is killed. ``ping`` (no reply) comes every heartbeat.
+
+When the agent's stdin ends (the connection died, or the near side closed it), or nothing came from the near
+side for ``idle_timeout_s`` (a network gone silent), it closes every instance, which kills their process
+trees, and exits: a lost connection never leaves a program running here.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a message, base64 included (files go in pieces of WRITE_PIECE_BYTES)
 WRITE_PIECE_BYTES = 4 * 1024 * 1024
 READ_BYTES = 256 * 1024
+HEARTBEATS_MISSED = 4  # in a row: the connection is taken for lost
 
 Message = dict[str, Any]
 _ERRORS: dict[str, type[ExecboxError]] = {c.__name__: c for c in (
@@ -191,6 +194,7 @@ class AgentOptions:
     first_uid: int | None = None
     uid_count: int | None = None
     runtime_dir: str | None = None
+    idle_timeout_s: float | None = None  # without a byte from the near side: the connection is lost
 
 
 def host_problem() -> str | None:
@@ -221,6 +225,8 @@ class Agent:
 
     def dispatch(self, msg: Message) -> None:
         rid = msg.get("id")
+        if msg.get("op") == "ping":
+            return
         if msg.get("op") == "cancel":
             if (task := self.tasks.get(msg.get("target"))) is not None:
                 task.cancel()
@@ -367,7 +373,15 @@ async def _serve(options: AgentOptions, in_fd: int, out_fd: int) -> None:
     lines = Lines()
 
     async def read() -> None:
-        while data := await reader.read(READ_BYTES):
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(READ_BYTES), options.idle_timeout_s)
+            except TimeoutError:
+                print(f"execbox agent: nothing from the near side in {options.idle_timeout_s:g} s: the connection is "
+                      "taken for lost", file=sys.stderr)
+                return
+            if not data:
+                return
             for msg in lines.feed(data):
                 agent.dispatch(msg)
 

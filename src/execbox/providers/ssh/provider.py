@@ -44,7 +44,6 @@ from execbox.providers.ssh import agent as wire
 from execbox.providers.ssh.settings import SshSettings
 
 STDERR_TAIL_BYTES = 4096  # of the agent's stderr, kept for the error when it dies
-KEEPALIVE_S = 15  # a silent host is found dead after KEEPALIVE_S * KEEPALIVE_COUNT
 
 
 class Lost(Exception):
@@ -61,13 +60,21 @@ class Link:
     """One SSH connection and the agent at its end: requests by id, their replies routed back as they come."""
 
     def __init__(self, where: str, conn: asyncssh.SSHClientConnection,
-                 process: asyncssh.SSHClientProcess[bytes]) -> None:
-        self.where, self.conn, self.process = where, conn, process
+                 process: asyncssh.SSHClientProcess[bytes], heartbeat_s: float) -> None:
+        self.where, self.conn, self.process, self.heartbeat_s = where, conn, process, heartbeat_s
         self.calls: dict[int, _Call] = {}
         self.lost: str | None = None  # why, once it is gone
         self.stderr_tail = bytearray()
         self._ids = 0
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._read_stderr())]
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._read_stderr()),
+                       asyncio.create_task(self._beat())]
+
+    async def _beat(self) -> None:
+        """Heartbeats: the agent takes their absence for a lost connection (and kills what it runs)."""
+        with contextlib.suppress(asyncssh.Error, OSError):
+            while self.lost is None:
+                await asyncio.sleep(self.heartbeat_s)
+                self.process.stdin.write(wire.encode({"op": "ping"}))
 
     async def _read(self) -> None:
         lines = wire.Lines()
@@ -183,20 +190,32 @@ class SshProvider(Provider):
                                           f"({type(e).__name__}; an unencrypted OpenSSH or PEM key is needed)") from e
         self._link: Link | None = None
         self._opening: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (as far as its heartbeats tell)."""
+        return self._link is not None and self._link.lost is None
 
     def command(self) -> str:
         """The agent's command line on the host."""
         s = self.settings
         args = ["agent"]
         for flag, value in (("--first-uid", s.first_uid), ("--uid-count", s.uid_count),
-                            ("--runtime-dir", s.runtime_dir)):
+                            ("--runtime-dir", s.runtime_dir),
+                            ("--idle-timeout", s.heartbeat_s * wire.HEARTBEATS_MISSED)):
             if value is not None:
                 args += [flag, str(value)]
         return f"{s.execbox_command} {shlex.join(args)}"
 
     async def _connected(self) -> Link:
-        if self._opening is None:
-            self._opening = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (one asyncio.run per call): the old one's link is dead
+            if self._link is not None:
+                with contextlib.suppress(Exception):
+                    self._link.conn.abort()
+            self._link, self._opening, self._loop = None, asyncio.Lock(), loop
+        assert self._opening is not None
         async with self._opening:
             if self._link is not None and self._link.lost is None:
                 return self._link
@@ -214,7 +233,8 @@ class SshProvider(Provider):
                 s.host, s.port, username=s.user, known_hosts=self._known_hosts, client_keys=self._keys,
                 password=None if s.password is None else s.password.get_secret_value(), agent_path=None,
                 config=None, connect_timeout=s.connect_timeout_s, login_timeout=s.connect_timeout_s,
-                keepalive_interval=KEEPALIVE_S, keepalive_count_max=3), s.connect_timeout_s * 2)
+                keepalive_interval=s.heartbeat_s, keepalive_count_max=wire.HEARTBEATS_MISSED),
+                s.connect_timeout_s * 2)
         except asyncssh.HostKeyNotVerifiable as e:
             raise ProviderUnavailable(
                 f"{self.where}: the host's key is not the one pinned in known_hosts (unknown or changed): refusing "
@@ -229,7 +249,7 @@ class SshProvider(Provider):
             raise ProviderUnavailable(f"{self.where}: cannot connect ({type(e).__name__}: {e})") from e
         try:
             process = await conn.create_process(self.command(), encoding=None)
-            link = Link(self.where, conn, process)
+            link = Link(self.where, conn, process, s.heartbeat_s)
         except (asyncssh.Error, OSError) as e:
             conn.close()
             raise ProviderUnavailable(f"{self.where}: cannot start the execbox agent ({e})") from e
@@ -317,6 +337,8 @@ class SshInstance(Instance):
             raise SandboxError("the ssh provider cannot run interactively")
         if self._closed:
             raise SandboxError(f"{self.where}: the sandbox is closed")
+        if self.link.lost is not None:  # nothing is sent: the code is not handed over
+            raise self._gone(Lost(self.link.lost), "before the run")
         timeout = spec.wall_time_s + self.provider.settings.exec_grace_s
         try:
             reply = await self.link.call("exec", {"instance": self.id, "spec": wire.exec_spec_to_wire(spec),

@@ -41,6 +41,10 @@ class SshSettings(BaseModel):
     """How many uids from ``first_uid`` (one per live sandbox on the host)."""
     runtime_dir: str | None = None
     """The local provider's runtime dir on the host (default: /run/execbox)."""
+    heartbeat_s: Annotated[float, Field(ge=0.1, le=300)] = 15.0
+    """Seconds between heartbeats on the connection: the agent closes every sandbox and exits after
+    ``HEARTBEATS_MISSED`` (4) in a row are missed (a network gone silent), and the near side finds the host
+    gone as soon."""
     exec_grace_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
     """Seconds allowed on top of a run's wall time for its answer; after them the run's outcome is unknown."""
 
