@@ -35,9 +35,6 @@ SRC = Path(execbox.__file__).resolve().parent.parent
 COMMAND = (f"env EXECBOX_LOCAL_WARM_POOL=0 EXECBOX_LOCAL_SANDBOX_POOL=0 PYTHONPATH={shlex.quote(str(SRC))} "
            f"{shlex.quote(sys.executable)} -m execbox.cli")
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the far side's sandboxes need root")
-
-
 def keygen(path: Path) -> tuple[str, str]:
     """A new ed25519 key pair at ``path``: (private key text, public key line)."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "execbox-test", "-f", str(path)],
@@ -57,6 +54,8 @@ class Sshd:
     def __init__(self, tmp: Path) -> None:
         if not SSHD.exists():
             pytest.skip("openssh-server is not installed (scripts/bootstrap installs it)")
+        if os.geteuid() != 0:
+            pytest.skip("the far side's sandboxes need root (and sshd's root login)")
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         _, self.host_public = keygen(tmp / "host_key")

@@ -23,7 +23,6 @@ from typing import Any
 import asyncssh
 
 from execbox.errors import (
-    ExecboxError,
     IsolationError,
     OutcomeUnknown,
     ProviderUnavailable,
@@ -85,8 +84,8 @@ class Link:
                     self._route(msg)
             await asyncio.sleep(0.05)  # let the agent's last words on stderr arrive for the message
             why = "the agent exited" + (f": {self._tail()}" if self.stderr_tail else "")
-        except wire.ProtocolViolation as e:
-            why = f"the agent broke the protocol ({e})"
+        except (wire.ProtocolViolation, KeyError, TypeError, ValueError) as e:
+            why = f"the agent broke the protocol ({type(e).__name__}: {e})"
         except (asyncssh.Error, OSError) as e:
             why = f"the connection failed ({type(e).__name__}: {e})"
         finally:
@@ -367,10 +366,9 @@ class SshInstance(Instance):
         self._closed = True
         if self.link.lost is not None:
             return  # the agent closed it when the connection ended
-        with contextlib.suppress(Lost):
-            try:
-                await self.link.call("close", {"instance": self.id}, timeout_s=self.provider.settings.agent_timeout_s)
-            except TimeoutError as e:
-                raise SandboxError(f"{self.where}: the sandbox did not close in time") from e
-            except ExecboxError:
-                raise
+        try:
+            await self.link.call("close", {"instance": self.id}, timeout_s=self.provider.settings.agent_timeout_s)
+        except Lost:
+            pass  # the agent closes it, with everything else, when the connection ends
+        except TimeoutError as e:
+            raise SandboxError(f"{self.where}: the sandbox did not close in time") from e
