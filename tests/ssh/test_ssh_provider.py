@@ -9,13 +9,15 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
-from tests.ssh.conftest import Sshd, agents, far_processes, keygen, registry, wait_until
+from tests.ssh.conftest import SRC, Sshd, agents, far_processes, keygen, registry, wait_until
 
 from execbox import AsyncSandbox, Engine, ExecutionRequest, File, Limits, Status
-from execbox.errors import OutcomeUnknown, ProviderUnavailable, RequestError, SandboxError
+from execbox.errors import IsolationError, OutcomeUnknown, ProviderUnavailable, RequestError, SandboxError
 from execbox.providers.mock import MockProvider
 from execbox.providers.registry import ProviderRegistry, parse_instance
 from execbox.providers.ssh.provider import SshProvider
@@ -163,12 +165,34 @@ def test_settings_are_checked() -> None:
 async def test_isolation_none_is_refused_without_running(sshd: Sshd) -> None:
     providers = registry(sshd, isolation="none")
     try:
-        from execbox.errors import IsolationError
-
         with pytest.raises(IsolationError, match="not supported yet"):
             await Engine(providers=providers).execute(req("print(1)"))
     finally:
         await providers.aclose()
+
+
+async def test_a_host_that_cannot_isolate_is_refused_and_passed_over(sshd: Sshd) -> None:
+    """The agent not running as root (here: dropped to nobody) refuses to run anything, with the reason;
+    nothing was handed over, so the next provider runs it."""
+    # nobody cannot reach this interpreter (under /root here): the system's, with this one's packages
+    system = "/usr/bin/python3"
+    probe = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
+    if probe.returncode != 0 or probe.stdout.strip() != str(sys.version_info[:2]):
+        pytest.skip(f"{system} is not a Python {sys.version_info[:2]} that can use this venv's packages")
+    path = ":".join([str(SRC), *(p for p in sys.path if p.endswith("site-packages"))])
+    command = f"setpriv --reuid 65534 --regid 65534 --clear-groups env PYTHONPATH={path} {system} -m execbox.cli"
+    mock = MockProvider()
+    providers = ProviderRegistry(instances={"fallback": mock}, configs={
+        "ssh-t": parse_instance("ssh-t", "ssh", sshd.settings(execbox_command=command))}, default="ssh-t")
+    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "fallback"],
+                                                       settings=RoutingSettings(retries=0)))
+    try:
+        with pytest.raises(IsolationError, match="cannot isolate: the agent runs as uid 65534, not root"):
+            await Engine(providers=providers).execute(req("print(1)"))
+        r = await engine.execute(req("print(1)"))
+    finally:
+        await providers.aclose()
+    assert r.provider == "fallback" and r.provider_attempts[0].phase == "start", r.provider_attempts
 
 
 async def test_sshd_down_fails_over_before_anything_runs(own_sshd: Sshd) -> None:

@@ -82,8 +82,12 @@ class Link:
             while data := await self.process.stdout.read(wire.READ_BYTES):
                 for msg in lines.feed(data):
                     self._route(msg)
-            await asyncio.sleep(0.05)  # let the agent's last words on stderr arrive for the message
-            why = "the agent exited" + (f": {self._tail()}" if self.stderr_tail else "")
+            with contextlib.suppress(asyncssh.Error, OSError):  # its exit status and last words, for the message
+                await asyncio.wait_for(self.process.wait_closed(), 2)
+                await asyncio.sleep(0.01)
+            status = self.process.exit_status
+            why = "the agent exited" + (f" with status {status}" if status is not None else "") + (
+                f": {tail}" if (tail := self._tail()) else "")
         except (wire.ProtocolViolation, KeyError, TypeError, ValueError) as e:
             why = f"the agent broke the protocol ({type(e).__name__}: {e})"
         except (asyncssh.Error, OSError) as e:
@@ -98,7 +102,8 @@ class Link:
                 del self.stderr_tail[:-STDERR_TAIL_BYTES]
 
     def _tail(self) -> str:
-        return self.stderr_tail.decode(errors="replace").strip().splitlines()[-1][:500] if self.stderr_tail else ""
+        lines = self.stderr_tail.decode(errors="replace").strip().splitlines()
+        return lines[-1][:500] if lines else ""
 
     def _route(self, msg: wire.Message) -> None:
         call = self.calls.get(msg.get("id"))  # type: ignore[arg-type]
