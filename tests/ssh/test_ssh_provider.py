@@ -58,6 +58,32 @@ async def test_files_in_and_mains_return_value(engine: Engine) -> None:
     assert r.return_value == {"n": 5, "sha": hashlib.sha256(big).hexdigest(), "note": "hi"}
 
 
+async def test_payloads_larger_than_a_protocol_line_go_in_pieces(engine: Engine) -> None:
+    """stdin and output of 12 MiB (24 MiB of stderr), a file read back of 9 MiB: each over the protocol's
+    piece size (4 MiB), so each goes in parts and is put back whole."""
+    text = os.urandom(6 * 1024 * 1024).hex()  # 12 MiB of text (results carry text)
+    limits = LIMITS.model_copy(update={"output_bytes": 32 * 1024 * 1024, "disk_mb": 64})
+    code = "import sys\nt = sys.stdin.read()\nsys.stdout.write(t)\nsys.stderr.write(t + t)\n"
+    r = await engine.execute(req(code, stdin=text, limits=limits))
+    assert r.status is Status.OK, r.message
+    assert r.stdout == text and r.stderr == text + text
+    blob = os.urandom(9 * 1024 * 1024)
+    manager = SandboxManager(engine, max_sandboxes=1)
+    try:
+        async with await AsyncSandbox.create("python", limits=limits, manager=manager) as sb:
+            await sb.files.write("big.bin", blob)
+            assert await sb.files.read("big.bin") == blob
+            streamed = ""
+            async for ev in sb.stream(["cat"], stdin=text):
+                if ev.type == "stdout":
+                    streamed += ev.data
+                elif ev.type == "exit":
+                    assert ev.result is not None and ev.result.stdout == text
+            assert streamed == text
+    finally:
+        await manager.aclose()
+
+
 async def test_a_timeout_kills_the_far_process_tree(engine: Engine) -> None:
     code = ("import subprocess, time\n"
             "subprocess.Popen(['sleep', '300'], start_new_session=True)\n"

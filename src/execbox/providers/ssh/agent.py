@@ -53,8 +53,8 @@ if TYPE_CHECKING:
     from execbox.providers.local import LocalProvider
 
 PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 64 * 1024 * 1024  # a message, base64 included (files go in pieces of WRITE_PIECE_BYTES)
-WRITE_PIECE_BYTES = 4 * 1024 * 1024
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one line; bytes go in pieces of PIECE_BYTES (``frames``)
+PIECE_BYTES = 4 * 1024 * 1024
 READ_BYTES = 256 * 1024
 HEARTBEATS_MISSED = 4  # in a row: the connection is taken for lost
 
@@ -68,11 +68,13 @@ class ProtocolViolation(Exception):
 
 
 # ---------------------------------------------------------------- message shapes, shared by both ends
-def b64(data: bytes) -> str:
+def b64(data: bytes | bytearray) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
 def unb64(text: object) -> bytes:
+    if isinstance(text, bytes):  # put back from its parts already (``Parts``)
+        return text
     if not isinstance(text, str):
         raise ProtocolViolation("expected base64 text")
     return base64.b64decode(text, validate=True)
@@ -80,6 +82,56 @@ def unb64(text: object) -> bytes:
 
 def encode(msg: Message) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def frames(msg: Message) -> list[bytes]:
+    """``msg`` as lines to send: its bytes values (at the top, or one dict down: ``spec.stdin``) as base64;
+    one over PIECE_BYTES goes ahead in ``{"id", "part": [PATH, B64]}`` lines, named in the message's
+    ``parted`` (the receiver's ``Parts`` puts it back), so no line is ever too long for the other side."""
+    out: list[bytes] = []
+    parted: list[str] = []
+
+    def convert(d: Message, prefix: str) -> Message:
+        d = dict(d)
+        for key, value in d.items():
+            if isinstance(value, bytes | bytearray):
+                if len(value) <= PIECE_BYTES:
+                    d[key] = b64(value)
+                    continue
+                for i in range(0, len(value), PIECE_BYTES):
+                    out.append(encode({"id": msg.get("id"), "part": [prefix + key, b64(value[i:i + PIECE_BYTES])]}))
+                d[key] = ""
+                parted.append(prefix + key)
+            elif isinstance(value, dict) and not prefix:
+                d[key] = convert(value, f"{key}.")
+        return d
+
+    body = convert(msg, "")
+    if parted:
+        body["parted"] = parted
+    out.append(encode(body))
+    return out
+
+
+class Parts:
+    """Puts messages sent by ``frames`` back together: ``take`` gives each whole message, None for a part."""
+
+    def __init__(self) -> None:
+        self._parts: dict[Any, dict[str, bytearray]] = {}
+
+    def take(self, msg: Message) -> Message | None:
+        if "part" in msg:
+            path, piece = msg["part"]
+            self._parts.setdefault(msg.get("id"), {}).setdefault(str(path), bytearray()).extend(unb64(piece))
+            return None
+        got = self._parts.pop(msg.get("id"), {})
+        for path in msg.pop("parted", None) or []:
+            *head, last = str(path).split(".", 1)  # a top-level key (ours) has no dot; a nested one may
+            target = msg
+            for key in head:
+                target = target[key]
+            target[last] = bytes(got.get(path, b""))
+        return msg
 
 
 class Lines:
@@ -120,7 +172,7 @@ def instance_spec_from_wire(d: Message) -> InstanceSpec:
 def exec_spec_to_wire(spec: ExecSpec) -> Message:
     return {"argv": list(spec.argv), "wall_time_s": spec.wall_time_s, "cpu_time_s": spec.cpu_time_s,
             "memory_mb": spec.memory_mb, "pids": spec.pids, "output_bytes": spec.output_bytes,
-            "file_size_mb": spec.file_size_mb, "open_files": spec.open_files, "stdin": b64(spec.stdin),
+            "file_size_mb": spec.file_size_mb, "open_files": spec.open_files, "stdin": spec.stdin,
             "env": dict(spec.env), "cwd": spec.cwd}
 
 
@@ -133,7 +185,7 @@ def exec_spec_from_wire(d: Message) -> ExecSpec:
 
 
 def outcome_to_wire(o: ProcessOutcome) -> Message:
-    return {"exit_code": o.exit_code, "signal": o.signal, "stdout": b64(o.stdout), "stderr": b64(o.stderr),
+    return {"exit_code": o.exit_code, "signal": o.signal, "stdout": o.stdout, "stderr": o.stderr,
             "stdout_truncated": o.stdout_truncated, "stderr_truncated": o.stderr_truncated,
             "wall_time_s": o.wall_time_s, "cpu_time_s": o.cpu_time_s, "max_rss_mb": o.max_rss_mb,
             "stopped_by": None if o.stopped_by is None else o.stopped_by.value}
@@ -287,7 +339,7 @@ class Agent:
             return {}
         if op == "read_file":
             data = await inst.read_file(_path(msg["path"]), int(msg["max_bytes"]))
-            return {"data": None if data is None else b64(data)}
+            return {"data": data}
         if op == "list_files":
             entries = await inst.list_files(_path(msg["path"], allow_root=True))
             return {"entries": [[e.name, e.kind, e.size] for e in entries]}
@@ -363,14 +415,15 @@ async def _serve(options: AgentOptions, in_fd: int, out_fd: int) -> None:
     async def send(msg: Message) -> None:
         async with lock:
             with contextlib.suppress(ConnectionError, OSError):  # the near side is gone: stdin's end follows
-                writer.write(encode(msg))
+                for frame in frames(msg):
+                    writer.write(frame)
                 await writer.drain()
 
     agent = Agent(options, send)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    lines = Lines()
+    lines, parts = Lines(), Parts()
 
     async def read() -> None:
         while True:
@@ -383,7 +436,8 @@ async def _serve(options: AgentOptions, in_fd: int, out_fd: int) -> None:
             if not data:
                 return
             for msg in lines.feed(data):
-                agent.dispatch(msg)
+                if (whole := parts.take(msg)) is not None:
+                    agent.dispatch(whole)
 
     reading = asyncio.create_task(read())
     stopping = asyncio.create_task(stop.wait())

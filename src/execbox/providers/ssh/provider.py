@@ -76,12 +76,13 @@ class Link:
                 self.process.stdin.write(wire.encode({"op": "ping"}))
 
     async def _read(self) -> None:
-        lines = wire.Lines()
+        lines, parts = wire.Lines(), wire.Parts()
         why = "the connection closed"
         try:
             while data := await self.process.stdout.read(wire.READ_BYTES):
                 for msg in lines.feed(data):
-                    self._route(msg)
+                    if (whole := parts.take(msg)) is not None:
+                        self._route(whole)
             with contextlib.suppress(asyncssh.Error, OSError):  # its exit status and last words, for the message
                 await asyncio.wait_for(self.process.wait_closed(), 2)
                 await asyncio.sleep(0.01)
@@ -138,7 +139,8 @@ class Link:
         call = self.calls[rid] = _Call(on_chunk)
         try:
             try:
-                self.process.stdin.write(wire.encode({"id": rid, "op": op, **fields}))
+                for frame in wire.frames({"id": rid, "op": op, **fields}):
+                    self.process.stdin.write(frame)
                 await self.process.stdin.drain()
             except (asyncssh.Error, OSError) as e:
                 self._fail(f"the connection failed ({type(e).__name__}: {e})")
@@ -316,9 +318,9 @@ class SshInstance(Instance):
         batch: list[list[str]] = []
         size = 0
         for path, data in files.items():
-            pieces = [data[i:i + wire.WRITE_PIECE_BYTES] for i in range(0, len(data), wire.WRITE_PIECE_BYTES)]
+            pieces = [data[i:i + wire.PIECE_BYTES] for i in range(0, len(data), wire.PIECE_BYTES)]
             for piece in pieces or [b""]:
-                if batch and size + len(piece) > wire.WRITE_PIECE_BYTES:
+                if batch and size + len(piece) > wire.PIECE_BYTES:
                     await self._call("write_files", "writing files", files=batch, last=False)
                     batch, size = [], 0
                 batch.append([path, wire.b64(piece)])
