@@ -1,7 +1,7 @@
 """The ssh provider: executions and sandboxes on another Linux host, inside execbox's isolation there.
 
 One SSH connection per provider (opened on first use, opened again once lost) runs one ``execbox agent``
-on the host (agent.py: the protocol and that far end); every instance and request of the provider shares
+on the host (agent.py; their protocol: protocol.py); every instance and request of the provider shares
 it. The host's key is pinned (``known_hosts``): an unknown or changed key is refused, never accepted. Login
 is by the settings' private key or password only (no ssh-agent, no ~/.ssh, no ssh config file).
 
@@ -39,7 +39,7 @@ from execbox.providers.base import (
     Provider,
     stream_run,
 )
-from execbox.providers.ssh import agent as wire
+from execbox.providers.ssh import protocol as wire
 from execbox.providers.ssh.settings import SshSettings
 
 STDERR_TAIL_BYTES = 4096  # of the agent's stderr, kept for the error when it dies
