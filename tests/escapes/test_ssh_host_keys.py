@@ -53,16 +53,16 @@ async def test_a_refused_host_fails_over_and_the_pinned_one_runs(server: Sshd, t
     """The refusal is a failure before the hand-over (the next provider runs it); with the right pin the
     same host logs in and runs the code (so the log check above can see a login)."""
     mock = MockProvider()
-    providers = ProviderRegistry(instances={"fallback": mock}, configs={"ssh-t": parse_instance(
+    providers = ProviderRegistry(instances={"mock": mock}, configs={"ssh-t": parse_instance(
         "ssh-t", "ssh", server.settings(known_hosts=f"[127.0.0.1]:{server.port} {_other_key(tmp_path)}\n"))},
         default="ssh-t")
-    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "fallback"],
+    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "mock"],
                                                        settings=RoutingSettings(retries=0)))
     try:
         r = await engine.execute(REQUEST)
     finally:
         await providers.aclose()
-    assert r.provider == "fallback" and "not the one pinned" in (r.provider_attempts[0].error or "")
+    assert r.provider == "mock" and "not the one pinned" in (r.provider_attempts[0].error or "")
 
     logins = server.accepted_logins()
     providers = registry(server)

@@ -208,9 +208,9 @@ async def test_a_host_that_cannot_isolate_is_refused_and_passed_over(sshd: Sshd)
     path = ":".join([str(SRC), *(p for p in sys.path if p.endswith("site-packages"))])
     command = f"setpriv --reuid 65534 --regid 65534 --clear-groups env PYTHONPATH={path} {system} -m execbox.cli"
     mock = MockProvider()
-    providers = ProviderRegistry(instances={"fallback": mock}, configs={
+    providers = ProviderRegistry(instances={"mock": mock}, configs={
         "ssh-t": parse_instance("ssh-t", "ssh", sshd.settings(execbox_command=command))}, default="ssh-t")
-    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "fallback"],
+    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "mock"],
                                                        settings=RoutingSettings(retries=0)))
     try:
         with pytest.raises(IsolationError, match="cannot isolate: the agent runs as uid 65534, not root"):
@@ -218,30 +218,30 @@ async def test_a_host_that_cannot_isolate_is_refused_and_passed_over(sshd: Sshd)
         r = await engine.execute(req("print(1)"))
     finally:
         await providers.aclose()
-    assert r.provider == "fallback" and r.provider_attempts[0].phase == "start", r.provider_attempts
+    assert r.provider == "mock" and r.provider_attempts[0].phase == "start", r.provider_attempts
 
 
 async def test_sshd_down_fails_over_before_anything_runs(own_sshd: Sshd) -> None:
     own_sshd.stop()
     mock = MockProvider()
-    providers = ProviderRegistry(instances={"fallback": mock}, configs={
+    providers = ProviderRegistry(instances={"mock": mock}, configs={
         "ssh-t": parse_instance("ssh-t", "ssh", own_sshd.settings())}, default="ssh-t")
-    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "fallback"],
+    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "mock"],
                                                        settings=RoutingSettings(retries=0)))
     try:
         r = await engine.execute(req("print(1)"))
     finally:
         await providers.aclose()
-    assert r.provider == "fallback" and len(mock.calls) == 1
+    assert r.provider == "mock" and len(mock.calls) == 1
     first = r.provider_attempts[0]
     assert first.provider == "ssh-t" and first.phase == "start" and "cannot connect" in (first.error or ""), first
 
 
 async def test_a_connection_killed_mid_run_is_outcome_unknown_and_kills_the_run(own_sshd: Sshd) -> None:
     mock = MockProvider()
-    providers = ProviderRegistry(instances={"fallback": mock}, configs={
+    providers = ProviderRegistry(instances={"mock": mock}, configs={
         "ssh-t": parse_instance("ssh-t", "ssh", own_sshd.settings())}, default="ssh-t")
-    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "fallback"]))
+    engine = Engine(providers=providers, router=Router(providers, chain=["ssh-t", "mock"]))
     try:
         run = asyncio.create_task(engine.execute(req("import time\ntime.sleep(5)\nprint('finished')")))
         assert await asyncio.to_thread(wait_until, lambda: any("main.py" in p for p in far_processes()), 30), \
