@@ -274,7 +274,7 @@ async def test_a_silent_connection_is_taken_for_lost_on_both_sides(own_sshd: Ssh
     """sshd's connection processes stopped (the network gone silent, no FIN): the agent misses its heartbeats
     and kills everything it started, a background process of a sandbox included; the near side finds the
     connection dead as soon."""
-    providers = registry(own_sshd, heartbeat_s=0.5)
+    providers = registry(own_sshd, heartbeat_s=1.0)
     manager = SandboxManager(Engine(providers=providers))
     try:
         sb = await AsyncSandbox.create("python", limits=LIMITS, manager=manager)
