@@ -6,6 +6,7 @@ left running either way). Host-key pinning: tests/escapes/test_ssh_host_keys.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from tests.ssh.conftest import SRC, Sshd, agents, far_processes, keygen, registr
 
 from execbox import AsyncSandbox, Engine, ExecutionRequest, File, Limits, Status
 from execbox.errors import IsolationError, OutcomeUnknown, ProviderUnavailable, RequestError, SandboxError
+from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.mock import MockProvider
 from execbox.providers.registry import ProviderRegistry, parse_instance
 from execbox.providers.ssh.provider import SshProvider
@@ -134,6 +136,29 @@ async def test_many_concurrent_runs_share_one_connection(engine: Engine) -> None
     results = await asyncio.gather(*(engine.execute(req(f"print({i} * 2)")) for i in range(6)))
     assert [r.stdout for r in results] == [f"{i * 2}\n" for i in range(6)]
     assert len(agents()) == 1
+
+
+async def test_starts_given_up_on_leave_no_sandbox_there(sshd: Sshd) -> None:
+    """A start cancelled at any point (before it is sent, while the far side starts it, with its answer on
+    the way) leaves no sandbox on the far side: the agent stops it, or the provider closes it once it hears."""
+    providers = registry(sshd)
+    provider = providers.get("ssh-t")
+    try:
+        await (await provider.start(InstanceSpec(disk_mb=16))).close()  # connected: only the start is timed below
+        spec = InstanceSpec(disk_mb=16, persistent=True, memory_mb=128, pids=16)
+        for delay in (0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4):
+            task = asyncio.create_task(provider.start(spec))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await (await task).close()  # it was done before the cancel
+        assert await asyncio.to_thread(wait_until, lambda: not far_processes(), 10), far_processes()
+        sandbox = await provider.start(spec)  # and the connection still serves
+        assert (await sandbox.exec(ExecSpec(argv=("echo", "ok"), wall_time_s=5, cpu_time_s=5, memory_mb=64, pids=8,
+                                            output_bytes=1024, file_size_mb=1, open_files=32))).stdout == b"ok\n"
+        await sandbox.close()
+    finally:
+        await providers.aclose()
 
 
 async def test_a_wrong_client_key_is_a_clear_error(sshd: Sshd, tmp_path) -> None:  # type: ignore[no-untyped-def]

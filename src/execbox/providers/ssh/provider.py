@@ -62,6 +62,7 @@ class Link:
                  process: asyncssh.SSHClientProcess[bytes], heartbeat_s: float) -> None:
         self.where, self.conn, self.process, self.heartbeat_s = where, conn, process, heartbeat_s
         self.calls: dict[int, _Call] = {}
+        self.undo: dict[int, Callable[[wire.Message], None]] = {}  # given up on: what to do if it succeeded
         self.lost: str | None = None  # why, once it is gone
         self.stderr_tail = bytearray()
         self._ids = 0
@@ -73,7 +74,7 @@ class Link:
         with contextlib.suppress(asyncssh.Error, OSError):
             while self.lost is None:
                 await asyncio.sleep(self.heartbeat_s)
-                self.process.stdin.write(wire.encode({"op": "ping"}))
+                self.send_nowait({"op": "ping"})
 
     async def _read(self) -> None:
         lines, parts = wire.Lines(), wire.Parts()
@@ -108,8 +109,11 @@ class Link:
 
     def _route(self, msg: wire.Message) -> None:
         call = self.calls.get(msg.get("id"))  # type: ignore[arg-type]
-        if call is None:
-            return  # a request given up on (cancelled): its late answer is dropped
+        if call is None:  # a request given up on (cancelled, timed out): its late answer is dropped, or undone
+            undo = self.undo.pop(msg.get("id"), None)  # type: ignore[arg-type]
+            if undo is not None and "chunk" not in msg and msg.get("ok") and isinstance(msg.get("result"), dict):
+                undo(msg["result"])
+            return
         if "chunk" in msg:
             stream, data = msg["chunk"]
             if call.on_chunk is not None:
@@ -129,9 +133,11 @@ class Link:
         self.conn.close()
 
     async def call(self, op: str, fields: Mapping[str, Any], *, timeout_s: float | None = None,
-                   on_chunk: Callable[[OutputChunk], None] | None = None) -> wire.Message:
+                   on_chunk: Callable[[OutputChunk], None] | None = None,
+                   undo: Callable[[wire.Message], None] | None = None) -> wire.Message:
         """The result of ``op``; the far side's execbox error as one (``where`` in front); Lost when the
-        connection is gone; TimeoutError after ``timeout_s`` (the far side is told to give up on it)."""
+        connection is gone; TimeoutError after ``timeout_s`` (the far side is told to give up on it).
+        ``undo`` gets the result of a call given up on that succeeded all the same (a sandbox started)."""
         if self.lost is not None:
             raise Lost(self.lost)
         self._ids += 1
@@ -149,6 +155,8 @@ class Link:
         except BaseException:  # cancelled, or no answer in time: the far side stops it
             if self.calls.pop(rid, None) is not None:
                 self._cancel(rid)
+                if undo is not None:
+                    self.undo[rid] = undo
             raise
         if not reply.get("ok"):
             raise wire.error_from_wire(reply.get("error"), self.where)
@@ -158,9 +166,17 @@ class Link:
         return result
 
     def _cancel(self, rid: int) -> None:
+        self.send_nowait({"op": "cancel", "target": rid})
+
+    def send_nowait(self, msg: wire.Message) -> None:
+        """Send ``msg`` without waiting for it or for an answer (any answer is dropped)."""
         if self.lost is None:
+            if "id" not in msg and msg.get("op") not in ("cancel", "ping"):
+                self._ids += 1
+                msg = {"id": self._ids, **msg}
             with contextlib.suppress(asyncssh.Error, OSError):
-                self.process.stdin.write(wire.encode({"op": "cancel", "target": rid}))
+                for frame in wire.frames(msg):
+                    self.process.stdin.write(frame)
 
     async def aclose(self) -> None:
         """Close the connection (the agent then closes everything it started) and wait for it to go."""
@@ -279,7 +295,8 @@ class SshProvider(Provider):
         link = await self._connected()
         try:
             reply = await link.call("start", {"spec": wire.instance_spec_to_wire(spec)},
-                                    timeout_s=self.settings.agent_timeout_s)
+                                    timeout_s=self.settings.agent_timeout_s, undo=lambda started: link.send_nowait(
+                                        {"op": "close", "instance": started.get("instance")}))
             return SshInstance(self, link, str(reply["instance"]))
         except Lost as e:  # the agent closes what it may have started when the connection ends
             raise ProviderUnavailable(f"{self.where}: the connection was lost while starting a sandbox ({e})") from e
