@@ -172,7 +172,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 def _register() -> None:
     """The service's commands live in their own modules (imported lazily: `run` needs no web stack)."""
-    from execbox.cli import images, keys, notebook, sandboxes, serve
+    from execbox.cli import agent, images, keys, notebook, sandboxes, serve
 
     app.command()(serve.serve)
     app.command("list")(sandboxes.list_)
@@ -181,6 +181,7 @@ def _register() -> None:
     app.command("run-code")(notebook.run_code)
     app.add_typer(keys.app, name="keys")
     app.add_typer(images.app, name="images")
+    app.command(hidden=True)(agent.agent)  # the ssh provider's far end
 
 
 _register()
