@@ -25,6 +25,7 @@ bench: bootstrap
 	$(VENV)/python benchmarks/bench_docker.py
 	$(VENV)/python benchmarks/bench_sandbox.py
 	$(VENV)/python benchmarks/bench_run_code.py
+	$(VENV)/python benchmarks/bench_providers.py
 
 lint: bootstrap
 	$(VENV)/ruff check src tests benchmarks
