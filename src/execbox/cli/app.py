@@ -168,7 +168,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 def _register() -> None:
     """The service's commands live in their own modules (imported lazily: `run` needs no web stack)."""
-    from execbox.cli import images, keys, notebook, sandboxes, serve
+    from execbox.cli import images, keys, notebook, providers, sandboxes, serve
 
     app.command()(serve.serve)
     app.command("list")(sandboxes.list_)
@@ -177,6 +177,9 @@ def _register() -> None:
     app.command("run-code")(notebook.run_code)
     app.add_typer(keys.app, name="keys")
     app.add_typer(images.app, name="images")
+    app.command()(providers.providers)
+    app.command()(providers.test)
+    app.add_typer(providers.config_app, name="config")
 
 
 _register()

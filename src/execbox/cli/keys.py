@@ -71,7 +71,8 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     for r in records:
         created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M")
         table.add_row(r.name, r.prefix + "…", "-" if r.rate_limit_per_min is None else f"{r.rate_limit_per_min:g}",
-                      json.dumps(r.caps) if r.caps else "-", " ".join(r.scopes) or "-", created, "revoked" if r.revoked_at else "active")
+                      json.dumps(r.caps) if r.caps else "-", " ".join(r.scopes) or "-", created,
+                      "revoked" if r.revoked_at else "active")
     out.print(table)
 
 

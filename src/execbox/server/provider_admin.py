@@ -234,6 +234,8 @@ class ProviderAdmin:
                 message = f"the test program ran but printed {printed[:100]!r}, not '1'"
             else:
                 ok, message = True, f"{language} ran and printed 1"
+        if not ok and not message.startswith(f"provider {name!r}"):  # say which, whatever the error's words
+            message = f"provider {name!r}: {message}"
         wall_ms = round((time.monotonic() - start) * 1000, 1)
         log.info("provider tested", extra={"fields": {"provider": name, "ok": ok, "wall_ms": wall_ms}})
         return ProviderTest(ok=ok, provider=name, language=language, wall_ms=wall_ms, message=message)
