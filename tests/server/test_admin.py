@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from tests.providers import runtime_dir, uid_block
+from tests.server.conftest import Server, free_port
 
 from execbox.server import ServerSettings, create_app
 from execbox.server.auth import create_key
 from execbox.server.provider_admin import ProviderAdmin
 from execbox.server.secretbox import SecretKeyError
 from execbox.store import SQLiteStore
-from tests.providers import runtime_dir, uid_block
-from tests.server.conftest import KEY, Server, free_port
 
 ADMIN = "/api/v1/admin"
 PY = {"language": "python", "code": "print(1)"}

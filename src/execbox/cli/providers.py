@@ -117,9 +117,9 @@ def show(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     """The effective provider configuration: default, chain, thresholds and instances (secrets masked)."""
     with _admin() as admin:
         view = admin.view()
+    tables = {i.name: {"kind": i.kind, **i.settings} for i in view.instances if i.configured}
     doc = {"default_provider": view.default, "fallback_chain": view.chain,
-           "routing": view.routing.model_dump(mode="json"),
-           "providers": {i.name: {"kind": i.kind, **i.settings} for i in view.instances if i.configured}}
+           "routing": view.routing.model_dump(mode="json"), "providers": tables}
     if as_json:
         print(json.dumps(doc, indent=2))
         return
@@ -127,7 +127,7 @@ def show(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     out.print(f"fallback_chain    {escape(','.join(view.chain)) or '-'}", highlight=False)
     out.print(f"routing           {escape(json.dumps(doc['routing']))}", highlight=False, soft_wrap=True)
     table = Table("provider", "kind", "settings")
-    for name, table_doc in doc["providers"].items():
+    for name, table_doc in tables.items():
         settings = {k: v for k, v in table_doc.items() if k != "kind"}
         table.add_row(name, table_doc["kind"], escape(json.dumps(settings)) if settings else "-")
     out.print(table)
