@@ -191,6 +191,8 @@ def test_the_store_survives_a_restart_and_wins_over_the_environment(make_server,
         assert far["settings"]["api_key"] == "********"
         assert c.post("/api/v1/execute", json=PY).json()["provider"] == "local"
     assert not (tmp_path / "secret.key").exists()  # EXECBOX_SECRET_KEY was the key
+    ignored = [json.loads(line) for line in s2.log().splitlines() if "provider settings ignored" in line]
+    assert ignored and ignored[-1]["ignored"] == ["default_provider", "fallback_chain", "providers"]
 
 
 def test_a_providers_test_says_ok_or_what_failed_in_words(make_server) -> None:  # type: ignore[no-untyped-def]

@@ -70,14 +70,22 @@ class ProviderAdmin:
         s = self.settings
         instances = {}
         for name, table in s.providers.items():  # validated before storing, as every change is
-            config = parse_instance(name, str(table.get("kind", "")), {k: v for k, v in table.items()
+            parsed = parse_instance(name, str(table.get("kind", "")), {k: v for k, v in table.items()
                                                                         if k != "kind"})
-            instances[name] = (config.kind, self._sealed(config))
-        if self.store.seed(instances, {"default_provider": s.default_provider,
-                                       "fallback_chain": list(s.fallback_chain),
-                                       "routing": s.routing.model_dump(mode="json")}):
+            instances[name] = (parsed.kind, self._sealed(parsed))
+        config = {"default_provider": s.default_provider, "fallback_chain": list(s.fallback_chain),
+                  "routing": s.routing.model_dump(mode="json")}
+        if self.store.seed(instances, config):
             log.info("provider configuration seeded from the settings", extra={"fields": {
                 "providers": sorted(instances), "default": s.default_provider, "chain": s.fallback_chain}})
+            return
+        # seeded before: settings given now that differ from the store are ignored, and the operator is told
+        stored = {**self.store.server_config(), "providers": {
+            n: (r.kind, _unsealed(r.settings)) for n, r in self.store.instances().items()}}
+        config["providers"] = {n: (kind, _unsealed(table)) for n, (kind, table) in instances.items()}
+        if ignored := sorted(k for k in s.model_fields_set & config.keys() if config[k] != stored.get(k)):
+            log.warning("provider settings ignored: the store is the source since its first start (change them "
+                        "with the admin API or `execbox config set`)", extra={"fields": {"ignored": ignored}})
 
     def _sealed(self, config: InstanceConfig) -> dict[str, Any]:
         """The settings to store: the fields given, secrets sealed."""
@@ -239,6 +247,11 @@ class ProviderAdmin:
         wall_ms = round((time.monotonic() - start) * 1000, 1)
         log.info("provider tested", extra={"fields": {"provider": name, "ok": ok, "wall_ms": wall_ms}})
         return ProviderTest(ok=ok, provider=name, language=language, wall_ms=wall_ms, message=message)
+
+
+def _unsealed(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings to compare: every sealed secret alike (each sealing differs)."""
+    return {k: SEALED if isinstance(v, dict) and set(v) == {SEALED} else v for k, v in settings.items()}
 
 
 def _available(engine: Engine, language: str) -> bool:
