@@ -30,10 +30,12 @@ from execbox.wire_admin import (
 PREFIX = "/api/v1/admin"
 _E = {"model": ErrorBody}
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {**_E, "description": "The body is not JSON."},
     401: {**_E, "description": "Missing or invalid API key."},
     403: {**_E, "description": "The key has no admin scope."},
     404: {**_E, "description": "No such provider."},
     409: {**_E, "description": "The default or the fallback chain names it."},
+    413: {**_E, "description": "Body over the server's maximum."},
     422: {**_E, "description": "Invalid; `detail` names the field or the provider."},
 }
 router = APIRouter(prefix=PREFIX, tags=["admin"], responses=ERRORS)
