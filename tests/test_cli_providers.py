@@ -73,3 +73,20 @@ def test_test_runs_a_program_on_the_provider_and_exits_non_zero_when_it_fails(tm
     assert "Traceback" not in bad.stdout + bad.stderr
     unknown = execbox(tmp_path, "test", "-p", "ghost")
     assert unknown.returncode == 2 and "no provider 'ghost'" in unknown.stderr
+
+
+def test_a_store_whose_secrets_do_not_open_stops_the_server_in_words_and_is_repaired_with_config_set(
+        tmp_path: Path) -> None:
+    first, other = {"EXECBOX_SECRET_KEY": "first-key-" + "a" * 30}, {"EXECBOX_SECRET_KEY": "other-key-" + "b" * 30}
+    far = {"kind": "remote", "url": "http://127.0.0.1:9", "api_key": SECRET}
+    assert execbox(tmp_path, "config", "set", "providers.far", json.dumps(far), **first).returncode == 0
+    served = execbox(tmp_path, "serve", "--port", "1", **other)  # refused before it binds the port
+    assert served.returncode == 125 and "Traceback" not in served.stderr
+    assert "cannot start: the stored provider 'far' cannot be loaded" in served.stderr
+    assert "execbox config set providers.far" in served.stderr
+    shown = execbox(tmp_path, "config", "show", "--json", **other)  # the CLI leaves it out, and says so
+    assert shown.returncode == 0 and "far" not in json.loads(shown.stdout)["providers"]
+    assert "does not open with this server key" in shown.stderr
+    assert execbox(tmp_path, "config", "set", "providers.far", json.dumps(far), **other).returncode == 0
+    repaired = execbox(tmp_path, "config", "show", "--json", **other)
+    assert json.loads(repaired.stdout)["providers"]["far"]["api_key"] == "********" and not repaired.stderr

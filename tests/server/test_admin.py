@@ -16,8 +16,7 @@ from tests.server.conftest import Server, free_port
 
 from execbox.server import ServerSettings, create_app
 from execbox.server.auth import create_key
-from execbox.server.provider_admin import ProviderAdmin
-from execbox.server.secretbox import SecretKeyError
+from execbox.server.provider_admin import ConfigError, ProviderAdmin
 from execbox.store import SQLiteStore
 
 ADMIN = "/api/v1/admin"
@@ -162,7 +161,7 @@ def test_secrets_never_leave_the_server_nor_sit_in_the_store_in_clear(make_serve
         admin = ProviderAdmin(ServerSettings(data_dir=tmp_path), store)
         far = admin.registry.config("far").settings
         assert far is not None and far.api_key.get_secret_value() == SECRET  # type: ignore[attr-defined]
-        with pytest.raises(SecretKeyError, match="does not open with this server key"):
+        with pytest.raises(ConfigError, match=r"provider 'far' cannot be loaded \(a stored secret does not open"):
             ProviderAdmin(ServerSettings(data_dir=tmp_path, secret_key=SecretStr("another-key-" + "k" * 30)), store)
     finally:
         store.close()

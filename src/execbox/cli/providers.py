@@ -43,7 +43,10 @@ def _admin() -> Iterator[ProviderAdmin]:
         raise fail(f"invalid settings: {e}") from None
     store = SQLiteStore(settings.db_path)
     try:
-        yield ProviderAdmin(settings, store)
+        admin = ProviderAdmin(settings, store, strict=False)  # a broken instance is left out: it can be set anew
+        for why in admin.broken.values():
+            err.print(f"[yellow]execbox:[/yellow] {escape(why)}", highlight=False, soft_wrap=True)
+        yield admin
     except ExecboxError as e:
         raise fail(str(e), 2 if isinstance(e, RequestError) else 1) from None
     finally:

@@ -41,6 +41,10 @@ PROBES = (("python", "print(1)"), ("bash", "echo 1"), ("javascript", "console.lo
           ("php", "<?php echo 1;"))
 
 
+class ConfigError(ExecboxError):
+    """The stored configuration cannot be loaded (the server does not start; the message says the fix)."""
+
+
 class ConfigConflict(RequestError):
     """The change would leave the configuration naming what is gone (HTTP 409)."""
 
@@ -48,22 +52,30 @@ class ConfigConflict(RequestError):
 class ProviderAdmin:
     """The store's provider configuration, applied to a registry and a router that it builds."""
 
-    def __init__(self, settings: ServerSettings, store: SQLiteStore, box: SecretBox | None = None) -> None:
+    def __init__(self, settings: ServerSettings, store: SQLiteStore, box: SecretBox | None = None, *,
+                 strict: bool = True) -> None:
+        """``strict`` (a server): a stored instance that cannot be loaded (its secrets do not open with this
+        key, its kind is gone) is an error; otherwise (the CLI, to repair it) it is left out, in ``broken``."""
         self.settings, self.store = settings, store
         self.box = box or SecretBox.for_data_dir(settings.data_dir, settings.secret_key)
         self._seed()
         config = store.server_config()
         self._stored: dict[str, InstanceConfig] = {}
+        self.broken: dict[str, str] = {}
         for name, record in store.instances().items():
             try:
                 self._stored[name] = self._parse(record)
-            except RequestError as e:
-                raise RequestError(f"the stored provider {name!r} is invalid ({e}): set it again with `execbox "
-                                   f"config set providers.{name} JSON`") from e
+            except ExecboxError as e:
+                why = (f"the stored provider {name!r} cannot be loaded ({e}); set it again with `execbox config "
+                       f"set providers.{name} JSON`")
+                if strict:
+                    raise ConfigError(why) from e
+                self.broken[name] = why
         self.registry = ProviderRegistry(default=config.get("default_provider"), configs=self._stored)
         routing = RoutingSettings.model_validate(config["routing"]) if "routing" in config else settings.routing
         self.router = Router(self.registry, config.get("fallback_chain", []), routing)
-        self.router.order(None, None)  # a default or chain naming no provider: refused at start, in words
+        if strict:
+            self.router.order(None, None)  # a default or chain naming no provider: refused at start, in words
 
     # --- the store
     def _seed(self) -> None:
@@ -270,3 +282,13 @@ def masked(settings: BaseModel | None) -> dict[str, Any]:
     for name in secrets & settings.model_fields_set:
         out[name] = None if getattr(settings, name) is None else MASK
     return out
+
+
+def check_config(settings: ServerSettings) -> None:
+    """Load the store's configuration once (seeding it on the first start): ExecboxError, in words, for what
+    would stop a server from starting."""
+    store = SQLiteStore(settings.db_path)
+    try:
+        ProviderAdmin(settings, store)
+    finally:
+        store.close()
