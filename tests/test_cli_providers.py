@@ -90,3 +90,12 @@ def test_a_store_whose_secrets_do_not_open_stops_the_server_in_words_and_is_repa
     assert execbox(tmp_path, "config", "set", "providers.far", json.dumps(far), **other).returncode == 0
     repaired = execbox(tmp_path, "config", "show", "--json", **other)
     assert json.loads(repaired.stdout)["providers"]["far"]["api_key"] == "********" and not repaired.stderr
+
+
+def test_keys_create_admin_gives_the_admin_scope_and_only_then(tmp_path: Path) -> None:
+    made = execbox(tmp_path, "keys", "create", "ops", "--admin", "--json")
+    assert made.returncode == 0 and json.loads(made.stdout)["scopes"] == ["admin"]
+    assert json.loads(execbox(tmp_path, "keys", "create", "app", "--json").stdout)["scopes"] == []
+    listed = {k["name"]: k["scopes"] for k in json.loads(execbox(tmp_path, "keys", "list", "--json").stdout)}
+    assert listed == {"ops": ["admin"], "app": []}
+    assert "admin" in execbox(tmp_path, "keys", "list").stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from tests.providers import runtime_dir, uid_block
 from tests.server.conftest import Server, free_port
 
 from execbox.server import ServerSettings, create_app
-from execbox.server.auth import create_key
+from execbox.server.auth import KeyRing, create_key, hash_key
 from execbox.server.provider_admin import ConfigError, ProviderAdmin
 from execbox.store import SQLiteStore
 
@@ -219,3 +220,36 @@ def test_a_providers_test_says_ok_or_what_failed_in_words(make_server) -> None: 
         assert mock["ok"] is False and "printed 'python3 main.py', not '1'" in mock["message"]
         assert c.post(f"{ADMIN}/providers/ghost/test").status_code == 404
     assert "Traceback" not in s.log()
+
+
+def test_a_replaced_instance_keeps_serving_its_sandboxes_until_they_end(make_server) -> None:  # type: ignore[no-untyped-def]
+    s: Server = make_server()
+    with s.client() as c:
+        c.put(f"{ADMIN}/providers/second", json=second_local()).raise_for_status()
+        created = c.post("/api/v1/sandboxes", json={"language": "bash", "provider": "second"})
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        c.put(f"{ADMIN}/providers/second", json={"kind": "mock"}).raise_for_status()  # now another kind
+        assert c.post("/api/v1/execute", json={**PY, "provider": "second"}).json()["stdout"] == "python3 main.py\n"
+        ran = c.post(f"/api/v1/sandboxes/{sid}/exec", json={"command": "echo $((6 * 7))"})
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["stdout"] == "42\n"  # a shell ran it: the old local instance, not the mock
+        assert c.delete(f"/api/v1/sandboxes/{sid}").status_code in (200, 204)
+
+
+def test_keys_of_a_store_made_before_scopes_keep_working_without_the_admin_scope(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "execbox.db")
+    db.execute("CREATE TABLE api_keys (name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, "
+               "rate_limit_per_min REAL, caps TEXT, created_at REAL NOT NULL, revoked_at REAL)")
+    db.execute("INSERT INTO api_keys VALUES ('old', ?, 'ebx_old', NULL, NULL, 0, NULL)", (hash_key("ebx_old-key"),))
+    db.commit()
+    db.close()
+    store = SQLiteStore(tmp_path / "execbox.db")
+    try:
+        ring = KeyRing(store, KeyRing.static_names(["operator-key"]), None)
+        old = ring.lookup("ebx_old-key")
+        assert old is not None and old.name == "old" and old.scopes == frozenset()
+        operator = ring.lookup("operator-key")
+        assert operator is not None and "admin" in operator.scopes
+    finally:
+        store.close()
