@@ -172,7 +172,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 def _register() -> None:
     """The service's commands live in their own modules (imported lazily: `run` needs no web stack)."""
-    from execbox.cli import agent, images, keys, notebook, sandboxes, serve
+    from execbox.cli import agent, images, keys, notebook, providers, sandboxes, serve
 
     app.command()(serve.serve)
     app.command("list")(sandboxes.list_)
@@ -182,6 +182,9 @@ def _register() -> None:
     app.add_typer(keys.app, name="keys")
     app.add_typer(images.app, name="images")
     app.command(hidden=True)(agent.agent)  # the ssh provider's far end
+    app.command()(providers.providers)
+    app.command()(providers.test)
+    app.add_typer(providers.config_app, name="config")
 
 
 _register()

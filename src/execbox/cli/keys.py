@@ -30,6 +30,8 @@ def create(
     rate_limit: Annotated[float | None, typer.Option(help="Requests per minute (default: the server's).")] = None,
     max_timeout: Annotated[float | None, typer.Option(help="Cap on wall and CPU time, seconds.")] = None,
     max_memory: Annotated[int | None, typer.Option(help="Cap on memory, MiB.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Give it the admin scope (/api/v1/admin: providers, "
+                                        "the chain, breakers).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a key and print it (once: only its hash is kept)."""
@@ -42,14 +44,14 @@ def create(
     except ValidationError as e:
         raise fail(f"invalid cap: {e}", 2) from None
     try:
-        key, record = create_key(_store(), name, rate_limit, caps)
+        key, record = create_key(_store(), name, rate_limit, caps, ("admin",) if admin else ())
     except NameTaken as e:
         raise fail(str(e), 1) from None
     except ValueError as e:
         raise fail(str(e), 2) from None
     if as_json:
         print(json.dumps({"name": record.name, "key": key, "rate_limit_per_min": record.rate_limit_per_min,
-                          "caps": record.caps}))
+                          "caps": record.caps, "scopes": list(record.scopes)}))
     else:
         print(key)
         err.print(f"key {name!r} created; it is shown only now", highlight=False)
@@ -61,14 +63,16 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     records = _store().keys()
     if as_json:
         print(json.dumps([{"name": r.name, "prefix": r.prefix, "rate_limit_per_min": r.rate_limit_per_min,
-                           "caps": r.caps, "created_at": r.created_at, "revoked": r.revoked_at is not None}
+                           "caps": r.caps, "scopes": list(r.scopes), "created_at": r.created_at,
+                           "revoked": r.revoked_at is not None}
                           for r in records], indent=2))
         return
-    table = Table("name", "prefix", "rate/min", "caps", "created", "state")
+    table = Table("name", "prefix", "rate/min", "caps", "scopes", "created", "state")
     for r in records:
         created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M")
         table.add_row(r.name, r.prefix + "…", "-" if r.rate_limit_per_min is None else f"{r.rate_limit_per_min:g}",
-                      json.dumps(r.caps) if r.caps else "-", created, "revoked" if r.revoked_at else "active")
+                      json.dumps(r.caps) if r.caps else "-", " ".join(r.scopes) or "-", created,
+                      "revoked" if r.revoked_at else "active")
     out.print(table)
 
 

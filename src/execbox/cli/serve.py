@@ -19,20 +19,21 @@ def serve(
     (see the README); the dev API key is printed at start."""
     import uvicorn
 
-    from execbox.errors import RequestError
+    from execbox.errors import ExecboxError
     from execbox.server import ServerSettings, create_app
     from execbox.server.app import configure_logging, dev_key
-    from execbox.server.service import provider_setup
+    from execbox.server.provider_admin import check_config
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     try:
         settings = ServerSettings(**overrides)  # type: ignore[arg-type]
-        provider_setup(settings)
     except ValidationError as e:
         raise fail(f"invalid settings: {e}", EXIT_EXECBOX) from None
-    except RequestError as e:
-        raise fail(f"invalid provider settings: {e}", EXIT_EXECBOX) from None
     configure_logging(settings.log_level)
+    try:  # what would stop the server (a stored provider that cannot be loaded...) said in words, not a traceback
+        check_config(settings)
+    except ExecboxError as e:
+        raise fail(f"cannot start: {e}", EXIT_EXECBOX) from None
     key = dev_key(settings)
     url = f"http://{settings.host}:{settings.port}"
     err.print(f"execbox {url}  (API docs: {url}/docs)", highlight=False)

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbox import __version__
 from execbox.errors import ExecboxError, UnknownLanguageError
-from execbox.server.routes import codapi, native, piston, run_code, sandboxes
+from execbox.server.routes import admin, codapi, native, piston, run_code, sandboxes
 from execbox.server.service import Service
 from execbox.server.settings import ServerSettings
 from execbox.wire import status_of
@@ -146,7 +146,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
-    for module in (native, piston, codapi, sandboxes, run_code):
+    for module in (native, piston, codapi, sandboxes, run_code, admin):
         app.include_router(module.router)
 
     @app.exception_handler(ExecboxError)

@@ -3,6 +3,10 @@
 Keys are random (``ebx_`` + 43 url-safe characters), shown once at creation and stored as SHA-256 hashes
 (a fast hash is right for high-entropy secrets). Keys from ``EXECBOX_API_KEY`` and the dev key live only
 in memory and are compared in constant time.
+
+Scopes: the ``admin`` scope opens /api/v1/admin (providers, the chain, breakers). Keys from
+``EXECBOX_API_KEY`` and the dev key have it: they are the operator's own, set where the server is configured.
+A stored key has it only when created so (``execbox keys create NAME --admin``).
 """
 
 from __future__ import annotations
@@ -20,15 +24,18 @@ KEY_PREFIX = "ebx_"
 # Stored keys' names. Static keys (the environment's, the dev key) are named `env:N` and `dev:1`, with a colon
 # no stored name can have, so a stored key can never share their executions.
 KEY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ADMIN = "admin"
+SCOPES = frozenset({ADMIN})
 
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller: a key's name (never the key), its rate limit and its caps on limits."""
+    """The caller: a key's name (never the key), its rate limit, its caps on limits and its scopes."""
 
     name: str
     rate_limit_per_min: float | None = None
     caps: Limits | None = None
+    scopes: frozenset[str] = frozenset()
 
 
 def new_key() -> str:
@@ -40,15 +47,19 @@ def hash_key(key: str) -> str:
 
 
 def create_key(store: SQLiteStore, name: str, rate_limit_per_min: float | None = None,
-               caps: Limits | None = None) -> tuple[str, KeyRecord]:
-    """A new key (returned once, never stored in clear) and its record. ValueError for a bad name or rate."""
+               caps: Limits | None = None, scopes: tuple[str, ...] = ()) -> tuple[str, KeyRecord]:
+    """A new key (returned once, never stored in clear) and its record. ValueError for a bad name, rate or
+    scope."""
+    if unknown := sorted(set(scopes) - SCOPES):
+        raise ValueError(f"unknown scope {unknown[0]!r}; known: {', '.join(sorted(SCOPES))}")
     if not KEY_NAME.fullmatch(name):
         raise ValueError("a key name is 1-64 letters, digits, '-' or '_'")
     if rate_limit_per_min is not None and not rate_limit_per_min > 0:
         raise ValueError("a rate limit is a positive number of requests per minute")
     key = new_key()
     caps_json = caps.model_dump(include=caps.model_fields_set) if caps is not None else None
-    return key, store.add_key(name, hash_key(key), key[:8], rate_limit_per_min, caps_json or None)
+    return key, store.add_key(name, hash_key(key), key[:8], rate_limit_per_min, caps_json or None,
+                              tuple(sorted(set(scopes))))
 
 
 class KeyRing:
@@ -75,7 +86,7 @@ class KeyRing:
     def _principal(self, record: KeyRecord) -> Principal:
         caps = Limits(**record.caps) if record.caps else None
         rate = record.rate_limit_per_min if record.rate_limit_per_min is not None else self.default_rate
-        return Principal(record.name, rate, caps)
+        return Principal(record.name, rate, caps, frozenset(record.scopes))
 
     def lookup(self, key: str) -> Principal | None:
         if not key or len(key) > 512:
@@ -84,7 +95,7 @@ class KeyRing:
         found = None
         for static_hash, name in self._static:  # no early exit: every comparison is made
             if hmac.compare_digest(static_hash, h):
-                found = Principal(name, self.default_rate)
+                found = Principal(name, self.default_rate, scopes=SCOPES)  # the operator's own
         if found:
             return found
         record = self.store.key_by_hash(h)

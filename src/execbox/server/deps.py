@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
-from execbox.server.auth import Principal
+from execbox.server.auth import ADMIN, Principal
 from execbox.server.service import Service
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An execbox API key.")
@@ -34,3 +34,13 @@ async def get_principal(request: Request, key: Annotated[str | None, Depends(_ap
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_admin(principal: PrincipalDep) -> Principal:
+    """The caller, when its key has the admin scope (401 without a key, 403 for a key without it)."""
+    if ADMIN not in principal.scopes:
+        raise HTTPException(403, "this key has no admin scope")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]

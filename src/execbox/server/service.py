@@ -17,13 +17,13 @@ from execbox.errors import AtCapacity, CapacityError, ProviderUnavailable, Reque
 from execbox.languages import default_registry
 from execbox.models import ExecutionRequest, ExecutionResult, Status
 from execbox.providers.base import LiveInput
-from execbox.providers.registry import ProviderRegistry, parse_instance
-from execbox.routing import BreakerState, Router
+from execbox.routing import BreakerState
 from execbox.sandbox import AsyncSandbox, SandboxManager
 from execbox.server.auth import KeyRing, Principal
 from execbox.server.idempotency import Idempotency
 from execbox.server.limits import Capacity, RateLimiter
 from execbox.server.metrics import Metrics
+from execbox.server.provider_admin import ProviderAdmin
 from execbox.server.settings import ServerSettings
 from execbox.store import COMPLETED, QUEUED, SQLiteStore
 from execbox.wire import CreateBody, ExecuteBody
@@ -39,17 +39,6 @@ def internal_error(request: ExecutionRequest, provider: str, message: str) -> Ex
                            status=Status.INTERNAL_ERROR, message=message)
 
 
-def provider_setup(settings: ServerSettings) -> tuple[ProviderRegistry, Router]:
-    """The provider instances and the router the settings describe (no provider is created yet); RequestError
-    naming what is wrong: a bad instance table, or a default or chain naming no provider."""
-    registry = ProviderRegistry(default=settings.default_provider, configs={
-        name: parse_instance(name, str(table.get("kind", "")), {k: v for k, v in table.items() if k != "kind"})
-        for name, table in settings.providers.items()})
-    router = Router(registry, settings.fallback_chain, settings.routing)
-    router.order(None, None)
-    return registry, router
-
-
 class Service:
     def __init__(self, settings: ServerSettings, dev_key: str | None = None) -> None:
         self.settings = settings
@@ -58,7 +47,8 @@ class Service:
         if dev_key:
             static[dev_key] = "dev:1"
         self.keys = KeyRing(self.store, static, settings.rate_limit_per_min)
-        self.providers, self.router = provider_setup(settings)
+        self.admin = ProviderAdmin(settings, self.store)  # providers and chain: the store's, seeded from settings
+        self.providers, self.router = self.admin.registry, self.admin.router
         self.engine = Engine(providers=self.providers, languages=default_registry(), policy=settings.policy,
                              router=self.router)
         self.rates = RateLimiter()
@@ -115,7 +105,7 @@ class Service:
     def provider_names(self) -> list[str]:
         """The providers a request may name: the mock (which runs nothing) only when it is the default, in the
         chain or configured by name."""
-        used = {self.providers.default, *self.router.chain, *self.settings.providers}
+        used = {self.providers.default, *self.router.chain, *self.admin.stored_names()}
         return [n for n in self.providers.names() if self.providers.kind_of(n).name != "mock" or n in used]
 
     async def execute(self, principal: Principal, request: ExecutionRequest, *, session_id: str | None = None,

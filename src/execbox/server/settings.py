@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -45,7 +45,12 @@ class ServerSettings(BaseSettings):
     api_key: str = Field("", description="API keys that always work, comma-separated (EXECBOX_API_KEY).")
     dev_key: bool = Field(True, description="Create a random dev key in data_dir/dev-api-key on first start and "
                           "accept it (print it at start). Turn off in production and use `execbox keys`.")
-    default_provider: str = Field("local", description="Provider used when a request names none.")
+    secret_key: SecretStr | None = Field(
+        None, description="The key that encrypts provider secrets in the store (32+ characters); none: one is "
+        "generated once into data_dir/secret.key (0600).")
+    default_provider: str = Field("local", description="Provider used when a request names none. This and "
+                                  "providers, fallback_chain and routing seed the store on the first start; "
+                                  "afterwards the store is the source (the admin API, `execbox config set`).")
     providers: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Named provider instances: name -> {kind = 'ssh', ...that kind's "
         "settings} (TOML tables [providers.NAME], or JSON in EXECBOX_PROVIDERS). The kinds that need no settings "

@@ -1,5 +1,6 @@
-"""The default store: one SQLite file in WAL mode. API keys (hashed) and executions (async jobs, and the
-executions of a session), each row owned by the key that created it.
+"""The default store: one SQLite file in WAL mode. API keys (hashed, with their scopes), executions (async
+jobs, and the executions of a session), each row owned by the key that created it, and the runtime provider
+configuration (instances and the server's routing config; secrets in it are sealed by the caller).
 
 Calls are short single statements on one connection (each well under a millisecond), so they run inline
 on the event loop rather than paying a thread hop per call.
@@ -41,7 +42,19 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE INDEX IF NOT EXISTS executions_state ON executions (state, created_at);
 CREATE INDEX IF NOT EXISTS executions_session ON executions (owner, session_id, created_at);
+CREATE TABLE IF NOT EXISTS provider_instances (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    settings TEXT NOT NULL,        -- JSON; secret fields sealed ({"sealed": "..."}), never in clear
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS server_config (
+    key TEXT PRIMARY KEY,          -- default_provider | fallback_chain | routing | seeded
+    value TEXT NOT NULL,           -- JSON
+    updated_at REAL NOT NULL
+);
 """
+KEY_COLUMNS = "name, key_hash, prefix, rate_limit_per_min, caps, created_at, revoked_at, scopes"
 
 QUEUED, RUNNING, COMPLETED = "queued", "running", "completed"
 
@@ -55,6 +68,17 @@ class KeyRecord:
     caps: dict[str, Any] | None
     created_at: float
     revoked_at: float | None
+    scopes: tuple[str, ...] = ()  # e.g. ("admin",)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """A provider instance as stored: its settings JSON with secret fields sealed."""
+
+    name: str
+    kind: str
+    settings: dict[str, Any]
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,8 @@ class SQLiteStore:
             self._db.execute("ALTER TABLE executions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
         if "handed_over_at" not in columns:  # ... or recorded the handover of their code
             self._db.execute("ALTER TABLE executions ADD COLUMN handed_over_at REAL")
+        if "scopes" not in {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}:  # ... keys' scopes
+            self._db.execute("ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -105,10 +131,11 @@ class SQLiteStore:
 
     # --- API keys
     def add_key(self, name: str, key_hash: str, prefix: str, rate_limit_per_min: float | None,
-                caps: dict[str, Any] | None) -> KeyRecord:
+                caps: dict[str, Any] | None, scopes: tuple[str, ...] = ()) -> KeyRecord:
         try:
-            self._q("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                    (name, key_hash, prefix, rate_limit_per_min, json.dumps(caps) if caps else None, time.time()))
+            self._q(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                    (name, key_hash, prefix, rate_limit_per_min, json.dumps(caps) if caps else None, time.time(),
+                     " ".join(scopes)))
         except sqlite3.IntegrityError as e:
             raise NameTaken(f"a key named {name!r} exists already") from e
         key = self.key_by_name(name)
@@ -116,18 +143,19 @@ class SQLiteStore:
         return key
 
     def _key(self, row: tuple[Any, ...]) -> KeyRecord:
-        return KeyRecord(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else None, row[5], row[6])
+        return KeyRecord(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else None, row[5], row[6],
+                         tuple(row[7].split()))
 
     def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        rows = self._q("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,))
+        rows = self._q(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,))
         return self._key(rows[0]) if rows else None
 
     def key_by_name(self, name: str) -> KeyRecord | None:
-        rows = self._q("SELECT * FROM api_keys WHERE name = ?", (name,))
+        rows = self._q(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE name = ?", (name,))
         return self._key(rows[0]) if rows else None
 
     def keys(self) -> list[KeyRecord]:
-        return [self._key(r) for r in self._q("SELECT * FROM api_keys ORDER BY created_at")]
+        return [self._key(r) for r in self._q(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at")]
 
     def revoke_key(self, name: str) -> bool:
         with self._lock:
@@ -201,3 +229,54 @@ class SQLiteStore:
             cur = self._db.execute("DELETE FROM executions WHERE expires_at IS NOT NULL AND expires_at <= ?",
                                    (time.time(),))
             return cur.rowcount
+
+    # --- provider configuration (the server's source once seeded; see execbox.server.provider_admin)
+    def seed(self, instances: dict[str, tuple[str, dict[str, Any]]], config: dict[str, Any]) -> bool:
+        """Write the first configuration, once: False when the store was seeded already (by this process or
+        another one starting at the same time: the check and the writes are one transaction)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._db.execute("SELECT 1 FROM server_config WHERE key = 'seeded'").fetchall():
+                    self._db.execute("ROLLBACK")
+                    return False
+                for name, (kind, settings) in instances.items():
+                    self._db.execute("INSERT OR REPLACE INTO provider_instances VALUES (?, ?, ?, ?)",
+                                     (name, kind, json.dumps(settings), now))
+                for key, value in {**config, "seeded": True}.items():
+                    self._db.execute("INSERT OR REPLACE INTO server_config VALUES (?, ?, ?)",
+                                     (key, json.dumps(value), now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
+    def put_instance(self, name: str, kind: str, settings: dict[str, Any]) -> None:
+        self._q("INSERT OR REPLACE INTO provider_instances VALUES (?, ?, ?, ?)",
+                (name, kind, json.dumps(settings), time.time()))
+
+    def delete_instance(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM provider_instances WHERE name = ?", (name,)).rowcount > 0
+
+    def instances(self) -> dict[str, InstanceRecord]:
+        rows = self._q("SELECT name, kind, settings, updated_at FROM provider_instances ORDER BY name")
+        return {r[0]: InstanceRecord(r[0], r[1], json.loads(r[2]), r[3]) for r in rows}
+
+    def put_config(self, values: dict[str, Any]) -> None:
+        """Set server config keys, all at once (one transaction)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO server_config VALUES (?, ?, ?)",
+                                     [(k, json.dumps(v), now) for k, v in values.items()])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def server_config(self) -> dict[str, Any]:
+        return {r[0]: json.loads(r[1]) for r in self._q("SELECT key, value FROM server_config")}
