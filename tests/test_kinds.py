@@ -69,6 +69,7 @@ def test_a_settings_schema_drives_a_form_with_secrets_write_only() -> None:
     ("x", "local", {"warm_pool": "many"}, r"provider 'x' \(local\): warm_pool: Input should be a valid integer"),
     ("x", "local", {"nope": 1}, r"provider 'x' \(local\): nope: Extra inputs are not permitted"),
     ("x", "remote", {}, r"provider 'x' \(remote\): url: Field required"),
+    ("x", "local", {"first_uid": 0}, "first_uid: Input should be greater than or equal to 100000"),  # never root
 ])
 def test_an_instance_from_plain_data_names_what_is_wrong(name: str, kind: str, settings: dict, error: str) -> None:
     with pytest.raises(RequestError, match=error):

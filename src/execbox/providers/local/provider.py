@@ -18,9 +18,9 @@ import atexit
 import os
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from execbox.pool import PrestartPool
 from execbox.providers.base import Instance, InstanceSpec, Provider
@@ -40,8 +40,10 @@ class LocalSettings(BaseModel):
 
     bwrap: str = "bwrap"
     runtime_dir: Path | None = None
-    first_uid: int = FIRST_UID
-    uid_count: int = UID_COUNT
+    # The uids runs get, one each: above every account a host hands out (and nobody, 65534), so a run can
+    # never be a real user (an admin sets these through the API too).
+    first_uid: Annotated[int, Field(ge=100_000, le=4_000_000_000)] = FIRST_UID
+    uid_count: Annotated[int, Field(ge=1, le=65_536)] = UID_COUNT
     extra_ro_binds: tuple[str, ...] = ()
     # Pre-started sandboxes kept ready (0: none). Used when running as root with cgroups, for requests
     # without network and with warm_pool_disk_mb of disk; others take the cold path.
