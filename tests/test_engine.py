@@ -761,10 +761,12 @@ NATIVE = [
     NotImplementedError("n"),
     TimeoutError("slow"),
 ]
-WHERE = ["start", "write_files", "exec", "read_file", "close"]
 
 
-@pytest.mark.parametrize("where", WHERE)
+BEFORE, AFTER = ["start", "write_files"], ["exec", "read_file"]  # the hand-over: the first process asked for
+
+
+@pytest.mark.parametrize("where", BEFORE + AFTER)
 @pytest.mark.parametrize("exc", NATIVE, ids=lambda e: type(e).__name__)
 async def test_no_native_exception_escapes_unmapped(where: str, exc: Exception, languages) -> None:
     provider = BoomProvider(where, exc)
@@ -774,7 +776,7 @@ async def test_no_native_exception_escapes_unmapped(where: str, exc: Exception, 
     with pytest.raises(ExecboxError) as ei:
         await engine.execute(req("def main(): pass", arguments={}))
     # once a process was asked for, the code may have run: the outcome is unknown (never retried)
-    assert type(ei.value) is (OutcomeUnknown if where in ("exec", "read_file") else SandboxError)
+    assert type(ei.value) is (OutcomeUnknown if where in AFTER else SandboxError)
     assert ei.value.__cause__ is exc
     assert str(ei.value).startswith("provider 'mock' failed")
     assert not isinstance(ei.value, RequestError)  # a ValueError from the provider is not the client's fault
@@ -784,20 +786,36 @@ async def test_no_native_exception_escapes_unmapped(where: str, exc: Exception, 
         assert inst.closed and inst.close_calls == 1
 
 
-@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("exc", [*NATIVE, IsolationError("no seccomp"), ProviderUnavailable("gone")],
+                         ids=lambda e: type(e).__name__)
+async def test_a_failed_cleanup_is_logged_and_never_loses_the_result(exc: Exception, languages, caplog) -> None:
+    provider = BoomProvider("close", exc)
+    engine = Engine(providers=ProviderRegistry(instances={"mock": provider}, default="mock"), languages=languages)
+    with caplog.at_level("ERROR", logger="execbox.engine"):
+        result = await engine.execute(req("print(1)"))
+    assert result.status is Status.OK and provider.instances[0].close_calls == 1
+    assert any(r.getMessage() == "instance cleanup failed" and r.fields["error"] == str(exc)  # type: ignore[attr-defined]
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("where", BEFORE + AFTER)
 @pytest.mark.parametrize(
     "exc",
     [IsolationError("no seccomp"), ProviderUnavailable("gone"), SandboxError("x")],
     ids=lambda e: type(e).__name__,
 )
-async def test_execbox_errors_from_the_provider_pass_through(where: str, exc: Exception, languages) -> None:
+async def test_execbox_errors_from_the_provider_pass_through_until_the_hand_over(where: str, exc: Exception,
+                                                                                  languages) -> None:
     provider = BoomProvider(where, exc)
     engine = Engine(
         providers=ProviderRegistry(instances={"mock": provider}, default="mock"), languages=languages
     )
-    with pytest.raises(type(exc)) as ei:
+    with pytest.raises(ExecboxError) as ei:
         await engine.execute(req("def main(): pass", arguments={}))
-    assert ei.value is exc
+    if where in BEFORE:
+        assert ei.value is exc
+    else:  # "unavailable" said after the hand-over must not let anything run the code again
+        assert type(ei.value) is OutcomeUnknown and ei.value.__cause__ is exc and "not run again" in str(ei.value)
     if where != "start":
         assert provider.instances[0].closed
 

@@ -41,6 +41,8 @@ def test_third_party_kinds_come_through_the_entry_point_group(monkeypatch: pytes
     registry = ProviderRegistry(default="acme")
     assert isinstance(registry.get("acme"), MockProvider) and registry.get("acme").name == "acme"
     assert isinstance(registry.get("legacy"), MockProvider)
+    assert registry.capabilities("legacy").limits == frozenset()  # declares nothing: taken at its weakest
+    assert registry.capabilities("legacy").isolation == "none"
     assert registry.capabilities("acme").isolation == "microvm"
     with pytest.raises(ProviderUnavailable, match=r"provider 'absent' \(absent\) is unavailable: needs"):
         registry.get("absent")
@@ -69,6 +71,7 @@ def test_a_settings_schema_drives_a_form_with_secrets_write_only() -> None:
     ("x", "local", {"warm_pool": "many"}, r"provider 'x' \(local\): warm_pool: Input should be a valid integer"),
     ("x", "local", {"nope": 1}, r"provider 'x' \(local\): nope: Extra inputs are not permitted"),
     ("x", "remote", {}, r"provider 'x' \(remote\): url: Field required"),
+    ("x", "remote", {"url": "http://u:pw@h:1"}, "url: Value error, the URL may not hold a user or password"),
     ("x", "local", {"first_uid": 0}, "first_uid: Input should be greater than or equal to 100000"),  # never root
 ])
 def test_an_instance_from_plain_data_names_what_is_wrong(name: str, kind: str, settings: dict, error: str) -> None:

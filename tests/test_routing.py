@@ -246,3 +246,36 @@ async def test_the_library_surface_names_a_chain_and_a_sandboxs_own_fallback() -
 def test_the_library_chain_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXECBOX_FALLBACK_CHAIN", "docker, local")
     assert Engine(providers=ProviderRegistry(default="mock")).router.chain == ["docker", "local"]
+
+
+def test_a_fault_of_an_attempt_admitted_before_the_circuit_opened_tells_nothing_new() -> None:
+    now = [0.0]
+    b = Breaker(threshold=1, cooldown_s=10, clock=lambda: now[0])
+    slow_admitted_at = now[0]  # an attempt that will fail late
+    now[0] = 1
+    b.failed("down", admitted_at=now[0])
+    assert b.state is BreakerState.OPEN and b.opened_at == 1
+    now[0] = 11
+    assert b.admit()  # the probe
+    b.failed("the slow one, late", admitted_at=slow_admitted_at)
+    assert b.probing and b.last_error == "down"  # neither reopened nor a second probe let through
+    assert not b.admit()
+
+
+async def test_a_probe_closes_the_circuit_once_its_instance_started_not_after_the_whole_run() -> None:
+    states: list[BreakerState] = []
+    e: Engine
+
+    def run(spec: ExecSpec, files: dict[str, bytes]) -> ProcessOutcome:
+        states.append(e.router.breaker("flaky").state)
+        return outcome()
+
+    flaky = Failing(ProviderUnavailable("down"), times=3)
+    flaky.handler = run
+    e = engine(["flaky", "spare"], flaky=flaky, spare=MockProvider())
+    for _ in range(3):
+        await e.execute(req())
+    breaker = e.router.breaker("flaky")
+    breaker.opened_at = (breaker.opened_at or 0) - 31
+    assert (await e.execute(req())).provider == "flaky"
+    assert states == [BreakerState.CLOSED]  # while its program ran, others were admitted again

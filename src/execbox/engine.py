@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from execbox.providers.kinds import RequestRunner
 from execbox.providers.registry import ProviderRegistry
 from execbox.routing import NotHandedOver, Router, env_chain, handed_over_error
 
+log = logging.getLogger("execbox.engine")
 ARGS_FILE = ".execbox_args.json"
 RETURN_FILE = ".execbox_return.json"
 MAX_RETURN_BYTES = 16 * 1024 * 1024
@@ -60,16 +62,30 @@ Emit = Callable[[StageEvent], Awaitable[None]]
 @contextlib.contextmanager
 def provider_errors(provider: str, doing: str = "failed", *, handed_over: bool = False) -> Iterator[None]:
     """execbox's own errors pass; any other exception is a provider bug or a host failure: the sandbox's
-    fault, mapped here (the one place) to SandboxError, or to OutcomeUnknown once the user's code was
-    ``handed_over`` (it may have run)."""
+    fault, mapped here (the one place) to SandboxError. Once the user's code was ``handed_over`` (it may have
+    run), every provider failure is OutcomeUnknown, whatever its class ("unavailable" or "busy" said after
+    the hand-over must not let anyone run the code again); only a RequestError (the program could not be
+    started as asked, e.g. its arguments too long) keeps its own."""
     try:
         yield
-    except ExecboxError:
+    except (OutcomeUnknown, RequestError):
+        raise
+    except ExecboxError as e:
+        if handed_over:
+            raise handed_over_error(provider, e) from e
         raise
     except Exception as e:
         if handed_over:
             raise handed_over_error(provider, e) from e
         raise SandboxError(f"provider {provider!r} {doing}: {e}") from e
+
+
+async def close_logged(instance: Instance, provider: str) -> None:
+    """Close ``instance``; a failure is logged (what it held may be left behind), not raised."""
+    try:
+        await instance.close()
+    except Exception as e:
+        log.error("instance cleanup failed", extra={"fields": {"provider": provider, "error": str(e)}})
 
 
 def tightened(caps: Limits, limits: Limits | None) -> Limits:
@@ -224,6 +240,7 @@ class Engine:
                 instance = await self.start(provider, spec)
             except ExecboxError as e:
                 raise NotHandedOver(e) from e
+            self.router.started(provider.name)
             try:
                 try:  # nothing run yet: another provider may still take it
                     if live is not None and not instance.supports_live:
@@ -237,9 +254,8 @@ class Engine:
                 with provider_errors(provider.name, handed_over=True):
                     run = None if live is None else _live_runner(instance, *live)
                     return await self._steps(instance, request, lang, limits, files, entry, build, run)
-            finally:
-                with provider_errors(provider.name, "failed to clean up"):
-                    await instance.close()
+            finally:  # a failed cleanup is the operator's to see, never a reason to lose the run's result
+                await close_logged(instance, provider.name)
 
         names = self.router.order(request.provider, request.fallback)
         result, name, attempts = await self.router.first(names, unfit, attempt)

@@ -95,7 +95,12 @@ class Breaker:
     def succeeded(self) -> None:
         self.faults, self.opened_at, self.probing = 0, None, False
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, admitted_at: float | None = None) -> None:
+        """A provider fault, of an attempt admitted at ``admitted_at``: one admitted before the circuit last
+        opened tells nothing new (its provider was already known to be down), and must not reopen it while
+        the probe runs."""
+        if admitted_at is not None and self.opened_at is not None and admitted_at < self.opened_at:
+            return
         self.faults += 1
         self.last_error = error
         if self.probing or self.faults >= self.threshold:
@@ -202,11 +207,12 @@ class Router:
                     attempts.append(ProviderAttempt(provider=name, phase="circuit", error=str(error)))
                     errors.append(error)
                     break
+                admitted_at = breaker.clock()
                 try:
                     value = await attempt(await self._get(name))
                 except NotHandedOver as e:
                     error = e.cause
-                    self._count(breaker, error)
+                    self._count(breaker, error, admitted_at)
                     attempts.append(ProviderAttempt(provider=name, phase="start", error=str(error)))
                     errors.append(error)
                     if not is_transient(error) or retry == self.settings.retries:
@@ -214,7 +220,7 @@ class Router:
                     await asyncio.sleep(self.settings.retry_backoff_s * 2 ** retry * random.uniform(0.5, 1))
                     continue
                 except BaseException as e:
-                    self._count(breaker, e)
+                    self._count(breaker, e, admitted_at)
                     if isinstance(e, ExecboxError):
                         e.provider_attempts = [*attempts, ProviderAttempt(  # type: ignore[attr-defined]
                             provider=name, phase="run", error=str(e))]
@@ -230,10 +236,14 @@ class Router:
         except ExecboxError as e:  # it could not be created: nothing was handed over
             raise NotHandedOver(e) from e
 
+    def started(self, name: str) -> None:
+        """``name`` started an instance: it is up (a half-open circuit closes now, not after the whole run)."""
+        self.breaker(name).succeeded()
+
     @staticmethod
-    def _count(breaker: Breaker, e: BaseException) -> None:
+    def _count(breaker: Breaker, e: BaseException, admitted_at: float) -> None:
         if isinstance(e, Exception) and is_fault(e):  # OutcomeUnknown included: the provider broke mid-run
-            breaker.failed(str(e))
+            breaker.failed(str(e), admitted_at)
         else:  # a cancel, a busy provider, a request it cannot take: the probe tells nothing
             breaker.released()
 

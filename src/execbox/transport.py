@@ -23,7 +23,7 @@ from execbox.errors import (
     ServerUnreachable,
     UnknownLanguageError,
 )
-from execbox.wire import error_of
+from execbox.wire import CODE_RUN_HEADER, error_of
 
 if TYPE_CHECKING:
     import httpx
@@ -88,7 +88,15 @@ def _detail(status: int, content: bytes) -> tuple[str, list[str] | None]:
 
 
 def _http_error(status: int, headers: Mapping[str, str], content: bytes, language: str | None) -> ExecboxError:
-    """The exception of an error answer, by the wire schema's table (the server's, read back)."""
+    """The exception of an error answer, by the wire schema's table (the server's, read back), with its
+    ``http_status`` and ``code_not_run`` (the server said the code was not run: CODE_RUN_HEADER)."""
+    e = _error_of_answer(status, headers, content, language)
+    e.http_status, e.code_not_run = status, headers.get(CODE_RUN_HEADER) == "no"  # type: ignore[attr-defined]
+    return e
+
+
+def _error_of_answer(status: int, headers: Mapping[str, str], content: bytes, language: str | None,
+                     ) -> ExecboxError:
     detail, supported = _detail(status, content)
     retry = headers.get("retry-after")
     kind = error_of(status, retry is not None)

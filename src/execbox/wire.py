@@ -431,6 +431,9 @@ ERROR_STATUS: list[tuple[type[ExecboxError], int, bool]] = [  # (exception, stat
     (ExecboxError, 500, False),
 ]
 RETRY_AFTER_S = 5  # of a CapacityError that does not say (``retry_after_s``)
+# On an error answer of POST /api/v1/execute: "no" says the code was not run (the error came before the hand-over
+# to a provider). A 5xx without it (a proxy's, or OutcomeUnknown) may have run: a front never sends it again.
+CODE_RUN_HEADER = "Execbox-Code-Run"
 
 
 def status_of(exc: ExecboxError) -> tuple[int, int | None]:

@@ -4,6 +4,7 @@ outside, shutdown and crashed-run cleanup, hardening, and dockerd being unavaila
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from tests.docker.conftest import settings
 
 import execbox
 from execbox import Engine, ExecutionRequest, Limits, Status
-from execbox.errors import ProviderUnavailable
+from execbox.errors import OutcomeUnknown, ProviderUnavailable
 from execbox.providers.base import ExecSpec, InstanceSpec
 from execbox.providers.docker import DockerProvider, State
 from execbox.providers.docker.container import HOST_LABEL, OWNER_LABEL, PID_LABEL, Container
@@ -290,3 +291,32 @@ def test_a_configured_runtime_that_dockerd_lacks_is_refused() -> None:
 
     with pytest.raises(IsolationError, match="runtime 'runsc-not-installed' is configured but not installed"):
         DockerProvider(settings().model_copy(update={"runtime": "runsc-not-installed"}))
+
+
+async def test_a_container_killed_while_the_program_runs_is_never_run_again(make: list[DockerProvider]) -> None:
+    # the program may have done its work (written, sent) before the kill: never run again on a fresh container
+    p = provider(make, size=1)
+    killed: list[str] = []
+
+    def kill_it_once_the_program_runs() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for cid in ids(p, State.BUSY):
+                with contextlib.suppress(Exception):  # (a container between states)
+                    if any("marker-sleep" in " ".join(row) for row in p.api.top(cid)["Processes"]):
+                        killed.append(cid)
+                        p.api.kill(cid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_it_once_the_program_runs)
+    killer.start()
+    engine = Engine(providers=ProviderRegistry(instances={"docker": p}, default="docker"))
+    code = "import time\nprint(1, flush=True)\ntime.sleep(30)\n"
+    try:
+        r = await engine.execute(ExecutionRequest(language="python", code=code, args=["marker-sleep"]))
+    except OutcomeUnknown as e:
+        assert "not run again" in str(e)
+    else:  # the engine saw the kill before docker marked the container stopped: the program's death, reported
+        assert r.signal == 9 and r.status is Status.RUNTIME_ERROR and r.stdout in ("", "1\n") and r.wall_time_s < 30
+    killer.join()
+    assert killed and not set(killed) & ids(p, State.WARM)  # and the killed container is not handed out again

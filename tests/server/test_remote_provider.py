@@ -239,12 +239,15 @@ async def test_a_lost_answer_is_an_unknown_outcome_never_a_retry(proxy: Counting
 
 
 @pytest.mark.parametrize(("status", "headers", "handed_over"), [
-    (502, "", True), (500, "", True), (504, "", True),
-    (503, "", False), (503, "Retry-After: 3\r\n", False), (429, "Retry-After: 3\r\n", False)])
+    (502, "", True), (500, "", True), (504, "", True), (503, "", True), (503, "Retry-After: 3\r\n", True),
+    (503, "Execbox-Code-Run: no\r\n", False), (503, "Retry-After: 3\r\nExecbox-Code-Run: no\r\n", False),
+    (500, "Execbox-Code-Run: no\r\n", False), (429, "Retry-After: 3\r\n", False)])
 async def test_a_5xx_that_is_not_a_refusal_is_an_unknown_outcome(proxy: CountingProxy, status: int, headers: str,
                                                                  handed_over: bool) -> None:
-    """A reverse proxy between them answering for a far server that failed: 500, 502, 504 may come after the
-    request went through (unknown); 503 and 429 are refusals (the next provider runs it)."""
+    """A reverse proxy between them answering for a far server that failed: any 5xx may come after the request
+    went through (an envoy's 503 "upstream reset" does), so it is an unknown outcome unless the answer says the
+    code was not run (``Execbox-Code-Run: no``, which execbox servers send with their refusals); a 429 is a
+    refusal (the next provider runs it)."""
     body = b'{"detail": "upstream trouble"}'
     proxy.reply = (f"HTTP/1.1 {status} X\r\n{headers}content-type: application/json\r\n"
                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
@@ -399,3 +402,14 @@ async def test_one_shot_instances_are_refused() -> None:
 def test_a_bad_url_is_a_request_error() -> None:
     with pytest.raises(RequestError, match="URL"):
         RemoteProvider(RemoteSettings(url="ftp://example"))
+
+
+def test_a_servers_refusals_say_the_code_was_not_run(make_server: Any) -> None:
+    s = make_server(env={"EXECBOX_PROVIDERS": '{"gone": {"kind": "docker", "host": "unix:///run/no-such.sock"}}'})
+    with s.client() as c:
+        r = c.post("/api/v1/execute", json={"language": "python", "code": "print(1)", "provider": "gone"})
+        assert r.status_code == 503 and r.headers["Execbox-Code-Run"] == "no"  # nothing was handed over
+        r = c.post("/api/v1/execute", json={"language": "cobol", "code": "x"})
+        assert r.status_code == 400 and r.headers["Execbox-Code-Run"] == "no"
+        r = c.post("/api/v1/execute", json={"language": "python", "code": "print(1)"})
+        assert r.status_code == 200 and "Execbox-Code-Run" not in r.headers

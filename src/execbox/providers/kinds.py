@@ -216,5 +216,7 @@ def _entry_point_kind(name: str, target: str) -> ProviderKind:
     if isinstance(obj, ProviderKind):
         return obj
     doc = (obj.__doc__ or target).strip().splitlines()[0]
-    return ProviderKind(name, doc, target, capabilities=getattr(obj, "capabilities", Capabilities()),
-                        takes_settings=False)
+    # a class that declares nothing is taken at its weakest: no limit it is known to enforce, no isolation
+    declared = getattr(obj, "capabilities", None)
+    caps = declared if isinstance(declared, Capabilities) else Capabilities(limits=frozenset(), isolation="none")
+    return ProviderKind(name, doc, target, capabilities=caps, takes_settings=False)

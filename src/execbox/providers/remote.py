@@ -87,9 +87,15 @@ class RemoteProvider(Provider):
                 "POST", f"{API}/execute", language=request.language, timeout=self._timeout(wait_s),
                 json=body.model_dump(exclude_unset=True, exclude_none=True),
                 headers={"Idempotency-Key": execution_id})
-        except (ProviderUnavailable, CapacityError, RequestError):  # refused, or never reached
+        except (ProviderUnavailable, CapacityError, RequestError) as e:  # refused, or never reached
+            status = getattr(e, "http_status", 0)
+            if status >= 500 and not getattr(e, "code_not_run", False):
+                # a 5xx the server did not mark as a refusal (a proxy's: it may have forwarded the request)
+                raise self._unknown(f"answered {status} without saying the code was not run ({e})") from e
             raise
         except SandboxError as e:
+            if getattr(e, "code_not_run", False):  # the server's own failure before the hand-over
+                raise
             import httpx
 
             cause = e.__cause__

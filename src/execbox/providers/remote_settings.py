@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class RemoteSettings(BaseModel):
@@ -25,3 +26,11 @@ class RemoteSettings(BaseModel):
     sandbox_ttl_s: Annotated[float, Field(gt=0, le=365 * 86400)] = 3600.0
     """Idle seconds asked for each persistent sandbox there (that server caps it by its sandbox_max_ttl_s):
     this server destroys its sandboxes itself; the TTL only bounds what it leaves behind if it dies."""
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        """A URL is shown in errors and listings: a password in it would be shown too (use ``api_key``)."""
+        if urllib.parse.urlsplit(v).username is not None:
+            raise ValueError("the URL may not hold a user or password (give the server's key as api_key)")
+        return v

@@ -25,11 +25,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbox import __version__
-from execbox.errors import ExecboxError, UnknownLanguageError
+from execbox.errors import ExecboxError, OutcomeUnknown, UnknownLanguageError
 from execbox.server.routes import admin, codapi, native, piston, run_code, sandboxes
 from execbox.server.service import Service
 from execbox.server.settings import ServerSettings
-from execbox.wire import status_of
+from execbox.wire import CODE_RUN_HEADER, status_of
 
 log = logging.getLogger("execbox.server")
 
@@ -157,7 +157,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             extra["provider_attempts"] = [a.model_dump(mode="json") for a in attempts]
         if status >= 500 and retry is None:  # a loaded server (503 + Retry-After) is not a failure
             log.error("sandbox failure", extra={"fields": {"path": request.url.path, "error": str(exc)}})
-        headers = {"Retry-After": str(retry)} if retry is not None else None
+        headers = {"Retry-After": str(retry)} if retry is not None else {}
+        if request.url.path == "/api/v1/execute" and not isinstance(exc, OutcomeUnknown):
+            headers[CODE_RUN_HEADER] = "no"  # refused before the hand-over: a front may try elsewhere
         return error_response(request, status, str(exc), extra, headers=headers)
 
     @app.exception_handler(RequestValidationError)

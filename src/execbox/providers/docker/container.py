@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 import socket
@@ -320,6 +321,16 @@ class Containers:
                 if attempt == 3:
                     raise
                 time.sleep(0.5 * (attempt + 1))
+
+    def stopped_at(self, c: Container) -> float | None:
+        """When the container stopped (Unix seconds, by the engine's clock), or None while it runs."""
+        state = self.api.inspect_container(c.id)["State"]
+        finished = str(state.get("FinishedAt") or "")
+        if state.get("Running") or not finished or finished.startswith("0001-"):
+            return None
+        head, _, frac = finished.rstrip("Z").partition(".")  # nanoseconds: datetime takes six digits
+        stamp = datetime.datetime.fromisoformat(f"{head}.{(frac or '0')[:6]}+00:00")
+        return stamp.timestamp()
 
     def healthy(self, c: Container) -> bool:
         state = self.api.inspect_container(c.id)["State"]

@@ -277,7 +277,7 @@ class DockerInstance(Instance):
             try:
                 return await self._exec(c, spec)
             except NotRunning as e:
-                # a WARM container killed from outside: never the program's fault before it started
+                # a WARM container that was dead before this exec was sent: the program never started
                 if self._dirty or retried or self.item is None:
                     self._broken = True
                     raise SandboxError(f"the container stopped: {e}") from e
@@ -310,13 +310,19 @@ class DockerInstance(Instance):
         if c.peak_file is not None and c.peak_file.name == "memory.max_usage_in_bytes":
             with contextlib.suppress(OSError):
                 c.peak_file.write_text("0")
-        start = time.monotonic()
+        start, sent_at = time.monotonic(), time.time()
         outcome = await Session(p.containers, c, sock, spec, header + payload + spec.stdin, start, cpu0, exec_id,
                                  nonce).run()
         if (outcome.stopped_by is None and (outcome.exit_code in (None, 126) or outcome.signal is not None)
                 and not await in_thread("inspect the container", p.containers.healthy, c)):
-            # the container was gone before the program started (docker's "OCI runtime exec failed" is 126)
-            raise NotRunning("the container stopped")
+            # Taken again on a fresh container only when it was dead before this exec was sent (docker's "OCI
+            # runtime exec failed" is 126): one killed while the program ran may have run it, and a program is
+            # never run twice. The engine's clock must be this host's to tell (a local engine).
+            died = await in_thread("inspect the container", p.containers.stopped_at, c)
+            if died is not None and died < sent_at and p.api.base_url.startswith("http+docker://"):
+                raise NotRunning("the container stopped")
+            self._broken = True
+            raise SandboxError("the container stopped while the program ran (killed from outside?)")
         self._pending.clear()
         self._dirty = True
         if outcome.exit_code == FILES_FAILED and b"execbox: cannot write the files" in outcome.stderr:

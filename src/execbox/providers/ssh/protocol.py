@@ -28,6 +28,7 @@ from execbox.errors import (
     InvalidFileError,
     IsolationError,
     NotFoundError,
+    OutcomeUnknown,
     ProviderUnavailable,
     RequestError,
     SandboxError,
@@ -43,7 +44,8 @@ HEARTBEATS_MISSED = 4  # in a row: the connection is taken for lost
 
 Message = dict[str, Any]
 _ERRORS: dict[str, type[ExecboxError]] = {c.__name__: c for c in (
-    SandboxError, ProviderUnavailable, IsolationError, RequestError, InvalidFileError, NotFoundError, CapacityError)}
+    SandboxError, ProviderUnavailable, IsolationError, RequestError, InvalidFileError, NotFoundError, CapacityError,
+    OutcomeUnknown)}
 
 
 class ProtocolViolation(Exception):
