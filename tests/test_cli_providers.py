@@ -34,7 +34,10 @@ def test_config_set_and_show_write_the_store_and_mask_secrets(tmp_path: Path) ->
     table = execbox(tmp_path, "config", "show")
     assert table.returncode == 0 and "far" in table.stdout and "********" in table.stdout
     listed = execbox(tmp_path, "providers", "--json")
-    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    rows = {r["name"]: r for r in json.loads(listed.stdout)["instances"]}
+    kinds = {k["name"]: k for k in json.loads(listed.stdout)["kinds"]}
+    assert {"local", "docker", "ssh", "remote", "mock"} <= kinds.keys() and kinds["ssh"]["available"]
+    assert kinds["ssh"]["install"] == "pip install 'execbox[ssh]'"
     assert rows["echo"]["is_default"] and rows["echo"]["status"] == "available"
     assert rows["far"]["chain_position"] == 1 and rows["far"]["settings"]["api_key"] == "********"
     assert execbox(tmp_path, "providers").returncode == 0

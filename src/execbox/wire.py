@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic.fields import FieldInfo
@@ -83,6 +83,10 @@ def as_text(data: str | bytes | None, what: str) -> str:
 def field_errors(e: ValidationError) -> str:
     """A ValidationError in words: each field's path and message."""
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors(include_url=False))
+
+
+if TYPE_CHECKING:
+    from execbox.routing import Breaker
 
 
 # ---------------------------------------------------------------------------------------------- execute
@@ -248,6 +252,10 @@ class BreakerInfo(_Answer):
     faults: int = Field(0, description="Provider faults in a row.")
     retry_in_s: float | None = Field(None, description="Seconds until an open circuit lets a probe through.")
     last_error: str | None = Field(None, description="The last fault, in words.")
+
+    @classmethod
+    def of(cls, b: Breaker) -> BreakerInfo:
+        return cls(state=b.state.value, faults=b.faults, retry_in_s=b.retry_in_s(), last_error=b.last_error)
 
 
 class ProviderInfo(_Answer):

@@ -5,12 +5,13 @@ back as ``MASK`` in a PUT, it means "keep the stored value". pydantic only: no w
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from execbox.providers.kinds import Capabilities
 from execbox.routing import RoutingSettings
+from execbox.wire import BreakerInfo
 
 MASK = "********"
 
@@ -34,13 +35,6 @@ class KindInfo(_Answer):
     settings_schema: dict[str, Any] = Field(description="JSON schema of an instance's settings.")
     capabilities: Capabilities
     secret_fields: list[str] = Field(description="Settings fields that are secrets (never returned).")
-
-
-class BreakerInfo(_Answer):
-    state: Literal["closed", "open", "half_open"]
-    faults: int = Field(description="Provider faults in a row.")
-    last_error: str | None = None
-    retry_in_s: float | None = Field(None, description="Seconds until an open circuit lets a probe through.")
 
 
 class InstanceInfo(_Answer):

@@ -63,8 +63,9 @@ def _status(admin: ProviderAdmin, name: str) -> str | None:
 
 
 def providers(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the provider instances: kind, whether each can run here (and why not), the default, the chain.
-    The breaker column is this process's (a running server's own: GET /api/v1/admin/providers)."""
+    """List the provider instances (kind, whether each can run here and why not, the default, the chain), then
+    every kind, with the line that installs one missing here. The breaker column is this process's (a running
+    server's own: GET /api/v1/admin/providers)."""
     os.environ.setdefault("EXECBOX_LOCAL_WARM_POOL", "0")  # probing an instance need not pre-start sandboxes
     with _admin() as admin:
         try:
@@ -73,8 +74,10 @@ def providers(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
         finally:
             asyncio.run(admin.registry.aclose())
     if as_json:
-        print(json.dumps([{**i.model_dump(mode="json"), "status": "unavailable" if why else "available",
-                           "message": why} for i, why in rows], indent=2))
+        print(json.dumps({"instances": [{**i.model_dump(mode="json"), "status": "unavailable" if why else "available",
+                                         "message": why} for i, why in rows],
+                          "kinds": [k.model_dump(mode="json", include={"name", "summary", "available", "missing",
+                                                                       "install"}) for k in view.kinds]}, indent=2))
         return
     table = Table("name", "kind", "status", "default", "chain", "breaker")
     for i, why in rows:
@@ -82,6 +85,11 @@ def providers(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
         table.add_row(i.name, i.kind, status, "yes" if i.is_default else "",
                       "" if i.chain_position is None else str(i.chain_position + 1), i.breaker.state)
     out.print(table)
+    kinds = Table("kind", "status", "what it is")
+    for k in view.kinds:
+        status = "[green]available[/green]" if k.available else f"[red]unavailable[/red]: {escape(k.missing or '')}"
+        kinds.add_row(k.name, status, k.summary)
+    out.print(kinds)
 
 
 def test(

@@ -30,7 +30,8 @@ from execbox.routing import Router, RoutingSettings
 from execbox.server.secretbox import SecretBox
 from execbox.server.settings import ServerSettings
 from execbox.store import InstanceRecord, SQLiteStore
-from execbox.wire_admin import MASK, AdminProviders, BreakerInfo, ChainInfo, InstanceInfo, KindInfo, ProviderTest
+from execbox.wire import BreakerInfo
+from execbox.wire_admin import MASK, AdminProviders, ChainInfo, InstanceInfo, KindInfo, ProviderTest
 
 log = logging.getLogger("execbox.server")
 SEALED = "sealed"  # a stored secret: {"sealed": "<Fernet token>"}
@@ -218,9 +219,7 @@ class ProviderAdmin:
                             breaker=self._breaker(name))
 
     def _breaker(self, name: str) -> BreakerInfo:
-        b = self.router.breaker(name)
-        return BreakerInfo(state=b.state.value, faults=b.faults, last_error=b.last_error,
-                           retry_in_s=b.retry_in_s())
+        return BreakerInfo.of(self.router.breaker(name))
 
     def _known(self, name: str) -> InstanceConfig:
         if name not in self.registry.names():

@@ -16,10 +16,9 @@ from execbox.errors import NotFoundError, RequestError
 from execbox.providers.registry import INSTANCE_NAME
 from execbox.server.deps import AdminDep, ServiceDep
 from execbox.server.provider_admin import ConfigConflict
-from execbox.wire import ErrorBody
+from execbox.wire import BreakerInfo, ErrorBody
 from execbox.wire_admin import (
     AdminProviders,
-    BreakerInfo,
     ChainBody,
     ChainInfo,
     InstanceBody,

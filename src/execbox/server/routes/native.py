@@ -154,13 +154,11 @@ def provider_infos(service: Any) -> list[ProviderInfo]:
             service.providers.get(name)
         except Exception as e:  # any failure to set up means unavailable, with why
             message = str(e)
-        b = service.router.breaker(name)
         infos.append(ProviderInfo(
             name=name, kind=service.providers.kind_of(name).name, status="unavailable" if message else "available",
             is_default=name == service.providers.default, message=message,
             chain_position=order.index(name) if name in order else None,
-            breaker=BreakerInfo(state=b.state.value, faults=b.faults, retry_in_s=b.retry_in_s(),
-                                last_error=b.last_error),
+            breaker=BreakerInfo.of(service.router.breaker(name)),
             capabilities=service.providers.capabilities(name)))
     return infos
 
