@@ -429,7 +429,7 @@ async def test_default_limits_reach_exec_spec(make) -> None:
         s.file_size_mb,
         s.open_files,
     ) == (10.0, 10.0, 512, 128, 1024 * 1024, 64, 256)
-    assert provider.instances[0].spec == InstanceSpec(disk_mb=256, network=False)
+    assert provider.instances[0].spec == InstanceSpec(disk_mb=256, network=False, binaries=("python3",))
 
 
 async def test_limits_are_clamped_before_they_reach_the_provider(make) -> None:
@@ -472,7 +472,7 @@ async def test_limits_are_clamped_before_they_reach_the_provider(make) -> None:
         s.file_size_mb,
         s.open_files,
     ) == (2, 1, 64, 8, 1000, 2, 32)
-    assert provider.instances[0].spec == InstanceSpec(disk_mb=16, network=False)
+    assert provider.instances[0].spec == InstanceSpec(disk_mb=16, network=False, binaries=("python3",))
 
 
 async def test_a_request_can_tighten_and_network_when_allowed(make) -> None:
@@ -480,7 +480,7 @@ async def test_a_request_can_tighten_and_network_when_allowed(make) -> None:
     await engine.execute(req(limits=Limits(wall_time_s=0.5, memory_mb=32, network=True)))
     s = provider.calls[0]
     assert (s.wall_time_s, s.memory_mb, s.cpu_time_s) == (0.5, 32, 10.0)
-    assert provider.instances[0].spec == InstanceSpec(disk_mb=256, network=True)
+    assert provider.instances[0].spec == InstanceSpec(disk_mb=256, network=True, binaries=("python3",))
 
 
 async def test_step_output_bytes_is_capped_by_the_limit(make) -> None:

@@ -186,14 +186,15 @@ class Engine:
     @staticmethod
     def instance_spec(limits: Limits, steps: Sequence[Step | None] = (), *, persistent: bool = False
                       ) -> InstanceSpec:
-        """What an instance is started with: a one-shot instance only its disk and network (each process has
-        its own limits); a persistent one also caps everything alive in it and picks its image by the
-        binaries of ``steps``."""
-        spec = InstanceSpec(disk_mb=limits.disk_mb, network=limits.network)
+        """What an instance is started with: its disk, network and the binaries of ``steps`` (a provider whose
+        environment depends on them, docker's images, checks or picks it at the start: before the code is
+        handed over); a persistent one also caps everything alive in it (a one-shot one's processes each have
+        their own limits)."""
+        spec = InstanceSpec(disk_mb=limits.disk_mb, network=limits.network,
+                            binaries=tuple(s.command[0] for s in steps if s is not None))
         if not persistent:
             return spec
-        return replace(spec, persistent=True, memory_mb=limits.memory_mb, pids=limits.pids,
-                       binaries=tuple(s.command[0] for s in steps if s is not None))
+        return replace(spec, persistent=True, memory_mb=limits.memory_mb, pids=limits.pids)
 
     @staticmethod
     async def start(provider: Provider, spec: InstanceSpec) -> Instance:

@@ -7,7 +7,9 @@ import pytest
 
 from execbox import Engine, ExecutionRequest, ExecutionResult, File, RequestError, Status
 from execbox.languages import default_registry
+from execbox.providers.docker import DockerProvider
 from execbox.providers.docker.images import Catalog
+from execbox.providers.registry import ProviderRegistry
 from test_languages import ARGS, ARGS_OUT, JAVA_VARIANTS, SPECS, STDIN, UNICODE
 
 CATALOG = Catalog.load()
@@ -127,3 +129,20 @@ async def test_java_without_a_main_is_a_compile_error(docker_engine: Engine) -> 
     r = await _run(docker_engine, "java", files={"test.java": "class A { static void helper() {} }\n"})
     assert r.status is Status.COMPILE_ERROR and r.compile is not None, r
     assert "no class has a method public static void main" in r.compile.stderr
+
+
+async def test_a_chain_passes_a_language_without_an_image_on_to_the_next_provider(
+        docker_provider: DockerProvider) -> None:
+    # docker refuses at the start (no image provides go): nothing was handed over, so local may run it
+    from tests.providers import local_provider
+
+    local = local_provider("docker-chain", warm_pool=0, sandbox_pool=0)
+    registry = ProviderRegistry(default="docker", instances={"docker": docker_provider, "local": local})
+    try:
+        r = await Engine(providers=registry, chain=["local"]).execute(ExecutionRequest(
+            language="go", code='package main\nimport "fmt"\nfunc main() { fmt.Println("from go") }\n'))
+        assert r.stdout == "from go\n" and r.provider == "local"
+        assert r.provider_attempts[0].phase == "start" and "no docker image provides 'go'" in (
+            r.provider_attempts[0].error or "")
+    finally:
+        await local.aclose()

@@ -43,8 +43,9 @@ class InstanceSpec:
     # background process together); each exec's own ExecSpec limits are at most these.
     memory_mb: int = 512
     pids: int = 128
-    # Programs the instance is for, first the most telling (a language's compile and run commands): a
-    # provider whose environment depends on them (docker's images) picks it when it starts the instance.
+    # Programs the instance is for, first the one run first (a language's compile and run commands): a
+    # provider whose environment depends on them (docker's images) checks or picks it when it starts the
+    # instance, so that a refusal comes before the code is handed over.
     binaries: tuple[str, ...] = ()
 
 

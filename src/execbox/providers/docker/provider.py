@@ -140,6 +140,8 @@ class DockerProvider(Provider):
     async def start(self, spec: InstanceSpec) -> Instance:
         if spec.persistent:
             return await DockerSandbox.start(self.containers, spec, self.sandboxes, self._sandbox_image)
+        if spec.binaries:  # no image for its first program: refused now, while another provider may take it
+            self.image_for(spec.binaries[0])
         return DockerInstance(self, spec)
 
     def _create(self, key: Key) -> Container:
