@@ -140,9 +140,14 @@ class DockerProvider(Provider):
     async def start(self, spec: InstanceSpec) -> Instance:
         if spec.persistent:
             return await DockerSandbox.start(self.containers, spec, self.sandboxes, self._sandbox_image)
-        if spec.binaries:  # no image for its first program: refused now, while another provider may take it
-            self.image_for(spec.binaries[0])
-        return DockerInstance(self, spec)
+        instance = DockerInstance(self, spec)
+        if spec.binaries:  # its container taken now (image, pool, engine): refused before the code is handed over
+            try:
+                await instance._acquire(spec.binaries[0])
+            except BaseException:
+                await instance.close()
+                raise
+        return instance
 
     def _create(self, key: Key) -> Container:
         """A pooled container, with the settings' caps (each exec sets its own)."""
