@@ -128,9 +128,12 @@ async def test_concurrent_execs_in_one_sandbox(manager: SandboxManager) -> None:
 
 
 async def test_per_exec_limits_never_widen_the_sandbox(manager: SandboxManager) -> None:
-    async with await AsyncSandbox.create("python", limits=Limits(wall_time_s=1, memory_mb=64), manager=manager) as sb:
+    # one limit per sandbox: a 1 s wall cap would also bound the memory check's python (its start and 64 MiB of
+    # page faults before the kill take longer than that on a loaded machine)
+    async with await AsyncSandbox.create("python", limits=Limits(wall_time_s=1), manager=manager) as sb:
         r = await sb.exec("sleep 3", limits=Limits(wall_time_s=30))
         assert r.status is Status.TIMEOUT and r.message == "wall time limit of 1.0s exceeded", r
+    async with await AsyncSandbox.create("python", limits=Limits(memory_mb=64), manager=manager) as sb:
         r = await sb.exec(["python3", "-c", "b = bytearray(100 * 1024 * 1024)"], limits=Limits(memory_mb=1024))
         assert r.status is Status.MEMORY_LIMIT, r
 
