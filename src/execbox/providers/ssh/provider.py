@@ -157,6 +157,11 @@ class Link:
                 self._cancel(rid)
                 if undo is not None:
                     self.undo[rid] = undo
+            elif undo is not None and call.future.done() and not call.future.cancelled():
+                # its answer had come, but the caller was cancelled before it could take it: undone here
+                late = call.future.result() if call.future.exception() is None else {}
+                if late.get("ok") and isinstance(late.get("result"), dict):
+                    undo(late["result"])
             raise
         if not reply.get("ok"):
             raise wire.error_from_wire(reply.get("error"), self.where)
