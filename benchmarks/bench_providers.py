@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import os
 import shlex
 import sys
 import tempfile
@@ -69,7 +71,7 @@ def render(figures: dict[str, dict[str, list[float]]], runs: int) -> str:
              "the whole request in one POST with an Idempotency-Key. Every far side keeps the same warm pools "
              "as the local provider (2 pre-started sandboxes).",
              "",
-             f"Machine: {machine()}.",
+             f"Measured {datetime.date.today()} on {machine()} (load average {os.getloadavg()[0]:.1f}).",
              "",
              "| program | provider | p50 ms | p95 ms | min ms | p50 / local |",
              "|---|---|---|---|---|---|"]
