@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -125,6 +126,18 @@ class ProviderKind:
     implicit: bool = True
     takes_settings: bool = True  # False: the factory is called without arguments (a plain Provider class)
     broken: str | None = None  # a third-party kind that failed to load: why, and the fix
+    # Environment variables that configure it, as alternatives (all of one group set): when one group is
+    # there, an instance named after the kind exists unconfigured, as cloud SDKs detect their credentials.
+    detect: tuple[tuple[str, ...], ...] = ()
+
+    def detected(self) -> tuple[str, ...] | None:
+        """The group of ``detect`` set in this environment (None: none is)."""
+        return next((group for group in self.detect if all(os.environ.get(v) for v in group)), None)
+
+    @property
+    def auto(self) -> bool:
+        """An instance named after the kind exists without being configured."""
+        return self.implicit or self.detected() is not None
 
     def missing(self) -> str | None:
         """Why the kind cannot be loaded here, with the fix (None: it can)."""
@@ -193,8 +206,11 @@ BUILTIN_KINDS: tuple[ProviderKind, ...] = (
 
 
 def kinds() -> dict[str, ProviderKind]:
-    """Every kind: the builtin ones, then third parties' (an entry point never replaces a builtin)."""
-    out = {k.name: k for k in BUILTIN_KINDS}
+    """Every kind: the builtin ones, the cloud services', then third parties' (an entry point never replaces
+    one of execbox's)."""
+    from execbox.providers.cloud.catalog import CLOUD_KINDS  # they build on this module's types
+
+    out = {k.name: k for k in (*BUILTIN_KINDS, *CLOUD_KINDS)}
     for ep in entry_points(group="execbox.providers"):
         if ep.name not in out:
             out[ep.name] = _entry_point_kind(ep.name, ep.value)

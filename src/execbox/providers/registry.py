@@ -73,15 +73,15 @@ class ProviderRegistry:
     # --- what exists
     def names(self) -> list[str]:
         """Every instance a request may name: the configured ones and the implicit one of each kind that
-        needs no settings."""
-        implicit = {k.name for k in self.kinds.values() if k.implicit}
+        needs no settings or finds its settings in the environment (a cloud SDK's credentials)."""
+        implicit = {k.name for k in self.kinds.values() if k.auto}
         return sorted(implicit | self._configs.keys())
 
     def config(self, name: str) -> InstanceConfig:
         if name in self._configs:
             return self._configs[name]
         kind = self.kinds.get(name)
-        if kind is not None and kind.implicit:
+        if kind is not None and kind.auto:
             return InstanceConfig(name, name)
         raise RequestError(f"unknown provider {name!r}; known: {', '.join(self.names())}")
 

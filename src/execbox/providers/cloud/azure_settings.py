@@ -1,0 +1,15 @@
+"""The azure provider's settings and kind (a stub: its adapter is being written)."""
+
+from __future__ import annotations
+
+from execbox.providers.cloud.service import ServiceSettings
+from execbox.providers.kinds import Capabilities, ProviderKind
+
+
+class Settings(ServiceSettings):
+    """azure."""
+
+
+KIND = ProviderKind("azure", "azure (not built yet)", "execbox.providers.cloud.azure:create", settings=Settings,
+                    capabilities=Capabilities(limits=frozenset(), isolation="none"), implicit=False,
+                    broken="not built yet")

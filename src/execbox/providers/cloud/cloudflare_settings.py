@@ -1,0 +1,15 @@
+"""The cloudflare provider's settings and kind (a stub: its adapter is being written)."""
+
+from __future__ import annotations
+
+from execbox.providers.cloud.service import ServiceSettings
+from execbox.providers.kinds import Capabilities, ProviderKind
+
+
+class Settings(ServiceSettings):
+    """cloudflare."""
+
+
+KIND = ProviderKind("cloudflare", "cloudflare (not built yet)", "execbox.providers.cloud.cloudflare:create", settings=Settings,
+                    capabilities=Capabilities(limits=frozenset(), isolation="none"), implicit=False,
+                    broken="not built yet")
