@@ -17,11 +17,22 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from execbox.models import ExecutionRequest, ExecutionResult, Limits
+from execbox.providers.cloud import (
+    aliyun_settings,
+    aws_settings,
+    azure_settings,
+    cloudflare_settings,
+    daytona_settings,
+    e2b_settings,
+    gcp_settings,
+    modal_settings,
+)
 from execbox.providers.docker.provider import DockerSettings
 from execbox.providers.local.provider import LocalSettings
 from execbox.providers.remote_settings import RemoteSettings
@@ -205,11 +216,22 @@ BUILTIN_KINDS: tuple[ProviderKind, ...] = (
 )
 
 
+def _cloud_kind(module: ModuleType) -> ProviderKind:
+    """A cloud kind from its settings module: ``Settings`` and ``KIND``, the rest of the kind as data."""
+    data = dict(module.KIND)
+    caps = Capabilities(**data.pop("capabilities"))
+    return ProviderKind(**data, settings=module.Settings, capabilities=caps, implicit=False)
+
+
+# Cloud services: each vendor's settings module holds its kind as data (no SDK imported to list them).
+CLOUD_KINDS: tuple[ProviderKind, ...] = tuple(_cloud_kind(m) for m in (
+    e2b_settings, modal_settings, daytona_settings, cloudflare_settings, aliyun_settings,
+    aws_settings, gcp_settings, azure_settings))
+
+
 def kinds() -> dict[str, ProviderKind]:
     """Every kind: the builtin ones, the cloud services', then third parties' (an entry point never replaces
     one of execbox's)."""
-    from execbox.providers.cloud.catalog import CLOUD_KINDS  # they build on this module's types
-
     out = {k.name: k for k in (*BUILTIN_KINDS, *CLOUD_KINDS)}
     for ep in entry_points(group="execbox.providers"):
         if ep.name not in out:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from execbox.providers.cloud.service import ServiceSettings
-from execbox.providers.kinds import Capabilities, ProviderKind
 
 
 class Settings(ServiceSettings):
     """azure."""
 
 
-KIND = ProviderKind("azure", "azure (not built yet)", "execbox.providers.cloud.azure:create", settings=Settings,
-                    capabilities=Capabilities(limits=frozenset(), isolation="none"), implicit=False,
-                    broken="not built yet")
+# The kind, as data (execbox.providers.kinds makes the ProviderKind): no SDK is imported to list it.
+KIND: dict[str, Any] = {
+    "name": "azure", "summary": "azure (not built yet)", "factory": "execbox.providers.cloud.azure:create",
+    "capabilities": {"limits": frozenset(), "isolation": "none"}, "broken": "not built yet",
+}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from execbox.providers.cloud.service import ServiceSettings
-from execbox.providers.kinds import Capabilities, ProviderKind
 
 
 class Settings(ServiceSettings):
     """cloudflare."""
 
 
-KIND = ProviderKind("cloudflare", "cloudflare (not built yet)", "execbox.providers.cloud.cloudflare:create", settings=Settings,
-                    capabilities=Capabilities(limits=frozenset(), isolation="none"), implicit=False,
-                    broken="not built yet")
+# The kind, as data (execbox.providers.kinds makes the ProviderKind): no SDK is imported to list it.
+KIND: dict[str, Any] = {
+    "name": "cloudflare", "summary": "cloudflare (not built yet)",
+    "factory": "execbox.providers.cloud.cloudflare:create",
+    "capabilities": {"limits": frozenset(), "isolation": "none"}, "broken": "not built yet",
+}

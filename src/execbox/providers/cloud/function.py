@@ -24,7 +24,7 @@ from execbox.errors import AtCapacity, OutcomeUnknown, ProviderUnavailable, Requ
 from execbox.models import ExecutionRequest, ExecutionResult, Limits
 from execbox.wire import ExecuteBody
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION: Literal[1] = 1
 ErrorKind = Literal["request", "capacity", "unavailable", "internal"]
 
 

@@ -227,7 +227,7 @@ def outcome(ran: Ran, spec: ExecSpec, wall_s: float) -> ProcessOutcome:
     if code == 124 and wall_s >= spec.wall_time_s:  # timeout's own exit: the wall time ran out
         code, stopped = None, StopReason.WALL_TIME
     elif code is not None and 128 < code < 128 + 65:  # the shell's word for "killed by signal N"
-        code, signum = None, code - 128
+        signum, code = code - 128, None
         if signum == signal.SIGXCPU:
             stopped = StopReason.CPU_TIME
     if stopped is None and (out_cut or err_cut):
