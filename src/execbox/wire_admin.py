@@ -35,6 +35,10 @@ class KindInfo(_Answer):
     settings_schema: dict[str, Any] = Field(description="JSON schema of an instance's settings.")
     capabilities: Capabilities
     secret_fields: list[str] = Field(description="Settings fields that are secrets (never returned).")
+    detect: list[list[str]] = Field(default_factory=list, description=(
+        "Environment variables that configure it (any one group, all of its variables set): an instance named "
+        "after the kind then exists unconfigured."))
+    detected: list[str] | None = Field(None, description="The group of `detect` set in the server's environment.")
 
 
 class InstanceInfo(_Answer):

@@ -24,6 +24,7 @@ from execbox.errors import ExecboxError, RequestError
 
 if TYPE_CHECKING:
     from execbox.server.provider_admin import ProviderAdmin
+    from execbox.wire_admin import KindInfo
 
 config_app = typer.Typer(help="Show or change the provider configuration in the service's store.",
                          no_args_is_help=True)
@@ -77,7 +78,8 @@ def providers(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
         print(json.dumps({"instances": [{**i.model_dump(mode="json"), "status": "unavailable" if why else "available",
                                          "message": why} for i, why in rows],
                           "kinds": [k.model_dump(mode="json", include={"name", "summary", "available", "missing",
-                                                                       "install"}) for k in view.kinds]}, indent=2))
+                                                                       "install", "detect", "detected"})
+                                    for k in view.kinds]}, indent=2))
         return
     table = Table("name", "kind", "status", "default", "chain", "breaker")
     for i, why in rows:
@@ -87,9 +89,21 @@ def providers(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
     out.print(table)
     kinds = Table("kind", "status", "what it is")
     for k in view.kinds:
-        status = "[green]available[/green]" if k.available else f"[red]unavailable[/red]: {escape(k.missing or '')}"
-        kinds.add_row(k.name, status, k.summary)
+        kinds.add_row(k.name, _kind_status(k), k.summary)
     out.print(kinds)
+
+
+def _kind_status(k: KindInfo) -> str:
+    """Installed or not (the line that installs it), and for a kind configured by environment variables,
+    whether they are set here."""
+    if not k.available:
+        return f"[red]unavailable[/red]: {escape(k.missing or '')}"
+    if k.detected:
+        return f"[green]available[/green], configured by {escape(', '.join(k.detected))}"
+    if k.detect:
+        either = " or ".join(" + ".join(group) for group in k.detect)
+        return f"[green]available[/green], not configured: set {escape(either)} or add an instance"
+    return "[green]available[/green]"
 
 
 def test(

@@ -208,7 +208,8 @@ class ProviderAdmin:
         missing = k.missing()
         return KindInfo(name=k.name, summary=k.summary, available=missing is None, missing=missing,
                         install=k.install_line, settings_schema=k.schema(), capabilities=k.capabilities,
-                        secret_fields=sorted(secret_fields(k.settings)))
+                        secret_fields=sorted(secret_fields(k.settings)), detect=[list(g) for g in k.detect],
+                        detected=None if (found := k.detected()) is None else list(found))
 
     def instance(self, name: str) -> InstanceInfo:
         config = self._known(name)

@@ -64,7 +64,7 @@ class ServiceSettings(BaseModel):
 
 @dataclass(frozen=True)
 class Ran:
-    """A command line's end, as the service reports it."""
+    """A command line's end, as the service reports it (``exit_code`` -N: killed by signal N)."""
 
     exit_code: int
     stdout: bytes
@@ -205,9 +205,11 @@ def command_line(spec: ExecSpec, workdir: str, stdin_path: str | None) -> str:
     wall = f"{spec.wall_time_s:.3f}".rstrip("0").rstrip(".")
     return "; ".join([
         f"fail() {fail}",
-        f"cd {q(cwd)} || fail 'no such directory'",
+        f"cd {q(cwd)} 2>/dev/null || fail 'no such directory'",
         f"{stdin} || fail 'stdin cannot be opened'",
-        f"ulimit -t {math.ceil(spec.cpu_time_s)} || fail 'ulimit -t'",
+        # the soft limit signals SIGXCPU (the CPU time's mark), the hard one a second later kills
+        f"ulimit -S -t {math.ceil(spec.cpu_time_s)} && ulimit -H -t {math.ceil(spec.cpu_time_s) + 1} "
+        "|| fail 'ulimit -t'",
         f"ulimit -f {spec.file_size_mb * 2048} || fail 'ulimit -f'",  # POSIX sh counts 512-byte blocks
         f"ulimit -n {spec.open_files} || fail 'ulimit -n'",
         f"if command -v timeout >/dev/null; then exec env -- {env} timeout -k {KILL_AFTER_S} {wall} {argv}; "
@@ -218,6 +220,7 @@ def command_line(spec: ExecSpec, workdir: str, stdin_path: str | None) -> str:
 def outcome(ran: Ran, spec: ExecSpec, wall_s: float) -> ProcessOutcome:
     """The process outcome of a command line's end (see the module)."""
     if ran.exit_code == WRAPPER_FAILED and ran.stderr.startswith(WRAPPER_MARK.encode()):
+        # the line's own failure (its mark first: the program never ran, so nothing else was written)
         raise SandboxError(f"the sandbox could not set the run up: {ran.stderr.decode(errors='replace').strip()}")
     stdout, stderr = ran.stdout[:spec.output_bytes], ran.stderr[:spec.output_bytes]
     out_cut, err_cut = len(ran.stdout) > spec.output_bytes, len(ran.stderr) > spec.output_bytes
@@ -226,8 +229,8 @@ def outcome(ran: Ran, spec: ExecSpec, wall_s: float) -> ProcessOutcome:
     stopped: StopReason | None = None
     if code == 124 and wall_s >= spec.wall_time_s:  # timeout's own exit: the wall time ran out
         code, stopped = None, StopReason.WALL_TIME
-    elif code is not None and 128 < code < 128 + 65:  # the shell's word for "killed by signal N"
-        signum, code = code - 128, None
+    elif code is not None and (code < 0 or 128 < code < 128 + 65):  # killed by a signal: -N, or the shell's 128+N
+        signum, code = (-code if code < 0 else code - 128), None
         if signum == signal.SIGXCPU:
             stopped = StopReason.CPU_TIME
     if stopped is None and (out_cut or err_cut):
