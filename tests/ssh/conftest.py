@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from tests.providers import runtime_dir, uid_block
+from tests.server.conftest import free_port
 
 import execbox
 from execbox import Engine
@@ -40,12 +41,6 @@ def keygen(path: Path) -> tuple[str, str]:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "execbox-test", "-f", str(path)],
                    check=True)
     return path.read_text(), path.with_suffix(".pub").read_text().strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Sshd:

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from execbox.engine import Emit, Engine
@@ -93,14 +93,18 @@ class Service:
         """RequestError for what would fail before running (unknown language, version, provider, files...),
         counted in sandbox_errors_total as bad_request."""
         try:
-            for name in [request.provider or self.providers.default, *(request.fallback or ())]:
-                if name not in self.provider_names():
-                    raise RequestError(f"unknown provider {name!r}; known: {', '.join(self.provider_names())}")
+            self.known_providers(request.provider, request.fallback)
             self.engine.check(request, self.engine.policy.capped(principal.caps if principal else None))
         except RequestError:
             self.metrics.errors.labels(language=request.language, provider=request.provider or
                                        self.providers.default, status="bad_request").inc()
             raise
+
+    def known_providers(self, pinned: str | None, fallback: Sequence[str] | None) -> None:
+        """RequestError unless the provider a request pins (or the default) and its fallback all exist."""
+        for name in [pinned or self.providers.default, *(fallback or ())]:
+            if name not in self.provider_names():
+                raise RequestError(f"unknown provider {name!r}; known: {', '.join(self.provider_names())}")
 
     def provider_names(self) -> list[str]:
         """The providers a request may name: the mock (which runs nothing) only when it is the default, in the
@@ -178,9 +182,7 @@ class Service:
         executions' are and its idle TTL by ``sandbox_max_ttl_s``. With ``reuse``, the key's live sandbox whose
         labels include ``body.labels`` if there is one (concurrent calls with the same labels create one:
         SandboxManager.get_or_create)."""
-        for name in [body.provider or self.providers.default, *(body.fallback or ())]:
-            if name not in self.provider_names():
-                raise RequestError(f"unknown provider {name!r}; known: {', '.join(self.provider_names())}")
+        self.known_providers(body.provider, body.fallback)
         ttl_s = None if body.ttl_s is None else min(body.ttl_s, self.settings.sandbox_max_ttl_s)
         options: dict[str, Any] = {
             "language": body.language, "env": body.env, "max_lifetime_s": body.max_lifetime_s, "ttl_s": ttl_s,
