@@ -3,6 +3,8 @@ install line (never an ImportError), settings schemas for forms with secrets wri
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -95,3 +97,35 @@ def test_capabilities_say_why_a_provider_cannot_honour_a_request() -> None:
     assert caps.unfit(limits, (), None, persistent=True, live=True) == (
         "it cannot run interactively or keep sandboxes")
     assert Capabilities().unfit(Limits(), {"memory_mb", "pids", "disk_mb"}, fine) is None
+
+
+DETECTED = ProviderKind("acmecloud", "Acme's cloud", "execbox.providers.mock:from_settings", implicit=False,
+                        detect=(("ACME_TOKEN_ID", "ACME_TOKEN_SECRET"), ("ACME_KEY",)))
+
+
+def test_a_kind_configured_by_its_environment_has_an_instance_once_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kinds_module, "entry_points", entry_points_of(("acmecloud", f"{__name__}:DETECTED")))
+    for var in ("ACME_TOKEN_ID", "ACME_TOKEN_SECRET", "ACME_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    assert "acmecloud" not in ProviderRegistry().names() and DETECTED.detected() is None
+    monkeypatch.setenv("ACME_TOKEN_ID", "id")  # half of a group is not enough
+    assert "acmecloud" not in ProviderRegistry().names()
+    monkeypatch.setenv("ACME_TOKEN_SECRET", "secret")
+    assert DETECTED.detected() == ("ACME_TOKEN_ID", "ACME_TOKEN_SECRET")
+    registry = ProviderRegistry()
+    assert "acmecloud" in registry.names() and registry.get("acmecloud").name == "acmecloud"
+
+
+def test_every_cloud_kind_is_listed_with_its_extra_and_no_sdk_imported() -> None:
+    cloud = {"e2b", "modal", "daytona", "cloudflare", "aliyun", "aws", "gcp", "azure"}
+    found = kinds()
+    assert cloud <= found.keys()
+    for name in cloud:
+        kind = found[name]
+        assert not kind.implicit and kind.broken is None, name
+        assert kind.settings.model_json_schema()["type"] == "object"
+    # listing them imports no SDK (a fresh interpreter: this one may have imported them for other tests)
+    probe = ("import sys; from execbox.providers.kinds import kinds; kinds(); print(sorted({'e2b', 'modal', "
+             "'daytona', 'boto3', 'google.auth', 'azure.identity', 'agentrun', 'httpx'} & sys.modules.keys()))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
