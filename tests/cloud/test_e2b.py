@@ -54,6 +54,13 @@ async def test_a_program_runs_once_in_a_fresh_sandbox_without_internet_killed_af
     assert fake.starts[0]["process"]["cmd"] == "/bin/bash"  # the SDK's wrapper around execbox's line
 
 
+async def test_e2b_debug_in_the_environment_does_not_divert_the_sdk(fake: E2bFake,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("E2B_DEBUG", "true")  # the SDK would skip the API and talk to localhost:49983
+    r = await engine(fake).execute(py("print(1)"))
+    assert r.stdout == "1\n" and len(fake.creates) == 1 and fake.live() == []
+
+
 async def test_stdin_env_and_files_reach_the_program(fake: E2bFake) -> None:
     code = "import os\nprint(input().upper(), os.environ['GREETING'], open('data/x.txt').read())"
     r = await engine(fake).execute(py(code, stdin="quiet\n", env={"GREETING": "hi"},

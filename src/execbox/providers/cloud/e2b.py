@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import math
 import signal
 from collections.abc import Iterator, Mapping
@@ -49,12 +50,19 @@ from execbox.providers.cloud.service import Box, Ran, Service, ServiceProvider
 
 KEY_FIX = ("set E2B_API_KEY (or the e2b provider's api_key) to a key from "
            "https://e2b.dev/dashboard?tab=keys")
+# Before 2.60 the SDK also retried network errors after a request was sent (for the calls it deemed
+# replayable): the never-twice rule needs the later policy (tested with 2.63).
+SDK_FLOOR = (2, 60)
 STOP_GRACE_S = 5  # the SDK's own deadline on a run, past execbox's: execbox's clock decides, the SDK's backs it
 _SIGNALS = {(signal.strsignal(s) or s.name).lower(): int(s) for s in signal.Signals}
 
 
 def create(settings: Settings | None = None) -> Provider:
     s = settings or Settings()
+    version = importlib.metadata.version("e2b")
+    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < SDK_FLOOR:
+        raise ProviderUnavailable(f"the e2b provider needs e2b>={'.'.join(map(str, SDK_FLOOR))} (found {version}): "
+                                  "pip install -U 'execbox[e2b]'")
     if s.api_key is None:
         raise ProviderUnavailable(f"the e2b provider has no API key: {KEY_FIX}")
     return ServiceProvider(E2bService(s), s)
