@@ -66,6 +66,8 @@ class E2bFake:
     create_attempts: int = 0  # every POST /v2/sandboxes, refused or not
     creates: list[dict[str, Any]] = field(default_factory=list)  # the bodies of the creates that succeeded
     kills: list[str] = field(default_factory=list)
+    kill_attempts: int = 0
+    busy_kills: int = 0  # the next this many DELETEs answer 503
     starts: list[dict[str, Any]] = field(default_factory=list)  # every Start that arrived (exec attempts)
     orphans: list[int] = field(default_factory=list)  # process groups whose stream was abandoned, killed at exit
     url: str = ""
@@ -172,8 +174,12 @@ class E2bFake:
                             status_code=201)
 
     async def _kill(self, request: Request) -> Response:
+        self.kill_attempts += 1
         if refused := self._refusal(request):
             return refused
+        if self.busy_kills > 0:
+            self.busy_kills -= 1
+            return JSONResponse({"code": 503, "message": "try again"}, status_code=503)
         box = self.sandboxes.get(request.path_params["sandbox_id"])
         if box is None or not box.alive:
             return JSONResponse({"code": 404, "message": "sandbox not found"}, status_code=404)

@@ -182,6 +182,12 @@ async def test_a_sandbox_gone_at_the_service_is_a_sandbox_error_in_words(fake: E
     await box.kill()  # already gone: fine
 
 
+async def test_a_kill_the_service_is_too_busy_for_is_tried_again(fake: E2bFake) -> None:
+    fake.busy_kills = 1
+    r = await engine(fake).execute(py("print(1)"))
+    assert r.status is Status.OK and fake.kill_attempts == 2 and fake.live() == []
+
+
 async def test_a_chain_falls_over_from_an_unavailable_local_provider_to_e2b(fake: E2bFake) -> None:
     broken_local = parse_instance("local", "local", {"bwrap": "/nonexistent/execbox-tests/bwrap"})
     reg = ProviderRegistry(default="local", configs={

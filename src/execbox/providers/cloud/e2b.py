@@ -53,6 +53,7 @@ KEY_FIX = ("set E2B_API_KEY (or the e2b provider's api_key) to a key from "
 # Before 2.60 the SDK also retried network errors after a request was sent (for the calls it deemed
 # replayable): the never-twice rule needs the later policy (tested with 2.63).
 SDK_FLOOR = (2, 60)
+KILL_RETRIES = 3
 STOP_GRACE_S = 5  # the SDK's own deadline on a run, past execbox's: execbox's clock decides, the SDK's backs it
 _SIGNALS = {(signal.strsignal(s) or s.name).lower(): int(s) for s in signal.Signals}
 
@@ -167,7 +168,8 @@ class E2bBox(Box):
         if not self._killed:
             self._killed = True
             with _mapped("destroying the sandbox"):
-                await self.sandbox.kill()  # False (not found) is fine: it is gone
+                # A kill is safe to repeat: the SDK's own retries of a busy API (off for the create) are on.
+                await self.sandbox.kill(retries=KILL_RETRIES)  # False (not found) is fine: it is gone
 
 
 def _exit_code(code: int, error: str | None) -> int:
