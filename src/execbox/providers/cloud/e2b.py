@@ -112,7 +112,8 @@ class E2bService(Service):
             with _mapped("making the sandbox's work directory"):
                 await sandbox.files.make_dir(s.workdir)
         except BaseException:
-            await box.kill()
+            with contextlib.suppress(Exception):  # the first failure is the one to report
+                await box.kill()
             raise
         return box
 
