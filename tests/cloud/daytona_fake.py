@@ -45,6 +45,7 @@ class DaytonaFake:
     creates: list[dict[str, Any]] = field(default_factory=list)
     execs: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # "METHOD /path" of every request, the sandbox id as {id}
     refuse_create: tuple[int, dict[str, Any], dict[str, str]] | None = None
     drop_exec: bool = False
     start_state: str = "started"  # "starting": sandboxes that never come up
@@ -82,6 +83,10 @@ class DaytonaFake:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path
+        for box_id in self.sandboxes:
+            path = path.replace(box_id, "{id}")
+        self.requests.append(f"{request.method} {path}")
         if request.headers.get("Authorization") != f"Bearer {self.key}":
             return _error(401, "Invalid credentials", "Unauthorized")
         return await handler(request)  # type: ignore[no-any-return]

@@ -59,6 +59,10 @@ async def test_hello_world_with_stdin_and_env(fake: DaytonaFake) -> None:
     assert result.stderr == "err\n"  # stdout and stderr come back apart although the toolbox merges them
     assert len(fake.creates) == 1 and len(fake.execs) == 1
     assert fake.deleted == list(fake.sandboxes)  # the one-shot's sandbox is deleted at its end
+    api = [r for r in fake.requests if "socket.io" not in r]  # the SDK's event socket: refused here, it polls
+    assert api == ["POST /api/sandbox", "GET /toolbox/{id}/work-dir", "POST /toolbox/{id}/files/bulk-upload",
+                   "POST /toolbox/{id}/files/bulk-upload", "POST /toolbox/{id}/process/execute",
+                   "DELETE /api/sandbox/{id}"]  # the program's files, then its stdin; one exec
 
 
 async def test_network_off_is_carried_in_the_create_request(fake: DaytonaFake) -> None:

@@ -144,8 +144,9 @@ class DaytonaService(Service):
             with _mapped("creating a sandbox"):
                 sandbox = await client.create(self.params(spec), timeout=self.settings.create_timeout_s)
         except SandboxError as e:
-            if isinstance(e.__cause__, DaytonaTimeoutError) and e.__cause__.sandbox_id:
-                await self._delete_late(e.__cause__.sandbox_id)  # made, but not started in time: not left behind
+            made = getattr(e.__cause__, "sandbox_id", None)  # set by the SDK on a create that timed out
+            if isinstance(e.__cause__, DaytonaTimeoutError) and made:
+                await self._delete_late(made)  # made, but not started in time: not left behind
             raise
         box = DaytonaBox(sandbox)
         try:
