@@ -29,7 +29,6 @@ LIVE = bool(os.environ.get("DAYTONA_API_KEY"))
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     # the SDK's aiohttp session trusts the environment's proxies: loopback must not go through one
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("DAYTONA_API_KEY", raising=False) if not LIVE else None
 
 
 @pytest.fixture
