@@ -86,7 +86,7 @@ async def test_network_on_and_an_image_with_resources(fake: DaytonaFake) -> None
     finally:
         await box.kill()
         await box.kill()  # idempotent
-        await service.close()
+        await service.aclose()
     assert len(fake.deleted) == 1
 
 
@@ -130,7 +130,7 @@ async def test_the_daemons_own_timeout_is_a_timeout_error(fake: DaytonaFake) -> 
         assert fake.execs[-1]["timeout"] == 1
     finally:
         await box.kill()
-        await service.close()
+        await service.aclose()
 
 
 async def test_bad_key_is_provider_unavailable(fake: DaytonaFake) -> None:

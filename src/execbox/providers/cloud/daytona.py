@@ -59,14 +59,7 @@ def create(settings: Settings | None) -> Provider:
     if s.api_key is None:
         raise ProviderUnavailable("daytona needs an API key: set DAYTONA_API_KEY (dashboard -> Keys) or the "
                                   "provider's api_key setting")
-    return DaytonaProvider(DaytonaService(s), s)
-
-
-class DaytonaProvider(ServiceProvider):
-    service: DaytonaService
-
-    async def aclose(self) -> None:
-        await self.service.close()
+    return ServiceProvider(DaytonaService(s), s)
 
 
 def _retry_after(headers: Mapping[str, object]) -> float | None:
@@ -164,7 +157,7 @@ class DaytonaService(Service):
         except SandboxError:
             pass  # its TTL (sandbox_timeout_s) still ends it; the creation's own error is the one to report
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated

@@ -108,6 +108,9 @@ class Service(abc.ABC):
         memory), or the execbox error of the service's refusal (ProviderUnavailable for credentials it
         refuses, CapacityError with the retry-after it gives, SandboxError otherwise)."""
 
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release the SDK's client (connections), with the provider."""
+
 
 class ServiceProvider(Provider):
     """An execbox provider on a sandbox ``service``: one sandbox per instance."""
@@ -119,6 +122,9 @@ class ServiceProvider(Provider):
 
     async def start(self, spec: InstanceSpec) -> Instance:
         return ServiceInstance(self, await _made(self.service.create(spec)), spec)
+
+    async def aclose(self) -> None:
+        await self.service.aclose()
 
 
 async def _made(creating: asyncio.Future[Box] | object) -> Box:
