@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -139,7 +140,7 @@ class Handler:
         """The handler's maxima, the time left in this invocation (less the margin) among them."""
         maxima = self.config.maxima
         if remaining_s is not None:
-            budget = remaining_s - self.config.margin_s
+            budget = self._budget(remaining_s)
             if budget < MIN_BUDGET_S:
                 raise Refused("capacity", f"has {remaining_s:.1f} s left in this invocation, too little to run "
                               "anything (raise the function's timeout)", False)
@@ -147,15 +148,19 @@ class Handler:
                                                for k in ("wall_time_s", "cpu_time_s", "compile_wall_time_s")})
         return Policy(defaults=Limits(), maxima=maxima)
 
+    def _budget(self, remaining_s: float) -> float:
+        """The time a run may take of what is left (a tenth of a second down: limits read plainly)."""
+        return math.floor((remaining_s - self.config.margin_s) * 10) / 10
+
     def _limits(self, policy: Policy, asked: Limits | None, remaining_s: float | None) -> Limits:
         limits = policy.apply(asked)
-        if limits.network and not self.config.egress:
+        if asked is not None and asked.network and not self.config.egress:  # not capped off: refused
             raise Refused("request", "runs on a service without egress: it cannot give programs the network", False)
         if not limits.network and self.config.egress:
             raise Refused("request", "runs on a service with egress (EXECBOX_HANDLER_EGRESS=open): it cannot cut "
                           "programs off the network", False)
         if remaining_s is not None:  # the compile step and the run both fit the invocation's time
-            budget = remaining_s - self.config.margin_s
+            budget = self._budget(remaining_s)
             limits = limits.model_copy(update={"compile_wall_time_s": min(
                 limits.compile_wall_time_s, max(budget - limits.wall_time_s, MIN_BUDGET_S))})
         return limits
@@ -245,4 +250,9 @@ def handle(call: bytes | str | Mapping[str, Any], remaining_s: float | None = No
         asyncio.get_running_loop()
         return error_answer("internal", "handle() was called from a running event loop: await Handler.run()",
                             False)
-    return asyncio.run(handler().run(call, remaining_s))
+    try:
+        h = handler()
+    except Exception as e:  # its setup failed (a language registry it cannot read): nothing ran
+        log.exception("handler setup failed")
+        return error_answer("unavailable", f"could not be set up: {type(e).__name__}: {e}", False)
+    return asyncio.run(h.run(call, remaining_s))

@@ -194,9 +194,10 @@ def _remove_ipc(uid: int) -> list[str]:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     problems: list[str] = []
     # (table, the columns of the id, uid and cuid, how to remove one)
-    tables: tuple[tuple[str, int, int, int, Callable[[int], int]], ...] = (("shm", 1, 7, 9, lambda i: libc.shmctl(i, IPC_RMID, None)),
-              ("sem", 1, 4, 6, lambda i: libc.semctl(i, 0, IPC_RMID)),
-              ("msg", 1, 7, 9, lambda i: libc.msgctl(i, IPC_RMID, None)))
+    tables: tuple[tuple[str, int, int, int, Callable[[int], int]], ...] = (
+        ("shm", 1, 7, 9, lambda i: libc.shmctl(i, IPC_RMID, None)),
+        ("sem", 1, 4, 6, lambda i: libc.semctl(i, 0, IPC_RMID)),
+        ("msg", 1, 7, 9, lambda i: libc.msgctl(i, IPC_RMID, None)))
     for table, id_col, uid_col, cuid_col, remove in tables:
         try:
             lines = Path(f"/proc/sysvipc/{table}").read_text().splitlines()[1:]
