@@ -66,7 +66,9 @@ class Handler:
             self.unusable = str(e)
         c = self.config
         self.languages = languages or default_registry()
-        self.provider = ProcessProvider(c.work_root, c.run_as)
+        # the programs' own uid where the handler can give them one (root: a container); else its own (Lambda)
+        self.run_as = c.run_as if os.geteuid() == 0 else None
+        self.provider = ProcessProvider(c.work_root, self.run_as)
         self.seen: set[str] = set()
         self._lock = threading.Lock()
         self.reset: Reset | None = None
@@ -75,8 +77,6 @@ class Handler:
 
     def _set_up_reset(self) -> str | None:
         c = self.config
-        if c.run_as is not None and os.geteuid() != 0:
-            return "EXECBOX_HANDLER_RUN_AS needs a handler running as root"
         if c.reset is None:
             return ("this is not a function service (no Lambda, Cloud Run or Container Apps variables): set "
                     "EXECBOX_HANDLER_RESET=1 if this environment is the handler's alone (every other process of "
@@ -84,7 +84,7 @@ class Handler:
         if not c.reset:
             log.warning("EXECBOX_HANDLER_RESET=0: leftovers of one run (daemons, files in /tmp) reach the next")
             return None
-        self.reset = Reset(c.run_as[0] if c.run_as else None, c.scrub_dirs)
+        self.reset = Reset(self.run_as[0] if self.run_as else None, c.scrub_dirs)
         try:
             self.reset.prepare()
         except (ResetUnsafe, OSError) as e:
@@ -96,7 +96,8 @@ class Handler:
     def health(self) -> dict[str, Any]:
         c = self.config
         return {"ok": self.unusable is None, "problem": self.unusable, "service": c.service,
-                "reset": bool(self.reset), "egress": "open" if c.egress else "none",
+                "reset": bool(self.reset), "programs_uid": self.run_as[0] if self.run_as else os.getuid(),
+                "egress": "open" if c.egress else "none",
                 "busy": self._lock.locked(), "max_payload_bytes": c.max_payload_bytes,
                 "maxima": c.maxima.model_dump(mode="json")}
 

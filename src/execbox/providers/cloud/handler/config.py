@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 class HandlerConfig:
     service: str | None  # "lambda", "cloud-run", "container-apps": where it runs (None: none of them)
     reset: bool | None  # see reset.enabled
-    run_as: tuple[int, int] | None  # the programs' uid and gid when not the handler's own
+    run_as: tuple[int, int] | None  # the programs' uid and gid, used when the handler is root
     work_root: Path
     scrub_dirs: tuple[Path, ...]
     egress: bool  # the service gives programs the network (EXECBOX_HANDLER_EGRESS=open, the default)
@@ -79,7 +79,8 @@ class HandlerConfig:
 
 
 def _ids(raw: str) -> tuple[int, int] | None:
-    """EXECBOX_HANDLER_RUN_AS: "uid" or "uid:gid" (the programs' ids; the handler must be root)."""
+    """EXECBOX_HANDLER_RUN_AS: "uid" or "uid:gid", the programs' ids when the handler runs as root (a
+    container); a handler that is not root (Lambda) cannot give them another uid: they run as its own."""
     if not raw.strip():
         return None
     uid, _, gid = raw.strip().partition(":")
