@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -144,13 +145,26 @@ class TestHttp:
         none = http.client.post("/run", content=json.dumps(call("print(1)")))
         assert none.status_code == 401
 
-    def test_oversized_payload(self, http: HttpHandler) -> None:
-        big = HttpHandler(EXECBOX_HANDLER_MAX_PAYLOAD_BYTES="2000")
+    def test_busy_while_a_run_is_going_on(self, http: HttpHandler) -> None:
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(http.run, call("import time\ntime.sleep(2)\nprint('slow')"))
+            time.sleep(0.7)
+            busy = http.post(call("print('second')"))
+            assert slow.result()["result"]["stdout"] == "slow\n"
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert busy.json()["error"]["kind"] == "capacity" and busy.json()["error"]["code_run"] is False
+
+    def test_payload_and_answer_sizes(self) -> None:
+        small = HttpHandler(EXECBOX_HANDLER_MAX_PAYLOAD_BYTES="2000", EXECBOX_HANDLER_MAX_ANSWER_BYTES="6000")
         try:
-            got = big.post(call("print(1)" + " " * 5000))
+            got = small.post(call("print(1)" + " " * 5000))
             assert got.status_code == 413 and got.json()["error"]["code_run"] is False
+            # 20 kB of output kept by the run's cap, trimmed to fit the service's answer
+            r = result(small.run(call("print('y' * 20000)")))
+            assert r["status"] == "ok" and r["stdout_truncated"] and 0 < len(str(r["stdout"])) < 6000
+            assert "trimmed" in str(r["message"])
         finally:
-            big.close()
+            small.close()
 
 
 @needs_namespace
