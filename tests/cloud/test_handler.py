@@ -85,6 +85,10 @@ class TestHttp:
         # what execbox's side makes of the answer
         assert answered(http.run(call("print(2)")), "cloud-run", "test").stdout == "2\n"
 
+    def test_no_new_privileges(self, http: HttpHandler) -> None:
+        r = result(http.run(call("print(*[l for l in open('/proc/self/status') if l.startswith('NoNewPrivs')])")))
+        assert r["stdout"] == "NoNewPrivs:\t1\n\n"
+
     def test_stdin(self, http: HttpHandler) -> None:
         r = result(http.run(call("import sys\nprint(sys.stdin.read().upper())", stdin="quiet words")))
         assert r["stdout"] == "QUIET WORDS\n"

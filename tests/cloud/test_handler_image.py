@@ -74,6 +74,10 @@ def test_http_handler_in_the_image(image: str) -> None:
         # the reset is on (Cloud Run's variables), the programs run as uid 1000; the container has the
         # network (host networking here), so the handler says egress is open and runs network-on calls only
         assert health["ok"] and health["reset"] and health["service"] == "cloud-run" and health["programs_uid"] == 1000
+        setuid = client.post("/run", json=call(
+            "import os, stat\nprint([p for d in ('/usr/bin', '/bin', '/usr/sbin') for p in (os.path.join(d, n) "
+            "for n in os.listdir(d)) if os.path.isfile(p) and os.stat(p).st_mode & 0o6000])", network=True)).json()
+        assert setuid["result"]["stdout"] == "[]\n", setuid
         hello = client.post("/run", json=call("import os\nprint('hi', os.getuid())", network=True)).json()
         assert hello["result"]["stdout"] == "hi 1000\n", hello
         assert client.post("/run", json=call("print(1)")).json()["error"]["code_run"] is False  # network off

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import os
 import resource
@@ -114,11 +115,18 @@ def _rlimits(spec: ExecSpec, nproc: int) -> list[tuple[int, int, int]]:
     ]
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_NO_NEW_PRIVS = 38
+
+
 def _set_limits(limits: list[tuple[int, int, int]]) -> Callable[[], None]:
-    """The child's last step before exec: only already-imported calls (it runs between fork and exec)."""
+    """The child's last step before exec (it runs between fork and exec: only calls already loaded): the
+    rlimits, and no new privileges (a setuid binary in the image gives the program nothing)."""
     def apply() -> None:
         for which, soft, hard in limits:
             resource.setrlimit(which, (soft, hard))
+        if _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
     return apply
 
 
