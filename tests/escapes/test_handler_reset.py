@@ -12,8 +12,8 @@ import pytest
 from tests.cloud.handler_env import HttpHandler, LambdaHandler, call, needs_namespace
 
 # Everything the first tenant tries to leave: a daemon (session of its own, double fork, its output closed,
-# SIGTERM/SIGHUP ignored, rewriting its traces), files in every scratch directory and beside its workdir,
-# its workdir's files changed, a System V shared memory segment, the next workdir's name guessed.
+# SIGTERM/SIGHUP ignored, undumpable, rewriting its traces), files in every scratch directory and beside its
+# workdir, its workdir's files changed, a System V shared memory segment, the next workdir's name guessed.
 HOSTILE = r"""
 import ctypes, os, signal, time
 work = os.getcwd()
@@ -41,6 +41,7 @@ shm = libc.shmget(0x5eed, 4096, 0o1000 | 0o666)  # IPC_CREAT
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: its /proc entries now read as root's
         for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(s, signal.SIG_IGN)
         for fd in (0, 1, 2):
@@ -75,7 +76,9 @@ for p in os.listdir("/proc"):
                 cmd = f.read().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if os.stat(f"/proc/{p}").st_uid == os.getuid() and "lambda_driver" not in cmd:
+        with open(f"/proc/{p}/status") as f:  # the real uid: /proc/PID of an undumpable process is root's
+            uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
+        if uid == os.getuid() and "lambda_driver" not in cmd:
             found.append(("process", cmd))
 work = os.getcwd()
 for d in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("HOME", "/tmp")):

@@ -68,10 +68,16 @@ def processes() -> Iterator[Proc]:
 
 
 def uid_of(pid: int) -> int | None:
+    """A process's real uid (what kill() and RLIMIT_NPROC go by; /proc/PID's owner is root for a process
+    that made itself undumpable)."""
     try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def tasks_of_uid(uid: int) -> int:
