@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -138,6 +140,24 @@ class TestHttp:
             got = http.post(body)
             assert got.status_code == 400, got.text
             assert got.json()["error"]["kind"] == "request" and got.json()["error"]["code_run"] is False
+
+    def test_a_language_it_lacks_is_refused_before_running(self) -> None:
+        """A language whose toolchain is not in the image: refused (unavailable, code_run false: another
+        provider may run it), never handed over and failed. Made here with a language file of the handler's
+        own (in /run: the namespace's /tmp is its own)."""
+        langs = Path(tempfile.mkdtemp(dir="/run", prefix="execbox-handler-test-"))
+        (langs / "nolang.toml").write_text(
+            'name = "nolang"\nextensions = ["nl"]\nentry = "main.nl"\nrequires = ["no-such-compiler"]\n'
+            'version_command = ["no-such-compiler", "--version"]\n[run]\ncommand = ["no-such-compiler", "{entry}"]\n')
+        h = HttpHandler(EXECBOX_LANGUAGES_DIR=str(langs))
+        try:
+            got = h.post(call("x", language="nolang"))
+            assert got.status_code == 503, got.text
+            assert got.json()["error"]["kind"] == "unavailable" and got.json()["error"]["code_run"] is False
+            assert "no-such-compiler" in got.json()["error"]["detail"]
+        finally:
+            h.close()
+            shutil.rmtree(langs)
 
     def test_network_it_cannot_give_is_refused(self, http: HttpHandler) -> None:
         got = http.post(call("print(1)", network=True))

@@ -175,6 +175,12 @@ class Handler:
             request = call.request.to_request()
         except RequestError as e:
             raise Refused("request", f"was sent a request it cannot run: {e}", False) from None
+        try:
+            lang = self.languages.get(request.language)
+        except RequestError as e:
+            raise Refused("request", f"was sent a request it cannot run: {e}", False) from None
+        if missing := lang.missing():  # another provider may have it: refused, not run and failed
+            raise Refused("unavailable", f"has no {', '.join(missing)} in its image (for {lang.name})", False)
         fixed = Policy(defaults=Limits(), maxima=self._limits(policy, request.limits, remaining_s))
         handed_over = False
 

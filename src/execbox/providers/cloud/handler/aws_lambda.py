@@ -9,9 +9,15 @@ that timed out would leave the caller not knowing whether the code ran.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
-from execbox.providers.cloud.handler import error_answer, handle
+from execbox.providers.cloud.handler import error_answer, handle, handler
+
+# Set up (and the cold-start reset done) in Lambda's init phase, not in the first invocation's time; a
+# failure here is answered by every invocation instead (handle() tries again).
+with contextlib.suppress(Exception):
+    handler()
 
 
 class LambdaContext(Protocol):
