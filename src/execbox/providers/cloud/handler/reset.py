@@ -1,0 +1,212 @@
+"""The environment reset after each run: what keeps one tenant's leftovers from the next in a function
+service's reused VM or container (the VM or container itself is the boundary between this service and the
+rest of the world; runs are one at a time).
+
+    every other process of the programs' uid killed  kill(-1, SIGKILL), see below
+    its children reaped                              the handler is their subreaper
+    the scratch directories emptied                  /tmp, /var/tmp, /dev/shm, /dev/mqueue by default
+    its System V IPC objects removed                 shared memory, semaphores, message queues
+
+kill(-1) signals every process the caller may signal except the caller itself and pid 1. When the programs
+run as a uid of their own (the handler is root: a container), it comes from a forked child that takes that
+uid and exits: only that uid's processes can be reached. When they share the handler's uid (Lambda), the
+handler sends it itself, so it is never among them; a parent of that uid would be (it is refused at the
+start: the handler must be exec'd directly). That is only safe where the environment is the handler's
+alone: ``enabled`` says where it runs, and the handler never resets anywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from execbox.providers.cloud.process import processes, uid_of
+from execbox.providers.local.host import kill_by_uid
+
+log = logging.getLogger("execbox.handler")
+DEFAULT_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
+KILL_WAIT_S = 2.0
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+IPC_RMID = 0
+
+# the variables each function service sets in its containers (Cloud Run jobs set CLOUD_RUN_JOB instead)
+SERVICES: dict[str, tuple[str, ...]] = {
+    "lambda": ("AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_RUNTIME_API"),
+    "cloud-run": ("K_SERVICE", "K_REVISION"),
+    "container-apps": ("CONTAINER_APP_NAME", "CONTAINER_APP_REVISION"),
+}
+
+
+def service_of(env: Mapping[str, str]) -> str | None:
+    """The function service this process runs on, from the variables it sets (None: none of them)."""
+    return next((name for name, names in SERVICES.items() if all(env.get(n) for n in names)), None)
+
+
+def enabled(env: Mapping[str, str]) -> bool | None:
+    """Whether the reset runs: EXECBOX_HANDLER_RESET=1/0 said explicitly, else inside a function service.
+    None: neither (the handler then refuses to run anything)."""
+    said = env.get("EXECBOX_HANDLER_RESET", "").strip()
+    if said in ("1", "0"):
+        return said == "1"
+    return True if service_of(env) else None
+
+
+class ResetUnsafe(Exception):
+    """The reset would kill what it must not: the handler refuses to run anything."""
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+@dataclass
+class Reset:
+    """The reset for programs that run as ``uid`` (None: the handler's own) with ``dirs`` to empty."""
+
+    uid: int | None
+    dirs: Sequence[Path] = field(default_factory=lambda: [Path(d) for d in DEFAULT_DIRS])
+
+    @property
+    def program_uid(self) -> int:
+        return os.getuid() if self.uid is None else self.uid
+
+    def prepare(self) -> None:
+        """Once, before the first run: the handler becomes the subreaper of everything its programs start
+        (a daemon is reparented to it, reaped by the reset) and undumpable (a program of its uid can neither
+        ptrace it nor read its memory or environment through /proc: the service's credentials are there).
+        ResetUnsafe when a parent shares the programs' uid (kill(-1) would reach it)."""
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _prctl(PR_SET_DUMPABLE, 0)
+        if self.uid is not None:
+            if self.uid == os.getuid():
+                raise ResetUnsafe("the programs' uid must not be the handler's own when it is given")
+            return
+        if os.getuid() == 0:
+            raise ResetUnsafe("a handler running as root must run its programs as another uid "
+                              "(EXECBOX_HANDLER_RUN_AS): kill(-1) as root reaches every process")
+        pid = os.getppid()
+        while pid > 1:
+            if uid_of(pid) == os.getuid():
+                raise ResetUnsafe(f"the handler's parent {pid} runs as its uid and the reset would kill it: "
+                                  "exec the handler directly (no shell or wrapper of the same uid)")
+            pid = _parent_of(pid)
+
+    def __call__(self) -> list[str]:
+        """Reset the environment; what could not be done (empty: all of it was)."""
+        problems = self._kill()
+        for d in self.dirs:
+            problems += _empty(d)
+        problems += _remove_ipc(self.program_uid)
+        for p in problems:
+            log.error("environment reset incomplete: %s", p)
+        return problems
+
+    def _survivors(self) -> list[int]:
+        me, uid = os.getpid(), self.program_uid
+        return [p.pid for p in processes() if p.pid not in (me, 1) and p.state not in ("Z", "X")
+                and uid_of(p.pid) == uid]
+
+    def _kill(self) -> list[str]:
+        deadline = time.monotonic() + KILL_WAIT_S
+        while True:
+            if self.uid is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(-1, signal.SIGKILL)  # never the caller, never pid 1
+            else:
+                kill_by_uid(self.uid)
+            _reap()
+            left = self._survivors()
+            if not left:
+                return []
+            if time.monotonic() > deadline:
+                return [f"processes {left[:10]} of uid {self.program_uid} survived SIGKILL"]
+            time.sleep(0.01)
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read().decode(errors="replace")
+        return int(stat_line[stat_line.rfind(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _reap() -> None:
+    """Wait for every child that has ended (the killed programs and the daemons reparented to us)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _empty(directory: Path) -> list[str]:
+    """Remove everything inside ``directory`` (never following symlinks, making unreadable directories
+    readable first, iteratively: a program may have nested them deeper than any recursion)."""
+    try:
+        top = [directory / name for name in os.listdir(directory)]
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        return [f"cannot list {directory}: {e}"]
+    problems: list[str] = []
+    stack = [(p, False) for p in top]
+    while stack:
+        path, emptied = stack.pop()
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(path)
+            elif emptied:
+                os.rmdir(path)
+            else:
+                if st.st_uid == os.geteuid():
+                    os.chmod(path, 0o700)
+                stack.append((path, True))
+                stack.extend((path / name, False) for name in os.listdir(path))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            problems.append(f"cannot remove {path}: {e.strerror}")
+            if len(problems) > 10:
+                break
+    return problems
+
+
+def _remove_ipc(uid: int) -> list[str]:
+    """Remove the System V shared memory, semaphore sets and message queues ``uid`` owns or made: they
+    outlive every process (a tenant could leave data or exhaust the limits for the next one)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    problems: list[str] = []
+    # (table, the columns of the id, uid and cuid, how to remove one)
+    tables: tuple[tuple[str, int, int, int, Callable[[int], int]], ...] = (
+        ("shm", 1, 7, 9, lambda i: libc.shmctl(i, IPC_RMID, None)),
+        ("sem", 1, 4, 6, lambda i: libc.semctl(i, 0, IPC_RMID)),
+        ("msg", 1, 7, 9, lambda i: libc.msgctl(i, IPC_RMID, None)))
+    for table, id_col, uid_col, cuid_col, remove in tables:
+        try:
+            lines = Path(f"/proc/sysvipc/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if uid in (int(cols[uid_col]), int(cols[cuid_col])) and remove(int(cols[id_col])) != 0:
+                err = ctypes.get_errno()
+                if err not in (errno.EINVAL, errno.EIDRM):  # gone meanwhile
+                    problems.append(f"cannot remove System V {table} {cols[id_col]}: {os.strerror(err)}")
+    return problems

@@ -1,0 +1,149 @@
+"""A hostile tenant on a function service's reused environment: it tries to leave something behind for the
+next one, and the next run (another tenant's, on the same handler) looks for every trace. The handler runs as
+each service runs it (tests/cloud/handler_env.py: Cloud Run / Container Apps, programs as a uid of their own;
+Lambda, programs as the handler's uid), in a PID namespace of its own: its reset reaches nothing else here."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+import pytest
+from tests.cloud.handler_env import HttpHandler, LambdaHandler, call, needs_namespace
+
+# Everything the first tenant tries to leave: a daemon (session of its own, double fork, its output closed,
+# SIGTERM/SIGHUP ignored, undumpable, rewriting its traces), files in every scratch directory and beside its
+# workdir, its workdir's files changed, a System V shared memory segment, the next workdir's name guessed.
+HOSTILE = r"""
+import ctypes, os, signal, time
+work = os.getcwd()
+base = os.path.dirname(os.path.dirname(work))
+planted = []
+def plant(path, data=b"left by tenant A"):
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+        planted.append(path)
+    except OSError:
+        pass
+for d in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("HOME", "/tmp")):
+    plant(os.path.join(d, "from-a"))
+plant(os.path.join(work, "main.py"), b"print('tenant A wrote this')")
+plant(os.path.join(work, "sitecustomize.py"), b"print('tenant A hooked python')")
+for guess in ("run-next", "..", "."):
+    try:
+        os.makedirs(os.path.join(base, guess, "work"), exist_ok=True)
+        plant(os.path.join(base, guess, "work", "main.py"), b"print('tenant A')")
+    except OSError:
+        pass
+libc = ctypes.CDLL(None)
+shm = libc.shmget(0x5eed, 4096, 0o1000 | 0o666)  # IPC_CREAT
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: its /proc entries now read as root's
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+        for fd in (0, 1, 2):
+            os.close(fd)
+        while True:
+            for p in planted:
+                try:
+                    with open(p, "ab") as f:
+                        f.write(b".")
+                except OSError:
+                    pass
+            try:
+                open("/tmp/daemon-alive", "w").close()
+            except OSError:
+                pass
+            time.sleep(0.02)
+    os._exit(0)
+os.wait()
+time.sleep(0.3)
+print(len(planted), shm >= 0)
+"""
+
+# The next tenant: what of the first one's it can find.
+LOOK = r"""
+import os
+found = []
+me = os.getpid()
+for p in os.listdir("/proc"):
+    if p.isdigit() and int(p) != me:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        with open(f"/proc/{p}/status") as f:  # the real uid: /proc/PID of an undumpable process is root's
+            uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
+        if uid == os.getuid() and "lambda_driver" not in cmd:
+            found.append(("process", cmd))
+work = os.getcwd()
+for d in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("HOME", "/tmp")):
+    for root, dirs, files in os.walk(d):
+        for name in files:
+            path = os.path.join(root, name)
+            if not path.startswith(work + "/"):
+                found.append(("file", path))
+for name in os.listdir(work):
+    if name != "main.py":
+        found.append(("workdir", name))
+if open(os.path.join(work, "main.py")).read() != open(__file__).read():
+    found.append(("workdir", "main.py changed"))
+with open("/proc/sysvipc/shm") as f:
+    rows = f.read().splitlines()[1:]
+found += [("shm", r) for r in rows]
+print(repr(found))
+"""
+
+
+@pytest.fixture(autouse=True)
+def host_is_clean() -> Iterator[None]:
+    """The escape suite's host check is about the local and docker providers' sandboxes; the handler's runs
+    are in their own namespace, checked by the next run itself."""
+    yield
+
+
+@pytest.fixture(scope="module", params=["http", "lambda"])
+def handler(request: pytest.FixtureRequest) -> Iterator[HttpHandler | LambdaHandler]:
+    h: HttpHandler | LambdaHandler = HttpHandler() if request.param == "http" else LambdaHandler()
+    yield h
+    h.close()
+
+
+def run(h: HttpHandler | LambdaHandler, code: str) -> dict[str, object]:
+    answer = h.run(call(code, wall_time_s=5)) if isinstance(h, HttpHandler) else h.invoke(call(code, wall_time_s=5))
+    assert "result" in answer, answer
+    r = answer["result"]
+    assert isinstance(r, dict) and r["status"] == "ok", r
+    return r
+
+
+@needs_namespace
+def test_nothing_a_tenant_leaves_reaches_the_next(handler: HttpHandler | LambdaHandler) -> None:
+    first = run(handler, HOSTILE)
+    planted, shm = str(first["stdout"]).split()
+    assert int(planted) >= 3 and shm == "True"  # it did plant its traces (else this test proves nothing)
+    found = ast.literal_eval(str(run(handler, LOOK)["stdout"]))
+    assert found == [], found
+
+
+@needs_namespace
+def test_a_clean_run_finds_nothing_either(handler: HttpHandler | LambdaHandler) -> None:
+    """The probe itself finds nothing in a fresh environment (so its empty list above means something)."""
+    assert ast.literal_eval(str(run(handler, LOOK)["stdout"])) == []
+
+
+@needs_namespace
+def test_without_the_reset_the_probe_finds_the_traces() -> None:
+    """EXECBOX_HANDLER_RESET=0 (a development mode): the same hostile run, and the probe finds its daemon,
+    its files and its shared memory: what the reset removes is real."""
+    h = HttpHandler(EXECBOX_HANDLER_RESET="0")
+    try:
+        run(h, HOSTILE)
+        kinds = {kind for kind, _ in ast.literal_eval(str(run(h, LOOK)["stdout"]))}
+        assert {"process", "file", "shm"} <= kinds, kinds
+    finally:
+        h.close()
