@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from tests.cloud.daytona_fake import API_KEY, DaytonaFake
 
 from execbox.engine import Engine
 from execbox.errors import AtCapacity, OutcomeUnknown, ProviderUnavailable, SandboxError
@@ -18,8 +19,6 @@ from execbox.providers.cloud import daytona
 from execbox.providers.cloud.daytona_settings import Settings
 from execbox.providers.registry import ProviderRegistry, parse_instance
 from execbox.sandbox import SandboxManager
-
-from .daytona_fake import API_KEY, DaytonaFake
 
 pytestmark = pytest.mark.timeout(60)
 LIVE = bool(os.environ.get("DAYTONA_API_KEY"))
