@@ -184,6 +184,15 @@ class RequestRunner(Protocol):
         """Run ``request`` (its provider fields unset) under ``limits``; the result as the far side gave it."""
 
 
+@runtime_checkable
+class InstanceCapabilities(Protocol):
+    """Settings that change what their instance can honour: a function service whose deployment has no
+    egress (the operator's word: ``egress: none``) can keep programs off the network, one with egress cannot."""
+
+    def capabilities(self, declared: Capabilities) -> Capabilities:
+        """The instance's capabilities, from its kind's ``declared`` ones."""
+
+
 def secret_fields(model: type[BaseModel]) -> set[str]:
     """The settings fields that hold secrets (never returned, encrypted at rest)."""
     return {name for name, f in model.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)}

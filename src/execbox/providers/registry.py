@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from execbox.errors import ExecboxError, ProviderUnavailable, RequestError
 from execbox.providers.base import Provider
-from execbox.providers.kinds import Capabilities, ProviderKind, kinds
+from execbox.providers.kinds import Capabilities, InstanceCapabilities, ProviderKind, kinds
 
 INSTANCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -89,9 +89,12 @@ class ProviderRegistry:
         return self.kinds[self.config(name).kind]
 
     def capabilities(self, name: str) -> Capabilities:
-        """What ``name`` can honour: its kind's declaration, narrowed by what a created instance found on its
-        host (a local provider without root or cgroups keeps no sandboxes)."""
+        """What ``name`` can honour: its kind's declaration, as its settings change it (InstanceCapabilities),
+        narrowed by what a created instance found on its host (a local provider without root or cgroups keeps
+        no sandboxes)."""
         caps = self.kind_of(name).capabilities
+        if isinstance(settings := self.config(name).settings, InstanceCapabilities):
+            caps = settings.capabilities(caps)
         loaded = self._instances.get(name)
         if loaded is not None and not loaded.supports_persistent:
             caps = caps.model_copy(update={"persistent": False, "live_input": False})
