@@ -70,6 +70,19 @@ async def test_the_create_request_carries_network_off_memory_cpu_and_lifetime(en
     assert sandbox.request.app_id == "ap-execbox"
 
 
+async def test_a_sandbox_with_the_network_asks_for_it_open(fake: ModalFake, tmp_path: Path) -> None:
+    service = modal_provider.ModalService(Settings(**settings(fake, tmp_path)))
+    box = await service.create(InstanceSpec(disk_mb=256, network=True))
+    try:
+        (sandbox,) = fake.sandboxes.values()
+        access = sandbox.request.definition.network_access
+        assert access.network_access_type == api_pb2.NetworkAccess.NetworkAccessType.OPEN
+    finally:
+        await box.kill()
+        await service.close()
+    assert fake.live == []
+
+
 async def test_a_failing_program_is_a_runtime_error_with_its_exit_code(engine: Engine) -> None:
     result = await engine.execute(ExecutionRequest(language="python", code="import sys; print('bye'); sys.exit(3)"))
     assert (result.status, result.exit_code, result.stdout) == ("runtime_error", 3, "bye\n")
