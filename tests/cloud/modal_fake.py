@@ -84,6 +84,7 @@ class ModalFake:
         self.fail_program: dict[str, list[GRPCError]] = {}
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.exec_starts: list[sr_pb2.TaskExecStartRequest] = []
+        self.kill_offset_s = 0.0  # when, after an exec's timeout_secs, the fake kills it (as Modal does at 0)
         self._router_jwt = _jwt(sub="router", exp=int(time.time()) + 3600)
         self._server: Server | None = None
         self.url = ""
@@ -200,7 +201,8 @@ class ModalFake:
         if proc.args[:1] == [FS_TOOLS]:
             proc.task = asyncio.ensure_future(_fs_tool(proc))
         else:
-            await _spawn(proc, sb.root, req.timeout_secs if req.HasField("timeout_secs") else None)
+            timeout = req.timeout_secs + self.kill_offset_s if req.HasField("timeout_secs") else None
+            await _spawn(proc, sb.root, timeout)
             if error := self._program_failure("TaskExecStart"):
                 await sb.procs[req.exec_id].done.wait()  # it ran to its end; then its answer is lost
                 raise error
@@ -275,7 +277,7 @@ def _service(base: type, fake: ModalFake, implemented: tuple[str, ...]) -> Any:
     return cls()
 
 
-async def _spawn(proc: Proc, cwd: str, timeout_s: int | None) -> None:
+async def _spawn(proc: Proc, cwd: str, timeout_s: float | None) -> None:
     """Run the exec's argv on this host; the service kills it at its timeout as Modal does."""
     proc.process = await asyncio.create_subprocess_exec(
         *proc.args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

@@ -15,7 +15,7 @@ from modal_proto import api_pb2
 from tests.cloud.modal_fake import ModalFake
 
 from execbox.engine import Engine
-from execbox.errors import AtCapacity, OutcomeUnknown, ProviderUnavailable
+from execbox.errors import AtCapacity, NotFoundError, OutcomeUnknown, ProviderUnavailable
 from execbox.models import ExecutionRequest, Limits
 from execbox.providers.base import InstanceSpec
 from execbox.providers.cloud import modal as modal_provider
@@ -58,6 +58,12 @@ async def test_hello_world_with_stdin_and_files(engine: Engine, fake: ModalFake)
     assert len(fake.user_execs()) == 1
 
 
+async def test_main_returns_its_value_through_a_file_read_back(engine: Engine) -> None:
+    result = await engine.execute(ExecutionRequest(language="python", code="def main(x):\n    return {'twice': 2 * x}",
+                                                   arguments={"x": 21}))
+    assert (result.status, result.return_value) == ("ok", {"twice": 42})
+
+
 async def test_the_create_request_carries_network_off_memory_cpu_and_lifetime(engine: Engine,
                                                                               fake: ModalFake) -> None:
     assert (await engine.execute(ExecutionRequest(language="python", code="print(1)"))).ok
@@ -95,13 +101,16 @@ async def test_a_program_past_its_wall_time_is_a_timeout(engine: Engine) -> None
     assert result.wall_time_s < 10
 
 
-async def test_modal_ending_the_exec_at_its_timeout_is_a_timeout_error(fake: ModalFake, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill_offset_s", [2.0, -0.4], ids=["sdk-deadline-first", "modal-kill-first"])
+async def test_modal_ending_the_exec_at_its_timeout_is_a_timeout_error(fake: ModalFake, tmp_path: Path,
+                                                                       kill_offset_s: float) -> None:
+    fake.kill_offset_s = kill_offset_s  # the SDK's wait answers -1, or the kill's signal (after 0.6 s > 0.5 s)
     service = modal_provider.ModalService(Settings(**settings(fake, tmp_path)))
     box = await service.create(InstanceSpec(disk_mb=256))
     try:
         with pytest.raises(TimeoutError):
-            await box.run("sleep 30", 1)
-        assert fake.user_execs()[-1].timeout_secs == 1
+            await box.run("sleep 30", 0.5)
+        assert fake.user_execs()[-1].timeout_secs == 1  # whole seconds, rounded up
     finally:
         await box.kill()
         await service.close()
@@ -175,6 +184,8 @@ async def test_files_in_and_out_of_a_persistent_sandbox(engine: Engine, fake: Mo
         assert (result.status, result.stdout) == ("ok", "done\n")
         assert await sb.files.read("out.txt") == b"FORTY-TWO"
         assert {f.name: f.kind for f in await sb.files.list(".")} == {"data": "dir", "out.txt": "file"}
+        with pytest.raises(NotFoundError):
+            await sb.files.read("missing.txt")
         assert await sb.files.remove("out.txt") is True
         assert await sb.files.remove("out.txt") is False
         assert [f.name for f in await sb.files.list(".")] == ["data"]

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import math
 import shlex
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -192,7 +193,7 @@ class ModalBox(Box):
 
     async def run(self, command: str, timeout_s: float) -> Ran:
         await self.guard()
-        # Modal ends the exec at its timeout (whole seconds); the SDK's wait then answers -1.
+        began = time.monotonic()
         with mapped("starting the command"):
             process = await self.sandbox.exec.aio("/bin/sh", "-c", command, text=False,
                                                    timeout=math.ceil(timeout_s))
@@ -200,7 +201,9 @@ class ModalBox(Box):
             async with asyncio.timeout(timeout_s + 10):  # the SDK's deadline first; this if it hangs
                 stdout, stderr, code = await asyncio.gather(
                     process.stdout.read.aio(), process.stderr.read.aio(), process.wait.aio())
-        if code == -1:
+        # Modal ends the exec at its timeout (whole seconds): the SDK's wait answers -1 when its own deadline
+        # came first, else the kill's signal (128+N); either way past timeout_s is the service giving up.
+        if code == -1 or (code > 128 and time.monotonic() - began >= timeout_s):
             raise TimeoutError(f"modal: the command ran past {timeout_s:g}s")
         return Ran(code, bytes(stdout), bytes(stderr))
 
