@@ -6,7 +6,9 @@ create/terminate) and the worker's task command router (``TaskCommandRouter``: e
 stdin), whose URL the sandbox's create answer hands the SDK (``http://127.0.0.1``: the SDK allows plain HTTP
 for a loopback server). A sandbox is a temp directory on this host; its execs run for real (``/bin/sh`` is the
 host's), and Modal's file tool (``/__modal/.bin/modal-sandbox-fs-tools`` with a JSON command) is played by
-the fake on the host's paths (the tests point the box's workdir at a temp directory).
+the fake. Each sandbox has a filesystem of its own under ``/sandbox``: the fake puts its temp directory in
+place of that prefix in the exec's arguments and the file tool's paths (the tests set the box's workdir
+under it); other paths are the host's.
 
 Every RPC the fake does not implement answers UNIMPLEMENTED and is recorded in ``unknown``, so a test sees
 when the SDK calls something new. ``calls`` counts every RPC by name; ``fail`` makes a method answer an error
@@ -34,12 +36,14 @@ from typing import Any
 from google.protobuf import empty_pb2
 from grpclib import GRPCError, Status
 from grpclib.server import Server, Stream
+from modal._utils.grpc_utils import custom_detail_codec
 from modal_proto import api_pb2
 from modal_proto import task_command_router_pb2 as sr_pb2
 from modal_proto.api_grpc import ModalClientBase
 from modal_proto.task_command_router_grpc import TaskCommandRouterBase
 
 FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
+SANDBOX_ROOT = "/sandbox"  # each fake sandbox's own directory, in the paths it is given
 Handler = Callable[[Any, Stream[Any, Any]], Coroutine[Any, Any, None]]
 
 
@@ -90,8 +94,9 @@ class ModalFake:
         self.url = ""
 
     async def start(self) -> str:
-        self._server = Server([_service(ModalClientBase, self, _CONTROL),
-                               _service(TaskCommandRouterBase, self, _ROUTER)])
+        # errors' details (Modal's RPCRetryPolicy) in Modal's own encoding, which the SDK decodes
+        services = [_service(ModalClientBase, self, _CONTROL), _service(TaskCommandRouterBase, self, _ROUTER)]
+        self._server = Server(services, status_details_codec=custom_detail_codec)
         await self._server.start("127.0.0.1", 0)
         port = self._server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
@@ -197,7 +202,7 @@ class ModalFake:
         req: sr_pb2.TaskExecStartRequest = await stream.recv_message()
         self.exec_starts.append(req)
         sb = self._sandbox(req.task_id)
-        proc = sb.procs[req.exec_id] = Proc(list(req.command_args))
+        proc = sb.procs[req.exec_id] = Proc([a.replace(SANDBOX_ROOT, sb.root) for a in req.command_args])
         if proc.args[:1] == [FS_TOOLS]:
             proc.task = asyncio.ensure_future(_fs_tool(proc))
         else:

@@ -3,6 +3,7 @@ gRPC API (tests/cloud/modal_fake.py), plus opt-in live runs against modal.com (M
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -37,7 +38,7 @@ async def fake() -> AsyncIterator[ModalFake]:
 
 def settings(fake: ModalFake, tmp_path: Path, **over: Any) -> dict[str, Any]:
     return {"server_url": fake.url, "token_id": fake.token[0], "token_secret": fake.token[1],
-            "workdir": str(tmp_path / "work"), "extra_time_s": 5, **over}
+            "workdir": "/sandbox/work", "extra_time_s": 5, **over}  # the fake's per-sandbox root
 
 
 @pytest.fixture
@@ -138,6 +139,24 @@ async def test_no_capacity_is_at_capacity(engine: Engine, fake: ModalFake) -> No
         await engine.execute(ExecutionRequest(language="python", code="print(1)"))
     assert caught.value.retry_after_s is None  # the service gave none
     assert fake.exec_starts == []
+
+
+async def test_a_throttle_given_back_carries_its_retry_after(engine: Engine, fake: ModalFake,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODAL_MAX_THROTTLE_WAIT", "0")  # the SDK waits throttles out itself unless told not to
+    fake.fail["SandboxCreateV2"] = GRPCError(Status.RESOURCE_EXHAUSTED, "too many sandboxes being created",
+                                             [api_pb2.RPCRetryPolicy(retry_after_secs=7)])
+    with pytest.raises(AtCapacity) as caught:
+        await engine.execute(ExecutionRequest(language="python", code="print(1)"))
+    assert caught.value.retry_after_s == 7
+
+
+async def test_concurrent_runs_share_the_client_and_each_get_a_sandbox(engine: Engine, fake: ModalFake) -> None:
+    results = await asyncio.gather(*(engine.execute(ExecutionRequest(language="python", code=f"print({i})"))
+                                     for i in range(4)))
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(4)]
+    assert len(fake.sandboxes) == 4 and fake.live == [] and fake.calls["AppGetOrCreate"] == 1
+    assert len({r.exec_id for r in fake.user_execs()}) == 4
 
 
 async def test_the_service_failing_after_the_exec_was_sent_is_outcome_unknown_and_never_resent(
