@@ -10,8 +10,9 @@ the SDK resends on transient failures (UNAVAILABLE, INTERNAL, a lost connection,
 times; ``call_with_retries_on_transient_errors``), and once more after UNAUTHENTICATED with a fresh JWT. Each
 resend carries the same ``exec_id``, which Modal documents as the exec's idempotency key, but execbox does not
 rest the rule on a server's deduplication: a grpclib listener on the router's channel sees every request
-message before it is sent and refuses a second ``TaskExecStart`` of the same ``exec_id`` of a program (Modal's
-own file tool, also an exec, may be resent: it only writes or reads a file). The refusal ends the exec call
+message before it is sent and refuses a second ``TaskExecStart`` of the same ``exec_id`` of a program (its
+headers may have gone, its message never does; Modal's own file tool, also an exec, may be resent: it only
+writes or reads a file). The refusal ends the exec call
 with ``OutcomeUnknown``: the first attempt may have started the program.
 
 The guard needs two of the SDK's internals (``Sandbox._get_command_router_client``, the router's
