@@ -166,7 +166,8 @@ async def test_the_service_failing_after_the_exec_was_sent_is_outcome_unknown_an
     code = f"open({str(marker)!r}, 'a').write('ran\\n')"
     with pytest.raises(OutcomeUnknown, match="does not resend"):
         await engine.execute(ExecutionRequest(language="python", code=code))
-    assert len(fake.user_execs()) == 1  # the SDK tried again; the guard stopped it before its message went
+    # received once; "does not resend" above is the guard's refusal: the SDK did try to send it again
+    assert len(fake.user_execs()) == 1
     assert marker.read_text() == "ran\n"  # it did run, once
     assert fake.live == []
 
