@@ -19,8 +19,27 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from execbox.models import ExecutionResult, Status
+from execbox.engine import Engine
+from execbox.models import ExecutionRequest, ExecutionResult, Limits, Policy, Status
 from execbox.providers.cloud.function import HandlerCall
+from execbox.providers.registry import ProviderRegistry, parse_instance
+from execbox.routing import Router, RoutingSettings
+
+NET = Limits(network=True)  # the function kinds cannot cut programs off the network (their deployment's egress)
+QUICK = Limits(network=True, wall_time_s=1, compile_wall_time_s=1)  # for read timeouts: 1 + 1 + extra 1 s
+
+
+def engine(kind: str, settings: dict[str, Any], chain: tuple[str, ...] = ()) -> Engine:
+    """An engine whose default provider is an instance of ``kind`` named after it, under a policy that
+    allows the network; the router's own retry of a refusing provider (nothing handed over) is off, so each
+    test sees exactly the calls it caused."""
+    reg = ProviderRegistry(default=kind, configs={kind: parse_instance(kind, kind, settings)})
+    maxima = Policy().maxima.model_copy(update={"network": True})
+    return Engine(providers=reg, policy=Policy(maxima=maxima), router=Router(reg, chain, RoutingSettings(retries=0)))
+
+
+def req(code: str, limits: Limits = NET, **kw: Any) -> ExecutionRequest:
+    return ExecutionRequest(language="python", code=code, limits=limits, **kw)
 
 
 def handler_answer(call: Mapping[str, Any]) -> dict[str, Any]:

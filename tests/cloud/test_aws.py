@@ -18,32 +18,22 @@ import pytest
 from botocore.config import Config
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
-from tests.cloud.functions_fake import DROP, HANG, Reply, handler_answer, refusal
+from tests.cloud import functions_fake
+from tests.cloud.functions_fake import DROP, HANG, NET, QUICK, Reply, handler_answer, refusal, req
 from tests.cloud.lambda_fake import LambdaFake, lambda_error
 
 from execbox.engine import Engine
 from execbox.errors import AtCapacity, OutcomeUnknown, ProviderUnavailable, RequestError
-from execbox.models import ExecutionRequest, Limits, Policy, Status
+from execbox.models import Limits, Policy, Status
 from execbox.providers.cloud.aws import LambdaProvider
 from execbox.providers.registry import ProviderRegistry, parse_instance
-from execbox.routing import Router, RoutingSettings
 
 KEYS = {"access_key_id": "AKIDEXAMPLE", "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
         "region": "eu-west-1"}
-NET = Limits(network=True)  # the kind cannot cut programs off the network (its deployment's egress)
-QUICK = Limits(network=True, wall_time_s=1, compile_wall_time_s=1)  # for read timeouts: 1 + 1 + extra 1 s
 
 
 def engine(settings: dict[str, Any], chain: tuple[str, ...] = ()) -> Engine:
-    reg = ProviderRegistry(default="aws", configs={"aws": parse_instance("aws", "aws", settings)})
-    maxima = Policy().maxima.model_copy(update={"network": True})
-    # the router's own retry of a provider that refused (nothing handed over) is off: each test sees one call
-    router = Router(reg, chain, RoutingSettings(retries=0))
-    return Engine(providers=reg, policy=Policy(maxima=maxima), router=router)
-
-
-def req(code: str, limits: Limits = NET, **kw: Any) -> ExecutionRequest:
-    return ExecutionRequest(language="python", code=code, limits=limits, **kw)
+    return functions_fake.engine("aws", settings, chain)
 
 
 # --- botocore's Stubber: Lambda's documented answers and errors, no network at all
