@@ -4,7 +4,10 @@ threaded HTTP server on 127.0.0.1 whose routes the Lambda and Cloud Run fakes gi
 ``handler_answer`` is the ONE place the far side's handler is: until execbox.providers.cloud.handler lands on
 this branch it runs the call's Python program here for real (a subprocess of this test's own trusted code,
 under the call's wall time) and answers the HandlerAnswer the handler would. Once the handler is merged,
-``handler_answer`` becomes ``return handle(call)`` (``from execbox.providers.cloud.handler import handle``).
+``handler_answer`` becomes ``return handle(call)`` (``from execbox.providers.cloud.handler import handle``),
+with ``EXECBOX_HANDLER_RESET=0`` in the test's environment: outside a function service the handler refuses
+to run anything unless told whether to reset, and its reset (``kill(-1)``, emptying /tmp) must never run on
+a shared test host. ``handle`` runs its own event loop: the servers call it from their threads, as here.
 """
 
 from __future__ import annotations

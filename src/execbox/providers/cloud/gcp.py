@@ -41,6 +41,7 @@ class CloudRunProvider(FunctionProvider):
         self.where = f"the Cloud Run service at {url}"
         self._credentials: Any = None  # google-auth's ID-token credentials, made at the first call
         self._lock = threading.Lock()  # one refresh at a time
+        self._session: Any = None  # the requests session google-auth mints through
         # no retries: httpx's transport would retry only connecting, and a POST is never sent twice
         self._http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0), follow_redirects=False)
 
@@ -52,8 +53,9 @@ class CloudRunProvider(FunctionProvider):
 
         with self._lock:
             try:
-                session = requests.Session()
-                request = google.auth.transport.requests.Request(session)
+                if self._session is None:
+                    self._session = requests.Session()
+                request = google.auth.transport.requests.Request(self._session)
                 if self._credentials is None:
                     self._credentials = self._make(request)
                 if not self._credentials.valid:
@@ -125,6 +127,8 @@ class CloudRunProvider(FunctionProvider):
     async def aclose(self) -> None:
         await super().aclose()
         await self._http.aclose()
+        if self._session is not None:
+            self._session.close()
 
 
 def create(settings: Settings | None) -> CloudRunProvider:
