@@ -1,0 +1,27 @@
+"""What the function kinds (aws, gcp, azure) declare, as the router reads it."""
+
+from __future__ import annotations
+
+import pytest
+
+from execbox.models import ExecutionRequest, Limits, Policy
+from execbox.providers.kinds import kinds
+
+
+@pytest.mark.parametrize(("name", "max_s", "isolation"), [("aws", 900, "microvm"), ("gcp", 3600, "container"),
+                                                          ("azure", 1800, "container")])
+def test_the_router_keeps_from_them_what_they_cannot_honour(name: str, max_s: float, isolation: str) -> None:
+    kind = kinds()[name]
+    caps = kind.capabilities
+    assert kind.missing() is None and (caps.max_wall_time_s, caps.isolation) == (max_s, isolation)
+    request = ExecutionRequest(language="python", code="print(1)")
+    # the program's egress is the deployment's: a run asking for no network is never sent to them
+    assert "cut programs off the network" in (caps.unfit(Policy().apply(None), (), request) or "")
+    assert caps.unfit(Limits(network=True), (), request) is None
+    assert "keep sandboxes" in (caps.unfit(Limits(network=True), persistent=True) or "")
+    assert "pids" in (caps.unfit(Limits(network=True, pids=8), ("pids",)) or "")  # not the handler's to enforce
+    assert "disk_mb" in (caps.unfit(Limits(network=True), ("disk_mb",)) or "")
+    assert caps.unfit(Limits(network=True, memory_mb=256), ("memory_mb", "wall_time_s")) is None
+    if max_s < 3600:  # Limits' own maximum
+        assert "longest run" in (caps.unfit(Limits(network=True, wall_time_s=max_s + 1)) or "")
+    assert not caps.streaming and not caps.live_input
