@@ -1,30 +1,28 @@
 """Loopback stand-ins for the function services' far side (tests only): the handler's answer to a call, and a
 threaded HTTP server on 127.0.0.1 whose routes the Lambda and Cloud Run fakes give.
 
-``handler_answer`` is the ONE place the far side's handler is: until execbox.providers.cloud.handler lands on
-this branch it runs the call's Python program here for real (a subprocess of this test's own trusted code,
-under the call's wall time) and answers the HandlerAnswer the handler would. Once the handler is merged,
-``handler_answer`` becomes ``return handle(call)`` (``from execbox.providers.cloud.handler import handle``),
-with ``EXECBOX_HANDLER_RESET=0`` in the test's environment: outside a function service the handler refuses
-to run anything unless told whether to reset, and its reset (``kill(-1)``, emptying /tmp) must never run on
-a shared test host. ``handle`` runs its own event loop: the servers call it from their threads, as here.
+``handler_answer`` is the ONE place the far side's handler is: execbox's own handler
+(execbox.providers.cloud.handler) answering in this process, with ``EXECBOX_HANDLER_RESET=0``: outside a
+function service the handler refuses to run anything unless told whether to reset, and its reset
+(``kill(-1)``, emptying /tmp) must never run on a shared test host. It runs its own event loop: the servers
+call it from their threads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import json
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from execbox.engine import Engine
-from execbox.models import ExecutionRequest, ExecutionResult, Limits, Policy, Status
-from execbox.providers.cloud.function import HandlerCall
+from execbox.models import ExecutionRequest, Limits, Policy
+from execbox.providers.cloud.handler import Handler
 from execbox.providers.registry import ProviderRegistry, parse_instance
 from execbox.routing import Router, RoutingSettings
 
@@ -46,26 +44,17 @@ def req(code: str, limits: Limits = NET, **kw: Any) -> ExecutionRequest:
 
 
 def handler_answer(call: Mapping[str, Any]) -> dict[str, Any]:
-    """The handler's answer to ``call`` (a decoded HandlerCall): see the module."""
-    parsed = HandlerCall.model_validate(call)
-    req = parsed.request.to_request()
-    assert req.language == "python" and req.limits is not None, "the stand-in runs Python programs only"
-    stdin = req.stdin.encode() if isinstance(req.stdin, str) else req.stdin
-    started = time.monotonic()
-    try:
-        done = subprocess.run([sys.executable, "-c", req.code or ""], input=stdin, capture_output=True,
-                              timeout=req.limits.wall_time_s, env={"PATH": "/usr/bin:/bin", **req.env})
-    except subprocess.TimeoutExpired as e:
-        result = ExecutionResult(execution_id=parsed.execution_id, language="python", provider="handler",
-                                 status=Status.TIMEOUT, stdout=(e.stdout or b"").decode(),
-                                 wall_time_s=time.monotonic() - started,
-                                 message=f"wall time limit of {req.limits.wall_time_s:g} s")
-        return {"result": result.model_dump(mode="json")}
-    status = Status.OK if done.returncode == 0 else Status.RUNTIME_ERROR
-    result = ExecutionResult(execution_id=parsed.execution_id, language="python", provider="handler",
-                             status=status, exit_code=done.returncode, stdout=done.stdout.decode(),
-                             stderr=done.stderr.decode(), wall_time_s=time.monotonic() - started)
-    return {"result": result.model_dump(mode="json")}
+    """The handler's answer to ``call`` (a decoded HandlerCall): execbox's own handler, run here (see the
+    module), each program in a fresh workdir under the handler's limits."""
+    # a thread of its own: the azure fake transport calls it from inside the client's event loop
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(_far_side().run(dict(call)))).result()
+
+
+@functools.cache
+def _far_side() -> Handler:
+    # no reset here (kill(-1) and emptying /tmp are for a function service's environment, never this host)
+    return Handler(env={"EXECBOX_HANDLER_RESET": "0"})
 
 
 def refusal(kind: str, detail: str, code_run: bool, retry_after_s: float | None = None) -> dict[str, Any]:

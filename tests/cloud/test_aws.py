@@ -24,7 +24,7 @@ from tests.cloud.lambda_fake import LambdaFake, lambda_error
 
 from execbox.engine import Engine
 from execbox.errors import AtCapacity, OutcomeUnknown, ProviderUnavailable, RequestError
-from execbox.models import Limits, Policy, Status
+from execbox.models import Limits, Status
 from execbox.providers.cloud.aws import LambdaProvider
 from execbox.providers.registry import ProviderRegistry, parse_instance
 
@@ -280,10 +280,10 @@ async def test_a_cancelled_call_is_kept_until_it_ends() -> None:
 
 
 def test_the_fakes_handler_answer_is_a_handler_answer() -> None:
-    """The stand-in answers what the contract says (so switching it to the real handler changes no test)."""
+    """The stand-in answers what the contract says (it is the real handler, run here)."""
     from execbox.providers.cloud.function import HandlerAnswer, HandlerCall
 
-    call = HandlerCall.of(req("print(2)"), Policy().apply(None), "id-1")
+    call = HandlerCall.of(req("print(2)"), NET, "id-1")
     answer = HandlerAnswer.model_validate(handler_answer(json.loads(call.to_json())))
     assert answer.result is not None and answer.result.stdout == "2\n"
     assert Reply.json({}).status == 200

@@ -25,3 +25,23 @@ def test_the_router_keeps_from_them_what_they_cannot_honour(name: str, max_s: fl
     if max_s < 3600:  # Limits' own maximum
         assert "longest run" in (caps.unfit(Limits(network=True, wall_time_s=max_s + 1)) or "")
     assert not caps.streaming and not caps.live_input
+
+
+@pytest.mark.parametrize(("name", "settings"), [
+    ("aws", {"function_name": "execbox-handler", "region": "eu-west-1"}),
+    ("gcp", {"url": "https://execbox-handler-abc123-ew.a.run.app"}),
+    ("azure", {"url": "https://execbox-handler.example.azurecontainerapps.io"})])
+def test_an_instance_deployed_without_egress_takes_runs_that_keep_the_network_off(
+        name: str, settings: dict[str, str]) -> None:
+    from execbox.providers.registry import ProviderRegistry, parse_instance
+
+    request = ExecutionRequest(language="python", code="print(1)")
+    registry = ProviderRegistry(configs={
+        "open": parse_instance("open", name, settings), "sealed": parse_instance("sealed", name,
+                                                                                 {**settings, "egress": "none"})})
+    offline, online = Policy().apply(None), Limits(network=True)
+    assert "cut programs off" in (registry.capabilities("open").unfit(offline, (), request) or "")
+    assert registry.capabilities("open").unfit(online, (), request) is None
+    assert registry.capabilities("sealed").unfit(offline, (), request) is None
+    assert "give programs the network" in (registry.capabilities("sealed").unfit(online, (), request) or "")
+    assert kinds()[name].capabilities.network_on  # the kind's own declaration is unchanged

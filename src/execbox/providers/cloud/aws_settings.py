@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from execbox.providers.cloud.credentials import env_text
-from execbox.providers.cloud.function_kind import MiB, capabilities
+from execbox.providers.cloud.function_kind import FunctionSettings, MiB, capabilities
 
 # Lambda's synchronous invoke takes a 6 MB payload (6291456 bytes, the API's limit) and runs up to 900 s.
 LAMBDA_PAYLOAD_BYTES = 6 * MiB
 LAMBDA_MAX_S = 900.0
 
 
-class Settings(BaseModel):
+class Settings(FunctionSettings):
     """An AWS Lambda function running execbox's handler (see docs/providers-functions.md to deploy it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     function_name: str | None = Field(default_factory=env_text("EXECBOX_LAMBDA_FUNCTION"), min_length=1,
                                       max_length=256)

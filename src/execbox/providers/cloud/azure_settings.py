@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from execbox.providers.cloud.credentials import env_secret, env_text
-from execbox.providers.cloud.function_kind import MiB, capabilities, https_or_loopback
+from execbox.providers.cloud.function_kind import FunctionSettings, MiB, capabilities, https_or_loopback
 
 # Container Apps' ingress ends a request after 240 s; premium ingress lets an environment raise that to
 # 30 min (its request idle timeout). It documents no request size limit: the handler's own cap (32 MiB).
@@ -16,10 +16,8 @@ INGRESS_MAX_S = 1800.0
 HANDLER_REQUEST_BYTES = 32 * MiB
 
 
-class Settings(BaseModel):
+class Settings(FunctionSettings):
     """An Azure Container App running execbox's handler (see docs/providers-functions.md to deploy it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     url: str | None = Field(default_factory=env_text("EXECBOX_CONTAINER_APP_URL"))
     """The app's URL, e.g. https://execbox-handler.nicebeach-1234.westeurope.azurecontainerapps.io (default:
@@ -58,6 +56,6 @@ KIND: dict[str, Any] = {
     "name": "azure", "summary": "an Azure Container App running execbox's handler (containers)",
     "factory": "execbox.providers.cloud.azure:create",
     "capabilities": capabilities(INGRESS_MAX_S, HANDLER_REQUEST_BYTES, "container"),
-    "requires": ("azure.identity", "azure.core", "aiohttp"), "install": "pip install 'execbox[azure]' aiohttp",
+    "requires": ("azure.identity", "azure.core", "aiohttp"), "install": "pip install 'execbox[azure]'",
     "detect": (("EXECBOX_CONTAINER_APP_URL",),),
 }

@@ -4,7 +4,12 @@ no SDK and nothing of execbox's provider layer: the kinds module imports them)."
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from execbox.providers.kinds import Capabilities
 
 MiB = 1024 * 1024
 # What execbox's handler enforces on every run (processes, disk and the network are the deployment's own)
@@ -28,6 +33,21 @@ def capabilities(max_wall_time_s: float, transport_bytes: int, isolation: str) -
             "live_input": False, "persistent": False, "network_off": False, "network_on": True,
             "limits": HANDLER_LIMITS, "max_wall_time_s": max_wall_time_s,
             "max_payload_bytes": payload_cap(transport_bytes), "isolation": isolation}
+
+
+class FunctionSettings(BaseModel):
+    """What every function service's settings have: how the deployment treats the network."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    egress: Literal["open", "none"] = "open"
+    """The network the deployment gives programs, as the handler's EXECBOX_HANDLER_EGRESS says it: "open"
+    (the default deployment: only requests that ask for the network are sent to it) or "none" (deployed
+    without egress: only requests that keep the network off are)."""
+
+    def capabilities(self, declared: Capabilities) -> Capabilities:
+        """The kind's capabilities with this deployment's network (execbox.providers.kinds.InstanceCapabilities)."""
+        return declared.model_copy(update={"network_off": self.egress == "none", "network_on": self.egress == "open"})
 
 
 def https_or_loopback(url: str) -> str:

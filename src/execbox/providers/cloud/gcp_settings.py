@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from execbox.providers.cloud.credentials import env_secret, env_text
-from execbox.providers.cloud.function_kind import MiB, capabilities, https_or_loopback
+from execbox.providers.cloud.function_kind import FunctionSettings, MiB, capabilities, https_or_loopback
 
 # Cloud Run takes HTTP/1 requests up to 32 MiB and lets a service's requests run up to 3600 s (its
 # request timeout, 300 s unless the service sets it).
@@ -15,10 +15,8 @@ CLOUD_RUN_REQUEST_BYTES = 32 * MiB
 CLOUD_RUN_MAX_S = 3600.0
 
 
-class Settings(BaseModel):
+class Settings(FunctionSettings):
     """A Cloud Run service running execbox's handler (see docs/providers-functions.md to deploy it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     url: str | None = Field(default_factory=env_text("EXECBOX_CLOUD_RUN_URL"))
     """The service's URL, e.g. https://execbox-handler-abc123-ew.a.run.app (default: EXECBOX_CLOUD_RUN_URL)."""
