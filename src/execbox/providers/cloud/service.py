@@ -235,6 +235,9 @@ def outcome(ran: Ran, spec: ExecSpec, wall_s: float) -> ProcessOutcome:
     stopped: StopReason | None = None
     if code == 124 and wall_s >= spec.wall_time_s:  # timeout's own exit: the wall time ran out
         code, stopped = None, StopReason.WALL_TIME
+    elif code in (-signal.SIGKILL, 128 + signal.SIGKILL) and wall_s >= spec.wall_time_s + KILL_AFTER_S:
+        # a program that ignored timeout's SIGTERM: its -k SIGKILL goes to its whole group, timeout too
+        code, stopped = None, StopReason.WALL_TIME
     elif code is not None and (code < 0 or 128 < code < 128 + 65):  # killed by a signal: -N, or the shell's 128+N
         signum, code = (-code if code < 0 else code - 128), None
         if signum == signal.SIGXCPU:
