@@ -208,7 +208,8 @@ def command_line(spec: ExecSpec, workdir: str, stdin_path: str | None) -> str:
     stdin = f"exec 0<{q(stdin_path)} && rm -f {q(stdin_path)}" if stdin_path else "exec 0</dev/null"
     env = " ".join(q(f"{k}={v}") for k, v in spec.env.items())
     argv = " ".join(q(a) for a in spec.argv)
-    wall = f"{spec.wall_time_s:.3f}".rstrip("0").rstrip(".")
+    # rounded up to the millisecond: a sub-millisecond limit must not read "0" (timeout's "no limit")
+    wall = f"{math.ceil(spec.wall_time_s * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
     return "; ".join([
         f"fail() {fail}",
         f"cd {q(cwd)} 2>/dev/null || fail 'no such directory'",
