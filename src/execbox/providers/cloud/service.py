@@ -9,7 +9,8 @@ writes. Everything else is here, once for every vendor:
   CPU time, file size and open files, ``env`` for its environment and coreutils' ``timeout`` for its wall
   time (the vendor call's own timeout backs it up);
 - the answer becomes a ``ProcessOutcome``: 124 from ``timeout`` is the wall time, 128+N a signal (SIGXCPU the
-  CPU time), output beyond the cap is cut and stops the run as the local provider's does;
+  CPU time), output beyond the cap is cut once the run has ended (unlike the local provider, the run is not
+  stopped at the cap, and the vendor carries the whole output to execbox: bounded only by the wall time);
 - a vendor sandbox made while its caller was cancelled is killed, never left running.
 
 What the vendor's sandbox enforces itself (memory, processes, the network) its adapter sets when it creates
