@@ -101,6 +101,19 @@ async def test_wall_time_is_enforced_inside_the_box(service: ShellService) -> No
     assert r.wall_time_s < 5  # type: ignore[attr-defined]
 
 
+async def test_a_program_ignoring_sigterm_past_its_wall_time_is_a_timeout(service: ShellService) -> None:
+    # timeout's SIGTERM is ignored; its -k SIGKILL (sent to its own group, so timeout dies by it too) ends it
+    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(30)"
+    r = await run(service, code, limits=Limits(wall_time_s=1))
+    assert r.status is Status.TIMEOUT and "wall time" in r.message, r  # type: ignore[attr-defined]
+
+
+async def test_a_sub_millisecond_wall_time_is_still_a_limit(service: ShellService) -> None:
+    # formatted to 3 decimals it would read "0", which coreutils' timeout takes as no limit at all
+    r = await run(service, "import time; time.sleep(3)", limits=Limits(wall_time_s=0.0001))
+    assert r.status is Status.TIMEOUT and r.wall_time_s < 2.5, r  # type: ignore[attr-defined]
+
+
 async def test_cpu_time_is_enforced_by_ulimit(service: ShellService) -> None:
     r = await run(service, "while True: pass", limits=Limits(cpu_time_s=1, wall_time_s=10))
     assert r.status is Status.TIMEOUT and "CPU" in r.message  # type: ignore[attr-defined]

@@ -74,6 +74,13 @@ async def test_a_failing_program_is_a_runtime_error_with_its_exit_code(fake: E2b
     assert r.status is Status.RUNTIME_ERROR and r.exit_code == 3 and "bad" in r.stderr
 
 
+async def test_the_file_size_limit_is_the_one_asked_under_envds_bash(fake: E2bFake) -> None:
+    # envd runs the line with bash, whose `ulimit -f` counts KiB (sh's: 512-byte blocks): 1.5 MiB must not pass
+    code = "open('big', 'wb').write(b'x' * (3 * 512 * 1024))"
+    r = await engine(fake).execute(py(code, limits=Limits(file_size_mb=1)))
+    assert r.status is Status.RUNTIME_ERROR and "File too large" in r.stderr, r  # python ignores SIGXFSZ
+
+
 async def test_a_program_killed_by_a_signal_reports_it(fake: E2bFake) -> None:
     r = await engine(fake).execute(py("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"))
     assert r.exit_code is None and r.signal == 9, r  # envd's "-1, signal: killed" is the signal again

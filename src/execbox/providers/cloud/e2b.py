@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import math
+import shlex
 import signal
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -126,7 +127,9 @@ class E2bBox(Box):
     async def run(self, command: str, timeout_s: float) -> Ran:
         with _mapped("running a command"):
             # background: the handle is what can stop it when execbox's deadline passes first.
-            handle = await self.sandbox.commands.run(command, background=True, timeout=timeout_s + STOP_GRACE_S)
+            # envd runs it with bash, whose `ulimit -f` counts KiB, not sh's 512-byte blocks: the line is sh's
+            handle = await self.sandbox.commands.run(f"exec /bin/sh -c {shlex.quote(command)}", background=True,
+                                                     timeout=timeout_s + STOP_GRACE_S)
         try:
             with _mapped("running a command"):
                 try:

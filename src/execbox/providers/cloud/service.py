@@ -9,7 +9,8 @@ writes. Everything else is here, once for every vendor:
   CPU time, file size and open files, ``env`` for its environment and coreutils' ``timeout`` for its wall
   time (the vendor call's own timeout backs it up);
 - the answer becomes a ``ProcessOutcome``: 124 from ``timeout`` is the wall time, 128+N a signal (SIGXCPU the
-  CPU time), output beyond the cap is cut and stops the run as the local provider's does;
+  CPU time), output beyond the cap is cut once the run has ended (unlike the local provider, the run is not
+  stopped at the cap, and the vendor carries the whole output to execbox: bounded only by the wall time);
 - a vendor sandbox made while its caller was cancelled is killed, never left running.
 
 What the vendor's sandbox enforces itself (memory, processes, the network) its adapter sets when it creates
@@ -208,7 +209,8 @@ def command_line(spec: ExecSpec, workdir: str, stdin_path: str | None) -> str:
     stdin = f"exec 0<{q(stdin_path)} && rm -f {q(stdin_path)}" if stdin_path else "exec 0</dev/null"
     env = " ".join(q(f"{k}={v}") for k, v in spec.env.items())
     argv = " ".join(q(a) for a in spec.argv)
-    wall = f"{spec.wall_time_s:.3f}".rstrip("0").rstrip(".")
+    # rounded up to the millisecond: a sub-millisecond limit must not read "0" (timeout's "no limit")
+    wall = f"{math.ceil(spec.wall_time_s * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
     return "; ".join([
         f"fail() {fail}",
         f"cd {q(cwd)} 2>/dev/null || fail 'no such directory'",
@@ -234,6 +236,9 @@ def outcome(ran: Ran, spec: ExecSpec, wall_s: float) -> ProcessOutcome:
     signum: int | None = None
     stopped: StopReason | None = None
     if code == 124 and wall_s >= spec.wall_time_s:  # timeout's own exit: the wall time ran out
+        code, stopped = None, StopReason.WALL_TIME
+    elif code in (-signal.SIGKILL, 128 + signal.SIGKILL) and wall_s >= spec.wall_time_s + KILL_AFTER_S:
+        # a program that ignored timeout's SIGTERM: its -k SIGKILL goes to its whole group, timeout too
         code, stopped = None, StopReason.WALL_TIME
     elif code is not None and (code < 0 or 128 < code < 128 + 65):  # killed by a signal: -N, or the shell's 128+N
         signum, code = (-code if code < 0 else code - 128), None
