@@ -73,9 +73,11 @@ class Ran:
 
 
 class Box(abc.ABC):
-    """One vendor sandbox. ``workdir``: the absolute directory the program's files go in."""
+    """One vendor sandbox. ``workdir``: the absolute directory the program's files go in; ``scratch_dir``:
+    where execbox's own short-lived files (a run's stdin) go, for a service that writes files only somewhere."""
 
     workdir: str
+    scratch_dir: str = "/tmp"
 
     @abc.abstractmethod
     async def run(self, command: str, timeout_s: float) -> Ran:
@@ -159,7 +161,7 @@ class ServiceInstance(Instance):
     async def exec(self, spec: ExecSpec) -> ProcessOutcome:
         stdin_path = None
         if spec.stdin:
-            stdin_path = f"/tmp/.execbox-stdin-{uuid.uuid4().hex}"
+            stdin_path = posixpath.join(self.box.scratch_dir, f".execbox-stdin-{uuid.uuid4().hex}")
             await self.box.write(stdin_path, spec.stdin)
         line = command_line(spec, self.box.workdir, stdin_path)
         began = time.monotonic()
