@@ -1,4 +1,4 @@
-"""The aliyun provider's settings and kind (a stub: its adapter is being written)."""
+"""The aliyun kind: listed, not built yet (docs/providers-aliyun.md says what stands in the way)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from execbox.providers.cloud.service import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    """aliyun."""
+    """Alibaba Cloud's AgentRun code interpreter (not built yet)."""
 
 
 # The kind, as data (execbox.providers.kinds makes the ProviderKind): no SDK is imported to list it.
 KIND: dict[str, Any] = {
-    "name": "aliyun", "summary": "aliyun (not built yet)", "factory": "execbox.providers.cloud.aliyun:create",
-    "capabilities": {"limits": frozenset(), "isolation": "none"}, "broken": "not built yet",
+    "name": "aliyun", "summary": "Alibaba Cloud's AgentRun code interpreter (not built yet)",
+    "factory": "execbox.providers.cloud.aliyun:create",
+    "capabilities": {"limits": frozenset(), "isolation": "none"},
+    "broken": "not built yet: agentrun-sdk passes the command and file answers through undocumented (see "
+              "docs/providers-aliyun.md)",
 }
