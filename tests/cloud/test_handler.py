@@ -239,9 +239,19 @@ def httpx_run(h: Handler, body: object) -> dict[str, object]:
     async def go() -> dict[str, object]:
         transport = httpx.ASGITransport(app=create_app(h))
         async with httpx.AsyncClient(transport=transport, base_url="http://handler") as c:
-            got: dict[str, object] = (await c.post("/run", json=body)).json()
+            sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+            got: dict[str, object] = (await c.post("/run", **sent)).json()
             return got
     return asyncio.run(go())
+
+
+def test_deeply_nested_json_is_refused_as_not_run() -> None:
+    """A body nested deeper than the JSON decoder's recursion (a few bytes each level, well under the
+    payload size) is a refused request, code_run false: nothing ran (it was a 500 "internal", code_run true)."""
+    h = Handler(env={"EXECBOX_HANDLER_RESET": "0", "EXECBOX_HANDLER_EGRESS": "none"})
+    deep = b'{"version": 1, "execution_id": "deep", "request": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = httpx_run(h, deep)
+    assert answer["error"]["kind"] == "request" and answer["error"]["code_run"] is False, answer
 
 
 def test_the_call_execbox_sends_is_understood() -> None:

@@ -128,8 +128,8 @@ class Handler:
                 raise Refused("request", f"takes at most {self.config.max_payload_bytes} bytes ({size} sent)", False)
             try:
                 call = json.loads(call)
-            except ValueError as e:
-                raise Refused("request", f"was sent something that is not JSON: {e}", False) from None
+            except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than json's recursion
+                raise Refused("request", f"was sent something that is not JSON it can read: {e}", False) from None
         try:
             return HandlerCall.model_validate(call)
         except ValidationError as e:
