@@ -12,8 +12,9 @@ import pytest
 from tests.cloud.handler_env import HttpHandler, LambdaHandler, call, needs_namespace
 
 # Everything the first tenant tries to leave: a daemon (session of its own, double fork, its output closed,
-# SIGTERM/SIGHUP ignored, undumpable, rewriting its traces), files in every scratch directory and beside its
-# workdir, its workdir's files changed, a System V shared memory segment, the next workdir's name guessed.
+# SIGTERM/SIGHUP ignored, undumpable, rewriting its traces), files in every scratch directory (/run/lock too:
+# world-writable in execbox's Debian base) and beside its workdir, its workdir's files changed, a System V
+# shared memory segment, the next workdir's name guessed.
 HOSTILE = r"""
 import ctypes, os, signal, time
 work = os.getcwd()
@@ -26,7 +27,7 @@ def plant(path, data=b"left by tenant A"):
         planted.append(path)
     except OSError:
         pass
-for d in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("HOME", "/tmp")):
+for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", os.environ.get("HOME", "/tmp")):
     plant(os.path.join(d, "from-a"))
 plant(os.path.join(work, "main.py"), b"print('tenant A wrote this')")
 plant(os.path.join(work, "sitecustomize.py"), b"print('tenant A hooked python')")
@@ -81,7 +82,7 @@ for p in os.listdir("/proc"):
         if uid == os.getuid() and "lambda_driver" not in cmd:
             found.append(("process", cmd))
 work = os.getcwd()
-for d in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("HOME", "/tmp")):
+for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", os.environ.get("HOME", "/tmp")):
     for root, dirs, files in os.walk(d):
         for name in files:
             path = os.path.join(root, name)

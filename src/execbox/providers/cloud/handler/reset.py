@@ -4,7 +4,7 @@ rest of the world; runs are one at a time).
 
     every other process of the programs' uid killed  kill(-1, SIGKILL), see below
     its children reaped                              the handler is their subreaper
-    the scratch directories emptied                  /tmp, /var/tmp, /dev/shm, /dev/mqueue by default
+    the scratch directories emptied                  /tmp, /var/tmp, /dev/shm, /dev/mqueue, /run/lock by default
     its System V IPC objects removed                 shared memory, semaphores, message queues
 
 kill(-1) signals every process the caller may signal except the caller itself and pid 1. When the programs
@@ -34,7 +34,8 @@ from execbox.providers.cloud.process import processes, uid_of
 from execbox.providers.local.host import kill_by_uid
 
 log = logging.getLogger("execbox.handler")
-DEFAULT_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
+# every directory the programs can write in the handler's image: /run/lock (/var/lock) is 1777 in Debian
+DEFAULT_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 KILL_WAIT_S = 2.0
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 IPC_RMID = 0
