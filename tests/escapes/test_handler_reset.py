@@ -148,3 +148,32 @@ def test_without_the_reset_the_probe_finds_the_traces() -> None:
         assert {"process", "file", "shm"} <= kinds, kinds
     finally:
         h.close()
+
+
+# A tree deeper than PATH_MAX (4096 bytes: 20 names of 250), a file at its bottom, a level made unreadable:
+# no path names its deepest entries, so only a reset that walks by descriptors can remove them.
+DEEP_TREE = r"""
+import os
+os.chdir("/tmp")
+for i in range(20):
+    os.mkdir("d" * 250)
+    os.chdir("d" * 250)
+open("from-a", "w").write("left by tenant A")
+os.chdir("..")
+os.chmod("d" * 250, 0)
+print(len(os.getcwd()))
+"""
+
+
+@needs_namespace
+@pytest.mark.parametrize("kind", ["http", "lambda"])
+def test_a_tree_deeper_than_path_max_is_removed(kind: str) -> None:
+    """The reset empties a tree no path can name (it failed with ENAMETOOLONG: one tenant's run made the
+    environment refuse every later call), and the next run finds nothing of it."""
+    h: HttpHandler | LambdaHandler = HttpHandler() if kind == "http" else LambdaHandler()
+    try:
+        assert int(str(run(h, DEEP_TREE)["stdout"])) > 4096
+        found = ast.literal_eval(str(run(h, LOOK)["stdout"]))
+        assert found == [], found
+    finally:
+        h.close()

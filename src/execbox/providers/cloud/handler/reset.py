@@ -157,36 +157,66 @@ def _reap() -> None:
 
 
 def _empty(directory: Path) -> list[str]:
-    """Remove everything inside ``directory`` (never following symlinks, making unreadable directories
-    readable first, iteratively: a program may have nested them deeper than any recursion)."""
+    """Remove everything inside ``directory``: by descriptors, one directory open at a time (a program may
+    nest a tree deeper than PATH_MAX or any recursion), never following symlinks, making its unreadable
+    directories readable first. Nothing of the programs runs meanwhile, so ".." leads back up."""
     try:
-        top = [directory / name for name in os.listdir(directory)]
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         return []
     except OSError as e:
-        return [f"cannot list {directory}: {e}"]
+        return [f"cannot open {directory}: {e.strerror}"]
     problems: list[str] = []
-    stack = [(p, False) for p in top]
-    while stack:
-        path, emptied = stack.pop()
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode):
-                os.unlink(path)
-            elif emptied:
-                os.rmdir(path)
-            else:
+    stack: list[tuple[str, list[str]]] = []  # (a directory's name in its parent, its entries left)
+    try:
+        stack.append(("", os.listdir(fd)))
+        while stack and len(problems) <= 10:
+            here, pending = stack[-1]
+            if not pending:  # emptied: up one level, and remove it there
+                stack.pop()
+                if stack:
+                    parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                    os.close(fd)
+                    fd = parent
+                    try:
+                        os.rmdir(here, dir_fd=fd)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        problems.append(f"cannot remove {_where(directory, stack, here)}: {e.strerror}")
+                continue
+            name = pending.pop()
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    continue
                 if st.st_uid == os.geteuid():
-                    os.chmod(path, 0o700)
-                stack.append((path, True))
-                stack.extend((path / name, False) for name in os.listdir(path))
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            problems.append(f"cannot remove {path}: {e.strerror}")
-            if len(problems) > 10:
-                break
+                    os.chmod(name, 0o700, dir_fd=fd)
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                problems.append(f"cannot remove {_where(directory, stack, name)}: {e.strerror}")
+                continue
+            os.close(fd)
+            fd = child
+            try:
+                stack.append((name, os.listdir(fd)))
+            except OSError as e:
+                problems.append(f"cannot list {_where(directory, stack, name)}: {e.strerror}")
+                stack.append((name, []))
+    except OSError as e:
+        problems.append(f"cannot empty {directory}: {e.strerror}")
+    finally:
+        os.close(fd)
     return problems
+
+
+def _where(top: Path, stack: list[tuple[str, list[str]]], name: str) -> str:
+    """An entry's path in words (shortened: it may be longer than any path)."""
+    path = "/".join([str(top), *(n for n, _ in stack[1:]), name])
+    return path if len(path) < 200 else f"{path[:90]}...{path[-90:]} ({len(stack)} levels deep)"
 
 
 def _remove_ipc(uid: int) -> list[str]:
