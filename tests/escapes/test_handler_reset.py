@@ -177,3 +177,31 @@ def test_a_tree_deeper_than_path_max_is_removed(kind: str) -> None:
         assert found == [], found
     finally:
         h.close()
+
+
+# The kernel's keyrings outlive processes: the uid's user and user-session keyrings (every tenant has the
+# programs' uid), the session keyring a program inherits (the handler's own), the uid's persistent keyring.
+KEYS = r"""
+import ctypes, platform
+libc = ctypes.CDLL(None, use_errno=True)
+ADD_KEY, KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+SPECS = {"session": -3, "user": -4, "user-session": -5}
+def persistent():
+    return libc.syscall(KEYCTL, 22, ctypes.c_int(-1), ctypes.c_int(-2))  # GET_PERSISTENT, own uid, into @p
+if PLANT:
+    spec = dict(SPECS, persistent=persistent())
+    print(sorted(n for n, k in spec.items()
+                 if libc.syscall(ADD_KEY, b"user", b"from-a", b"tenant A", 8, ctypes.c_int(k)) > 0))
+else:
+    spec = dict(SPECS, persistent=persistent())
+    print(sorted(n for n, k in spec.items()
+                 if libc.syscall(KEYCTL, 10, ctypes.c_int(k), b"user", b"from-a", 0) > 0))  # SEARCH
+"""
+
+
+@needs_namespace
+def test_no_key_a_tenant_leaves_reaches_the_next(handler: HttpHandler | LambdaHandler) -> None:
+    planted = ast.literal_eval(str(run(handler, "PLANT = True\n" + KEYS)["stdout"]))
+    assert "user" in planted and "session" in planted, planted  # it did leave keys (else this proves nothing)
+    found = ast.literal_eval(str(run(handler, "PLANT = False\n" + KEYS)["stdout"]))
+    assert found == [], found

@@ -6,6 +6,7 @@ rest of the world; runs are one at a time).
     its children reaped                              the handler is their subreaper
     the scratch directories emptied                  /tmp, /var/tmp, /dev/shm, /dev/mqueue, /run/lock by default
     its System V IPC objects removed                 shared memory, semaphores, message queues
+    its keyrings cleared                             user, user-session, persistent (they outlive processes)
 
 kill(-1) signals every process the caller may signal except the caller itself and pid 1. When the programs
 run as a uid of their own (the handler is root: a container), it comes from a forked child that takes that
@@ -30,7 +31,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from execbox.providers.cloud.process import processes, uid_of
+from execbox.providers.cloud.process import (
+    KEYCTL_CLEAR,
+    KEYCTL_GET_PERSISTENT,
+    NO_KEYS,
+    keyctl,
+    processes,
+    uid_of,
+)
 from execbox.providers.local.host import kill_by_uid
 
 log = logging.getLogger("execbox.handler")
@@ -39,6 +47,7 @@ DEFAULT_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 KILL_WAIT_S = 2.0
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 IPC_RMID = 0
+KEY_SPEC_PROCESS_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -2, -4, -5
 
 # the variables each function service sets in its containers (Cloud Run jobs set CLOUD_RUN_JOB instead)
 SERVICES: dict[str, tuple[str, ...]] = {
@@ -110,6 +119,7 @@ class Reset:
         for d in self.dirs:
             problems += _empty(d)
         problems += _remove_ipc(self.program_uid)
+        problems += _clear_keyrings(self.uid)
         for p in problems:
             log.error("environment reset incomplete: %s", p)
         return problems
@@ -217,6 +227,30 @@ def _where(top: Path, stack: list[tuple[str, list[str]]], name: str) -> str:
     """An entry's path in words (shortened: it may be longer than any path)."""
     path = "/".join([str(top), *(n for n, _ in stack[1:]), name])
     return path if len(path) < 200 else f"{path[:90]}...{path[-90:]} ({len(stack)} levels deep)"
+
+
+def _clear_keyrings(uid: int | None) -> list[str]:
+    """Clear the keyrings of the programs' uid that outlive its processes (a tenant's keys would reach the
+    next): its user, user-session and persistent keyrings, from a forked child that takes that uid (or
+    keeps the handler's, when they share it; the handler keeps no keys)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        failed = 0
+        try:
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            persistent = keyctl(KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_PROCESS_KEYRING)
+            for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING, persistent):
+                if ring != -1 and keyctl(KEYCTL_CLEAR, ring) < 0 and ctypes.get_errno() not in NO_KEYS:
+                    failed = 1
+        except BaseException:
+            failed = 1
+        finally:
+            os._exit(failed)
+    _, status = os.waitpid(pid, 0)
+    return [] if status == 0 else ["cannot clear the programs' keyrings"]
 
 
 def _remove_ipc(uid: int) -> list[str]:
