@@ -205,3 +205,26 @@ def test_no_key_a_tenant_leaves_reaches_the_next(handler: HttpHandler | LambdaHa
     assert "user" in planted and "session" in planted, planted  # it did leave keys (else this proves nothing)
     found = ast.literal_eval(str(run(handler, "PLANT = False\n" + KEYS)["stdout"]))
     assert found == [], found
+
+
+# Many daemons at once: SIGKILLed together, some are still dying (not yet zombies) when the reset first
+# reaps, and zombies by the time it looks for survivors.
+MANY_DAEMONS = r"""
+import os, time
+for _ in range(30):
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(600)
+        os._exit(0)
+print("forked")
+"""
+
+
+@needs_namespace
+def test_no_zombie_of_a_tenant_is_left_for_the_next(handler: HttpHandler | LambdaHandler) -> None:
+    """Every process the reset killed is reaped before the next run (a zombie still shows as one of the
+    programs' uid, and counts against their process limit)."""
+    for _ in range(3):
+        assert run(handler, MANY_DAEMONS)["stdout"] == "forked\n"
+        found = ast.literal_eval(str(run(handler, LOOK)["stdout"]))
+        assert found == [], found

@@ -125,9 +125,11 @@ class Reset:
         return problems
 
     def _survivors(self) -> list[int]:
+        """The uid's processes still there: alive, or zombies this handler has yet to reap (a process that
+        was still dying at the last reap; it would show in the next run and count against its limit)."""
         me, uid = os.getpid(), self.program_uid
-        return [p.pid for p in processes() if p.pid not in (me, 1) and p.state not in ("Z", "X")
-                and uid_of(p.pid) == uid]
+        return [p.pid for p in processes() if p.pid not in (me, 1) and p.state != "X" and uid_of(p.pid) == uid
+                and (p.state != "Z" or _parent_of(p.pid) == me)]
 
     def _kill(self) -> list[str]:
         deadline = time.monotonic() + KILL_WAIT_S
