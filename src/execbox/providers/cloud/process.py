@@ -119,6 +119,9 @@ def _rlimits(spec: ExecSpec, nproc: int) -> list[tuple[int, int, int]]:
         (resource.RLIMIT_NOFILE, spec.open_files, spec.open_files),
         (resource.RLIMIT_NPROC, nproc, nproc),
         (resource.RLIMIT_CORE, 0, 0),
+        # no POSIX message queue: one outlives its processes, and without an mqueue filesystem mounted (a
+        # service may have none) the reset cannot find it to remove it
+        (resource.RLIMIT_MSGQUEUE, 0, 0),
     ]
 
 
