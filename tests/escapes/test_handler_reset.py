@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from tests.cloud.handler_env import HttpHandler, LambdaHandler, call, needs_namespace
 
@@ -247,3 +248,37 @@ else:
 def test_no_message_queue_of_a_tenant_reaches_the_next(handler: HttpHandler | LambdaHandler) -> None:
     run(handler, "PLANT = True\n" + MQUEUE)
     assert run(handler, "PLANT = False\n" + MQUEUE)["stdout"] == "False\n"
+
+
+# A daemon that stops every other process of its uid, over and over: the reset's kill must not be one.
+STOPPER = r"""
+import os, signal, time
+if os.fork() == 0:
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.close(fd)
+    while True:
+        try:
+            os.kill(-1, signal.SIGSTOP)
+        except OSError:
+            pass
+time.sleep(0.2)
+"""
+
+
+@needs_namespace
+def test_a_tenant_cannot_stop_the_reset() -> None:
+    """Programs as a uid of their own (Cloud Run, Container Apps): the reset's kill comes from a child with
+    their uid, which a daemon of theirs could SIGSTOP between its setuid and its kill: the reset then waited
+    for it forever, the handler busy for good. Now the run ends (its own program stopped too: a timeout) and
+    the next one finds nothing."""
+    h = HttpHandler()
+    h.client.timeout = httpx.Timeout(30)
+    try:
+        for _ in range(3):
+            answer = h.run(call(STOPPER, wall_time_s=2))
+            assert "result" in answer, answer
+            found = ast.literal_eval(str(run(h, LOOK)["stdout"]))
+            assert found == [], found
+    finally:
+        h.close()

@@ -10,7 +10,8 @@ rest of the world; runs are one at a time).
 
 kill(-1) signals every process the caller may signal except the caller itself and pid 1. When the programs
 run as a uid of their own (the handler is root: a container), it comes from a forked child that takes that
-uid and exits: only that uid's processes can be reached. When they share the handler's uid (Lambda), the
+uid as its effective one (its real and saved uid another's, so that none of them can stop it) and exits:
+only that uid's processes can be reached. When they share the handler's uid (Lambda), the
 handler sends it itself, so it is never among them; a parent of that uid would be (it is refused at the
 start: the handler must be exec'd directly). That is only safe where the environment is the handler's
 alone: ``enabled`` says where it runs, and the handler never resets anywhere else.
@@ -39,7 +40,6 @@ from execbox.providers.cloud.process import (
     processes,
     uid_of,
 )
-from execbox.providers.local.host import kill_by_uid
 
 log = logging.getLogger("execbox.handler")
 # every directory the programs can write in the handler's image: /run/lock (/var/lock) is 1777 in Debian
@@ -119,7 +119,8 @@ class Reset:
         for d in self.dirs:
             problems += _empty(d)
         problems += _remove_ipc(self.program_uid)
-        problems += _clear_keyrings(self.uid)
+        if not problems:  # its child takes the uid: with a survivor of that uid there, it could be stopped
+            problems += _clear_keyrings(self.uid)
         for p in problems:
             log.error("environment reset incomplete: %s", p)
         return problems
@@ -138,7 +139,7 @@ class Reset:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)  # never the caller, never pid 1
             else:
-                kill_by_uid(self.uid)
+                _kill_as(self.uid)
             _reap()
             left = self._survivors()
             if not left:
@@ -146,6 +147,29 @@ class Reset:
             if time.monotonic() > deadline:
                 return [f"processes {left[:10]} of uid {self.program_uid} survived SIGKILL"]
             time.sleep(0.01)
+
+
+# The real and saved uid the kill's child takes (its effective uid is the programs'): not the programs', so
+# that none of them can signal it (a SIGSTOP between its setresuid and its kill hung the reset for good).
+# kill(-1) also reaches this uid's processes: nobody's, of which the handler's environment has none.
+GUARD_UIDS = (65534, 65533)
+
+
+def _kill_as(uid: int) -> None:
+    """kill(-1, SIGKILL) with the effective uid ``uid``: every process of that uid, from a forked child that
+    no process of that uid can signal, trace or stop (its real and saved uid are another's)."""
+    guard = next(g for g in GUARD_UIDS if g != uid)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(guard, uid, guard)
+            with contextlib.suppress(OSError):
+                os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def _parent_of(pid: int) -> int:
