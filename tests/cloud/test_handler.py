@@ -191,6 +191,22 @@ class TestHttp:
             small.close()
 
 
+    def test_a_return_value_too_large_for_the_answer(self) -> None:
+        """main()'s return value may be 16 MiB, more than the service's answer takes: the answer must still
+        fit (it was sent whole, and Lambda would refuse it: the caller left not knowing the outcome)."""
+        small = HttpHandler(EXECBOX_HANDLER_MAX_ANSWER_BYTES="20000")
+        try:
+            body = {**call("def main():\n    return 'z' * 100000\n"), "execution_id": "big-return"}
+            body["request"]["arguments"] = {}
+            got = small.post(body)
+            assert len(got.content) <= 20000, len(got.content)
+            r = result(got.json())
+            assert r["status"] == "runtime_error" and r.get("return_value") is None
+            assert "return value" in str(r["message"])
+        finally:
+            small.close()
+
+
 @needs_namespace
 class TestLambda:
     def test_hello_world_and_its_uid(self, aws: LambdaHandler) -> None:
