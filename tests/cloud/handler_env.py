@@ -1,7 +1,8 @@
 """execbox's cloud handler run as a function service would run it, for the tests: in a child process in
-a PID namespace of its own (``unshare --pid --fork --mount-proc``, as root), so that its environment reset
-(kill(-1), the scratch directories emptied) reaches nothing of this machine: only the namespace's processes
-can be signalled, and /tmp, /var/tmp and /dev/shm are tmpfs mounts of the namespace's own.
+a PID and IPC namespace of its own (``unshare --pid --ipc --fork --mount-proc``, as root), so that its
+environment reset (kill(-1), the scratch directories emptied, IPC removed) reaches nothing of this machine:
+only the namespace's processes can be signalled, and /tmp, /var/tmp, /dev/shm and /run/lock are tmpfs
+mounts of the namespace's own.
 
     HttpHandler     python -m execbox.providers.cloud.handler on a loopback port (Cloud Run / Container Apps:
                     root, the programs as another uid, the handler pid 1 of its namespace)
@@ -27,7 +28,7 @@ import pytest
 from tests.providers import uid_block
 
 ROOT = Path(__file__).resolve().parents[2]
-PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 UIDS = uid_block("handler", 2)
 RUN_UID, LAMBDA_UID = UIDS.start, UIDS.start + 1
 
@@ -46,7 +47,8 @@ needs_namespace = pytest.mark.skipif(usable() is not None, reason=str(usable()))
 
 def _namespace_argv(command: str) -> list[str]:
     mounts = " && ".join(f"mount -t tmpfs -o mode=1777 tmpfs {d}" for d in PRIVATE_DIRS)
-    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "bash", "-c", f"{mounts} && {command}"]
+    return ["unshare", "--pid", "--ipc", "--fork", "--mount-proc", "--kill-child", "bash", "-c",
+            f"{mounts} && {command}"]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -191,6 +191,22 @@ class TestHttp:
             small.close()
 
 
+    def test_a_return_value_too_large_for_the_answer(self) -> None:
+        """main()'s return value may be 16 MiB, more than the service's answer takes: the answer must still
+        fit (it was sent whole, and Lambda would refuse it: the caller left not knowing the outcome)."""
+        small = HttpHandler(EXECBOX_HANDLER_MAX_ANSWER_BYTES="20000")
+        try:
+            body = {**call("def main():\n    return 'z' * 100000\n"), "execution_id": "big-return"}
+            body["request"]["arguments"] = {}
+            got = small.post(body)
+            assert len(got.content) <= 20000, len(got.content)
+            r = result(got.json())
+            assert r["status"] == "runtime_error" and r.get("return_value") is None
+            assert "return value" in str(r["message"])
+        finally:
+            small.close()
+
+
 @needs_namespace
 class TestLambda:
     def test_hello_world_and_its_uid(self, aws: LambdaHandler) -> None:
@@ -239,9 +255,19 @@ def httpx_run(h: Handler, body: object) -> dict[str, object]:
     async def go() -> dict[str, object]:
         transport = httpx.ASGITransport(app=create_app(h))
         async with httpx.AsyncClient(transport=transport, base_url="http://handler") as c:
-            got: dict[str, object] = (await c.post("/run", json=body)).json()
+            sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+            got: dict[str, object] = (await c.post("/run", **sent)).json()
             return got
     return asyncio.run(go())
+
+
+def test_deeply_nested_json_is_refused_as_not_run() -> None:
+    """A body nested deeper than the JSON decoder's recursion (a few bytes each level, well under the
+    payload size) is a refused request, code_run false: nothing ran (it was a 500 "internal", code_run true)."""
+    h = Handler(env={"EXECBOX_HANDLER_RESET": "0", "EXECBOX_HANDLER_EGRESS": "none"})
+    deep = b'{"version": 1, "execution_id": "deep", "request": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = httpx_run(h, deep)
+    assert answer["error"]["kind"] == "request" and answer["error"]["code_run"] is False, answer
 
 
 def test_the_call_execbox_sends_is_understood() -> None:

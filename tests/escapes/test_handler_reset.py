@@ -8,12 +8,14 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from tests.cloud.handler_env import HttpHandler, LambdaHandler, call, needs_namespace
 
 # Everything the first tenant tries to leave: a daemon (session of its own, double fork, its output closed,
-# SIGTERM/SIGHUP ignored, undumpable, rewriting its traces), files in every scratch directory and beside its
-# workdir, its workdir's files changed, a System V shared memory segment, the next workdir's name guessed.
+# SIGTERM/SIGHUP ignored, undumpable, rewriting its traces), files in every scratch directory (/run/lock too:
+# world-writable in execbox's Debian base) and beside its workdir, its workdir's files changed, a System V
+# shared memory segment, the next workdir's name guessed.
 HOSTILE = r"""
 import ctypes, os, signal, time
 work = os.getcwd()
@@ -26,7 +28,7 @@ def plant(path, data=b"left by tenant A"):
         planted.append(path)
     except OSError:
         pass
-for d in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("HOME", "/tmp")):
+for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", os.environ.get("HOME", "/tmp")):
     plant(os.path.join(d, "from-a"))
 plant(os.path.join(work, "main.py"), b"print('tenant A wrote this')")
 plant(os.path.join(work, "sitecustomize.py"), b"print('tenant A hooked python')")
@@ -81,7 +83,7 @@ for p in os.listdir("/proc"):
         if uid == os.getuid() and "lambda_driver" not in cmd:
             found.append(("process", cmd))
 work = os.getcwd()
-for d in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("HOME", "/tmp")):
+for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", os.environ.get("HOME", "/tmp")):
     for root, dirs, files in os.walk(d):
         for name in files:
             path = os.path.join(root, name)
@@ -145,5 +147,138 @@ def test_without_the_reset_the_probe_finds_the_traces() -> None:
         run(h, HOSTILE)
         kinds = {kind for kind, _ in ast.literal_eval(str(run(h, LOOK)["stdout"]))}
         assert {"process", "file", "shm"} <= kinds, kinds
+    finally:
+        h.close()
+
+
+# A tree deeper than PATH_MAX (4096 bytes: 20 names of 250), a file at its bottom, a level made unreadable:
+# no path names its deepest entries, so only a reset that walks by descriptors can remove them.
+DEEP_TREE = r"""
+import os
+os.chdir("/tmp")
+for i in range(20):
+    os.mkdir("d" * 250)
+    os.chdir("d" * 250)
+open("from-a", "w").write("left by tenant A")
+os.chdir("..")
+os.chmod("d" * 250, 0)
+print(len(os.getcwd()))
+"""
+
+
+@needs_namespace
+@pytest.mark.parametrize("kind", ["http", "lambda"])
+def test_a_tree_deeper_than_path_max_is_removed(kind: str) -> None:
+    """The reset empties a tree no path can name (it failed with ENAMETOOLONG: one tenant's run made the
+    environment refuse every later call), and the next run finds nothing of it."""
+    h: HttpHandler | LambdaHandler = HttpHandler() if kind == "http" else LambdaHandler()
+    try:
+        assert int(str(run(h, DEEP_TREE)["stdout"])) > 4096
+        found = ast.literal_eval(str(run(h, LOOK)["stdout"]))
+        assert found == [], found
+    finally:
+        h.close()
+
+
+# The kernel's keyrings outlive processes: the uid's user and user-session keyrings (every tenant has the
+# programs' uid), the session keyring a program inherits (the handler's own), the uid's persistent keyring.
+KEYS = r"""
+import ctypes, platform
+libc = ctypes.CDLL(None, use_errno=True)
+ADD_KEY, KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+SPECS = {"session": -3, "user": -4, "user-session": -5}
+def persistent():
+    return libc.syscall(KEYCTL, 22, ctypes.c_int(-1), ctypes.c_int(-2))  # GET_PERSISTENT, own uid, into @p
+if PLANT:
+    spec = dict(SPECS, persistent=persistent())
+    print(sorted(n for n, k in spec.items()
+                 if libc.syscall(ADD_KEY, b"user", b"from-a", b"tenant A", 8, ctypes.c_int(k)) > 0))
+else:
+    spec = dict(SPECS, persistent=persistent())
+    print(sorted(n for n, k in spec.items()
+                 if libc.syscall(KEYCTL, 10, ctypes.c_int(k), b"user", b"from-a", 0) > 0))  # SEARCH
+"""
+
+
+@needs_namespace
+def test_no_key_a_tenant_leaves_reaches_the_next(handler: HttpHandler | LambdaHandler) -> None:
+    planted = ast.literal_eval(str(run(handler, "PLANT = True\n" + KEYS)["stdout"]))
+    assert "user" in planted and "session" in planted, planted  # it did leave keys (else this proves nothing)
+    found = ast.literal_eval(str(run(handler, "PLANT = False\n" + KEYS)["stdout"]))
+    assert found == [], found
+
+
+# Many daemons at once: SIGKILLed together, some are still dying (not yet zombies) when the reset first
+# reaps, and zombies by the time it looks for survivors.
+MANY_DAEMONS = r"""
+import os, time
+for _ in range(30):
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(600)
+        os._exit(0)
+print("forked")
+"""
+
+
+@needs_namespace
+def test_no_zombie_of_a_tenant_is_left_for_the_next(handler: HttpHandler | LambdaHandler) -> None:
+    """Every process the reset killed is reaped before the next run (a zombie still shows as one of the
+    programs' uid, and counts against their process limit)."""
+    for _ in range(3):
+        assert run(handler, MANY_DAEMONS)["stdout"] == "forked\n"
+        found = ast.literal_eval(str(run(handler, LOOK)["stdout"]))
+        assert found == [], found
+
+
+# A POSIX message queue lives in the kernel's IPC namespace whether or not an mqueue filesystem is mounted
+# (the reset empties /dev/mqueue where there is one; here, as on a service without it, there is none).
+MQUEUE = r"""
+import ctypes, os
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+if PLANT:
+    q = rt.mq_open(b"/from-a", os.O_CREAT | os.O_RDWR, 0o600, None)
+    print(q >= 0 and rt.mq_send(q, b"tenant A", 8, 0) == 0)
+else:
+    print(rt.mq_open(b"/from-a", os.O_RDONLY) >= 0)
+"""
+
+
+@needs_namespace
+def test_no_message_queue_of_a_tenant_reaches_the_next(handler: HttpHandler | LambdaHandler) -> None:
+    run(handler, "PLANT = True\n" + MQUEUE)
+    assert run(handler, "PLANT = False\n" + MQUEUE)["stdout"] == "False\n"
+
+
+# A daemon that stops every other process of its uid, over and over: the reset's kill must not be one.
+STOPPER = r"""
+import os, signal, time
+if os.fork() == 0:
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.close(fd)
+    while True:
+        try:
+            os.kill(-1, signal.SIGSTOP)
+        except OSError:
+            pass
+time.sleep(0.2)
+"""
+
+
+@needs_namespace
+def test_a_tenant_cannot_stop_the_reset() -> None:
+    """Programs as a uid of their own (Cloud Run, Container Apps): the reset's kill comes from a child with
+    their uid, which a daemon of theirs could SIGSTOP between its setuid and its kill: the reset then waited
+    for it forever, the handler busy for good. Now the run ends (its own program stopped too: a timeout) and
+    the next one finds nothing."""
+    h = HttpHandler()
+    h.client.timeout = httpx.Timeout(30)
+    try:
+        for _ in range(3):
+            answer = h.run(call(STOPPER, wall_time_s=2))
+            assert "result" in answer, answer
+            found = ast.literal_eval(str(run(h, LOOK)["stdout"]))
+            assert found == [], found
     finally:
         h.close()

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -118,19 +119,39 @@ def _rlimits(spec: ExecSpec, nproc: int) -> list[tuple[int, int, int]]:
         (resource.RLIMIT_NOFILE, spec.open_files, spec.open_files),
         (resource.RLIMIT_NPROC, nproc, nproc),
         (resource.RLIMIT_CORE, 0, 0),
+        # no POSIX message queue: one outlives its processes, and without an mqueue filesystem mounted (a
+        # service may have none) the reset cannot find it to remove it
+        (resource.RLIMIT_MSGQUEUE, 0, 0),
     ]
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 PR_SET_NO_NEW_PRIVS = 38
+# keyctl(2) (no libc wrapper): the kernel's keyrings outlive processes, so each program gets a session
+# keyring of its own and the reset clears its uid's (handler.reset)
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEYCTL_GET_PERSISTENT = 1, 7, 22
+# no keyrings to leak: a kernel without them, or a seccomp filter refusing the keys' calls (Docker's default)
+NO_KEYS = (errno.ENOSYS, errno.EPERM)
+
+
+def keyctl(*args: int) -> int:
+    """keyctl(2); -1 with errno set on failure."""
+    if SYS_KEYCTL is None:
+        ctypes.set_errno(errno.ENOSYS)
+        return -1
+    return int(_LIBC.syscall(SYS_KEYCTL, *(ctypes.c_long(a) for a in args)))
 
 
 def _set_limits(limits: list[tuple[int, int, int]]) -> Callable[[], None]:
     """The child's last step before exec (it runs between fork and exec: only calls already loaded): the
-    rlimits, and no new privileges (a setuid binary in the image gives the program nothing)."""
+    rlimits, a new session keyring (not the handler's, which every program would share), and no new
+    privileges (a setuid binary in the image gives the program nothing)."""
     def apply() -> None:
         for which, soft, hard in limits:
             resource.setrlimit(which, (soft, hard))
+        if keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0) < 0 and ctypes.get_errno() not in NO_KEYS:
+            raise OSError(ctypes.get_errno(), "keyctl(KEYCTL_JOIN_SESSION_KEYRING) failed")
         if _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
     return apply

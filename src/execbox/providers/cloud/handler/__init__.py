@@ -128,8 +128,8 @@ class Handler:
                 raise Refused("request", f"takes at most {self.config.max_payload_bytes} bytes ({size} sent)", False)
             try:
                 call = json.loads(call)
-            except ValueError as e:
-                raise Refused("request", f"was sent something that is not JSON: {e}", False) from None
+            except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than json's recursion
+                raise Refused("request", f"was sent something that is not JSON it can read: {e}", False) from None
         try:
             return HandlerCall.model_validate(call)
         except ValidationError as e:
@@ -232,9 +232,14 @@ class Handler:
                 break
             step[key] = step[key][: len(step[key]) // 2]
             step[f"{key}_truncated"] = trimmed = True
-        if trimmed:
-            note = f"output trimmed to fit the service's answer size ({limit} bytes)"
-            doc["result"]["message"] = f"{doc['result'].get('message') or ''}; {note}".lstrip("; ")
+        notes = [f"output trimmed to fit the service's answer size ({limit} bytes)"] if trimmed else []
+        if len(json.dumps(doc).encode()) > limit and "return_value" in doc["result"]:
+            # main()'s value (up to 16 MiB) does not fit either: an answer the service refuses is no answer
+            size = len(json.dumps(doc["result"].pop("return_value")).encode())
+            doc["result"]["status"] = "runtime_error"
+            notes.append(f"main()'s return value ({size} bytes) does not fit the service's answer size")
+        if notes:
+            doc["result"]["message"] = "; ".join([m for m in [doc["result"].get("message")] if m] + notes)
         return doc
 
 

@@ -4,12 +4,14 @@ rest of the world; runs are one at a time).
 
     every other process of the programs' uid killed  kill(-1, SIGKILL), see below
     its children reaped                              the handler is their subreaper
-    the scratch directories emptied                  /tmp, /var/tmp, /dev/shm, /dev/mqueue by default
+    the scratch directories emptied                  /tmp, /var/tmp, /dev/shm, /dev/mqueue, /run/lock by default
     its System V IPC objects removed                 shared memory, semaphores, message queues
+    its keyrings cleared                             user, user-session, persistent (they outlive processes)
 
 kill(-1) signals every process the caller may signal except the caller itself and pid 1. When the programs
 run as a uid of their own (the handler is root: a container), it comes from a forked child that takes that
-uid and exits: only that uid's processes can be reached. When they share the handler's uid (Lambda), the
+uid as its effective one (its real and saved uid another's, so that none of them can stop it) and exits:
+only that uid's processes can be reached. When they share the handler's uid (Lambda), the
 handler sends it itself, so it is never among them; a parent of that uid would be (it is refused at the
 start: the handler must be exec'd directly). That is only safe where the environment is the handler's
 alone: ``enabled`` says where it runs, and the handler never resets anywhere else.
@@ -30,14 +32,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from execbox.providers.cloud.process import processes, uid_of
-from execbox.providers.local.host import kill_by_uid
+from execbox.providers.cloud.process import (
+    KEYCTL_CLEAR,
+    KEYCTL_GET_PERSISTENT,
+    NO_KEYS,
+    keyctl,
+    processes,
+    uid_of,
+)
 
 log = logging.getLogger("execbox.handler")
-DEFAULT_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
+# every directory the programs can write in the handler's image: /run/lock (/var/lock) is 1777 in Debian
+DEFAULT_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 KILL_WAIT_S = 2.0
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 IPC_RMID = 0
+KEY_SPEC_PROCESS_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -2, -4, -5
 
 # the variables each function service sets in its containers (Cloud Run jobs set CLOUD_RUN_JOB instead)
 SERVICES: dict[str, tuple[str, ...]] = {
@@ -109,14 +119,18 @@ class Reset:
         for d in self.dirs:
             problems += _empty(d)
         problems += _remove_ipc(self.program_uid)
+        if not problems:  # its child takes the uid: with a survivor of that uid there, it could be stopped
+            problems += _clear_keyrings(self.uid)
         for p in problems:
             log.error("environment reset incomplete: %s", p)
         return problems
 
     def _survivors(self) -> list[int]:
+        """The uid's processes still there: alive, or zombies this handler has yet to reap (a process that
+        was still dying at the last reap; it would show in the next run and count against its limit)."""
         me, uid = os.getpid(), self.program_uid
-        return [p.pid for p in processes() if p.pid not in (me, 1) and p.state not in ("Z", "X")
-                and uid_of(p.pid) == uid]
+        return [p.pid for p in processes() if p.pid not in (me, 1) and p.state != "X" and uid_of(p.pid) == uid
+                and (p.state != "Z" or _parent_of(p.pid) == me)]
 
     def _kill(self) -> list[str]:
         deadline = time.monotonic() + KILL_WAIT_S
@@ -125,7 +139,7 @@ class Reset:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)  # never the caller, never pid 1
             else:
-                kill_by_uid(self.uid)
+                _kill_as(self.uid)
             _reap()
             left = self._survivors()
             if not left:
@@ -133,6 +147,29 @@ class Reset:
             if time.monotonic() > deadline:
                 return [f"processes {left[:10]} of uid {self.program_uid} survived SIGKILL"]
             time.sleep(0.01)
+
+
+# The real and saved uid the kill's child takes (its effective uid is the programs'): not the programs', so
+# that none of them can signal it (a SIGSTOP between its setresuid and its kill hung the reset for good).
+# kill(-1) also reaches this uid's processes: nobody's, of which the handler's environment has none.
+GUARD_UIDS = (65534, 65533)
+
+
+def _kill_as(uid: int) -> None:
+    """kill(-1, SIGKILL) with the effective uid ``uid``: every process of that uid, from a forked child that
+    no process of that uid can signal, trace or stop (its real and saved uid are another's)."""
+    guard = next(g for g in GUARD_UIDS if g != uid)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(guard, uid, guard)
+            with contextlib.suppress(OSError):
+                os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def _parent_of(pid: int) -> int:
@@ -156,36 +193,90 @@ def _reap() -> None:
 
 
 def _empty(directory: Path) -> list[str]:
-    """Remove everything inside ``directory`` (never following symlinks, making unreadable directories
-    readable first, iteratively: a program may have nested them deeper than any recursion)."""
+    """Remove everything inside ``directory``: by descriptors, one directory open at a time (a program may
+    nest a tree deeper than PATH_MAX or any recursion), never following symlinks, making its unreadable
+    directories readable first. Nothing of the programs runs meanwhile, so ".." leads back up."""
     try:
-        top = [directory / name for name in os.listdir(directory)]
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         return []
     except OSError as e:
-        return [f"cannot list {directory}: {e}"]
+        return [f"cannot open {directory}: {e.strerror}"]
     problems: list[str] = []
-    stack = [(p, False) for p in top]
-    while stack:
-        path, emptied = stack.pop()
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode):
-                os.unlink(path)
-            elif emptied:
-                os.rmdir(path)
-            else:
+    stack: list[tuple[str, list[str]]] = []  # (a directory's name in its parent, its entries left)
+    try:
+        stack.append(("", os.listdir(fd)))
+        while stack and len(problems) <= 10:
+            here, pending = stack[-1]
+            if not pending:  # emptied: up one level, and remove it there
+                stack.pop()
+                if stack:
+                    parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                    os.close(fd)
+                    fd = parent
+                    try:
+                        os.rmdir(here, dir_fd=fd)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        problems.append(f"cannot remove {_where(directory, stack, here)}: {e.strerror}")
+                continue
+            name = pending.pop()
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    continue
                 if st.st_uid == os.geteuid():
-                    os.chmod(path, 0o700)
-                stack.append((path, True))
-                stack.extend((path / name, False) for name in os.listdir(path))
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            problems.append(f"cannot remove {path}: {e.strerror}")
-            if len(problems) > 10:
-                break
+                    os.chmod(name, 0o700, dir_fd=fd)
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                problems.append(f"cannot remove {_where(directory, stack, name)}: {e.strerror}")
+                continue
+            os.close(fd)
+            fd = child
+            try:
+                stack.append((name, os.listdir(fd)))
+            except OSError as e:
+                problems.append(f"cannot list {_where(directory, stack, name)}: {e.strerror}")
+                stack.append((name, []))
+    except OSError as e:
+        problems.append(f"cannot empty {directory}: {e.strerror}")
+    finally:
+        os.close(fd)
     return problems
+
+
+def _where(top: Path, stack: list[tuple[str, list[str]]], name: str) -> str:
+    """An entry's path in words (shortened: it may be longer than any path)."""
+    path = "/".join([str(top), *(n for n, _ in stack[1:]), name])
+    return path if len(path) < 200 else f"{path[:90]}...{path[-90:]} ({len(stack)} levels deep)"
+
+
+def _clear_keyrings(uid: int | None) -> list[str]:
+    """Clear the keyrings of the programs' uid that outlive its processes (a tenant's keys would reach the
+    next): its user, user-session and persistent keyrings, from a forked child that takes that uid (or
+    keeps the handler's, when they share it; the handler keeps no keys)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        failed = 0
+        try:
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            persistent = keyctl(KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_PROCESS_KEYRING)
+            for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING, persistent):
+                if ring != -1 and keyctl(KEYCTL_CLEAR, ring) < 0 and ctypes.get_errno() not in NO_KEYS:
+                    failed = 1
+        except BaseException:
+            failed = 1
+        finally:
+            os._exit(failed)
+    _, status = os.waitpid(pid, 0)
+    return [] if status == 0 else ["cannot clear the programs' keyrings"]
 
 
 def _remove_ipc(uid: int) -> list[str]:
