@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr
 
-from execbox.providers.cloud.caps import LINE_LIMITS
+from execbox.providers.cloud.caps import LINE_LIMITS, Egress, with_egress
 from execbox.providers.cloud.credentials import env_secret, env_text
 from execbox.providers.cloud.service import ServiceSettings
 
@@ -36,7 +36,7 @@ class Settings(ServiceSettings):
     coreutils, plus the languages' toolchains execbox runs in it."""
     workdir: str = Field("/home/user/execbox", pattern=r"^/")
     """The absolute directory in the sandbox that programs and their files go in (made at creation)."""
-    egress: Literal["open", "none"] = "open"
+    egress: Egress = "open"
     """The network the template's deployment gives programs: "open" (the default: only runs that ask for the
     network are sent) or "none" (the operator's word that the sandboxes have no egress, e.g. a VPC without a
     NAT gateway: only runs that keep it off are). execbox still asks for no internet at each creation, but
@@ -48,7 +48,7 @@ class Settings(ServiceSettings):
 
     def capabilities(self, declared: Capabilities) -> Capabilities:
         """The kind's capabilities with this deployment's network (execbox.providers.kinds.InstanceCapabilities)."""
-        return declared.model_copy(update={"network_off": self.egress == "none", "network_on": self.egress == "open"})
+        return with_egress(declared, self.egress)
 
 
 # The kind, as data (execbox.providers.kinds makes the ProviderKind): no SDK is imported to list it.

@@ -4,11 +4,11 @@ listing kinds stays cheap)."""
 from __future__ import annotations
 
 import posixpath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from execbox.providers.cloud.caps import LINE_LIMITS
+from execbox.providers.cloud.caps import LINE_LIMITS, Egress, with_egress
 from execbox.providers.cloud.credentials import env_secret, env_text
 from execbox.providers.cloud.function_kind import https_or_loopback
 from execbox.providers.cloud.service import ServiceSettings
@@ -40,7 +40,7 @@ class Settings(ServiceSettings):
     the workspace root."""
     scratch_dir: str = Field("/workspace/.execbox", pattern=r"^/")
     """Where a run's stdin is written before the run (removed as the run starts); under the workspace root."""
-    egress: Literal["open", "none"] = "open"
+    egress: Egress = "open"
     """The network the bridge's containers have: "open" (the bridge as Cloudflare ships it: only requests that
     ask for the network are sent to it) or "none" (a bridge deployed with its Sandbox class's enableInternet
     off: only requests that keep the network off are). No call can change it."""
@@ -62,7 +62,7 @@ class Settings(ServiceSettings):
 
     def capabilities(self, declared: Capabilities) -> Capabilities:
         """The kind's capabilities with this bridge's network (execbox.providers.kinds.InstanceCapabilities)."""
-        return declared.model_copy(update={"network_off": self.egress == "none", "network_on": self.egress == "open"})
+        return with_egress(declared, self.egress)
 
 
 # The kind, as data (execbox.providers.kinds makes the ProviderKind): no SDK is imported to list it.

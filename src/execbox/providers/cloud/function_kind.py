@@ -4,9 +4,11 @@ no SDK and nothing of execbox's provider layer: the kinds module imports them)."
 from __future__ import annotations
 
 import urllib.parse
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
+
+from execbox.providers.cloud.caps import Egress, with_egress
 
 if TYPE_CHECKING:
     from execbox.providers.kinds import Capabilities
@@ -40,14 +42,14 @@ class FunctionSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    egress: Literal["open", "none"] = "open"
+    egress: Egress = "open"
     """The network the deployment gives programs, as the handler's EXECBOX_HANDLER_EGRESS says it: "open"
     (the default deployment: only requests that ask for the network are sent to it) or "none" (deployed
     without egress: only requests that keep the network off are)."""
 
     def capabilities(self, declared: Capabilities) -> Capabilities:
         """The kind's capabilities with this deployment's network (execbox.providers.kinds.InstanceCapabilities)."""
-        return declared.model_copy(update={"network_off": self.egress == "none", "network_on": self.egress == "open"})
+        return with_egress(declared, self.egress)
 
 
 def https_or_loopback(url: str) -> str:
