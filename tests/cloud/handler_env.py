@@ -29,6 +29,17 @@ from tests.providers import uid_block
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# A checkout under one of them (a clone in /tmp) would be hidden by the namespace's tmpfs: it is bound at
+# KEEP first and run from there. Never bound back at its own path: the reset empties those directories.
+HIDDEN = any(ROOT.is_relative_to(d) for d in PRIVATE_DIRS)
+KEEP = Path(f"/run/execbox-test-checkout-{os.getpid()}")
+SEEN = KEEP if HIDDEN else ROOT  # the checkout, as the namespace sees it
+
+
+def seen(path: str | Path) -> str:
+    """``path`` (this checkout's file, or another) as the namespace sees it."""
+    p = Path(path)
+    return str(SEEN / p.relative_to(ROOT)) if HIDDEN and p.is_relative_to(ROOT) else str(p)
 UIDS = uid_block("handler", 2)
 RUN_UID, LAMBDA_UID = UIDS.start, UIDS.start + 1
 
@@ -46,14 +57,16 @@ needs_namespace = pytest.mark.skipif(usable() is not None, reason=str(usable()))
 
 
 def _namespace_argv(command: str) -> list[str]:
-    mounts = " && ".join(f"mount -t tmpfs -o mode=1777 tmpfs {d}" for d in PRIVATE_DIRS)
+    mounts = [f"mount -t tmpfs -o mode=1777 tmpfs {d}" for d in PRIVATE_DIRS]
+    if HIDDEN:
+        mounts.insert(0, f"mkdir -p {KEEP} && mount --bind {ROOT} {KEEP}")
     return ["unshare", "--pid", "--ipc", "--fork", "--mount-proc", "--kill-child", "bash", "-c",
-            f"{mounts} && {command}"]
+            f"{' && '.join(mounts)} && cd {SEEN} && {command}"]
 
 
 def _env(**extra: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "HOME")}
-    return {**keep, "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT), "PYTHONDONTWRITEBYTECODE": "1",
+    return {**keep, "PYTHONPATH": seen(ROOT / "src") + os.pathsep + str(SEEN), "PYTHONDONTWRITEBYTECODE": "1",
             **extra}
 
 
@@ -80,7 +93,7 @@ class HttpHandler:
         if token:
             extra["EXECBOX_HANDLER_TOKEN"] = token
         self.proc = subprocess.Popen(
-            _namespace_argv(f"exec {sys.executable} -m execbox.providers.cloud.handler"), env=_env(**extra),
+            _namespace_argv(f"exec {seen(sys.executable)} -m execbox.providers.cloud.handler"), env=_env(**extra),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
         deadline = time.monotonic() + 30
@@ -121,7 +134,7 @@ class LambdaHandler:
         as_user = f"setpriv --reuid={LAMBDA_UID} --regid={LAMBDA_UID} --clear-groups"
         # not exec'd: bash stays the namespace's pid 1 (root), the handler its child, as Lambda's init is
         self.proc = subprocess.Popen(
-            _namespace_argv(f"{as_user} {sys.executable} {driver}; exit $?"), env=_env(**extra),
+            _namespace_argv(f"{as_user} {seen(sys.executable)} {seen(driver)}; exit $?"), env=_env(**extra),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", text=True)
 
     def invoke(self, event: Any, remaining_ms: int = 60_000) -> dict[str, Any]:
