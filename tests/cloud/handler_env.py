@@ -32,7 +32,7 @@ PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 # A checkout under one of them (a clone in /tmp) would be hidden by the namespace's tmpfs: it is bound at
 # KEEP first and run from there. Never bound back at its own path: the reset empties those directories.
 HIDDEN = any(ROOT.is_relative_to(d) for d in PRIVATE_DIRS)
-KEEP = Path(f"/run/execbox-test-checkout-{os.getpid()}")
+KEEP = Path("/run/execbox-test-checkout")  # one empty directory on the host; each namespace binds its own
 SEEN = KEEP if HIDDEN else ROOT  # the checkout, as the namespace sees it
 
 
